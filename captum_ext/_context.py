@@ -1,0 +1,33 @@
+"""Context managers that change a model only for the duration of a call and always restore it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["eval_mode", "gradients_enabled"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own ``training`` flag on exit (also on error)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+@contextlib.contextmanager
+def gradients_enabled() -> Iterator[None]:
+    """Allow autograd even inside ``torch.no_grad()`` or ``torch.inference_mode()`` (e.g. a validation loop).
+
+    Tensors created in inference mode must be cloned inside this block before they can require grad.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        yield

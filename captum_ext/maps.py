@@ -1,0 +1,125 @@
+"""Saliency-map helpers: channel reduction, upsampling, normalising, ranking and top-k masks.
+
+Every metric, benchmark and audit reads attributions through these functions, so "the map" means the same
+thing everywhere.
+
+Example::
+
+    >>> import torch
+    >>> from captum_ext import maps
+    >>> attr = torch.tensor([[[[1.0, -3.0]], [[-2.0, 0.5]]]])   # (N=1, C=2, H=1, W=2)
+    >>> maps.reduce_channels(attr, "sum_abs")
+    tensor([[[3.0000, 3.5000]]])
+    >>> maps.top_k_mask(maps.reduce_channels(attr, "sum_abs"), 0.5)
+    tensor([[[False,  True]]])
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Literal
+
+import torch
+from torch.nn import functional as F
+
+__all__ = [
+    "Reduction",
+    "REDUCTIONS",
+    "reduce_channels",
+    "upsample",
+    "normalize_minmax",
+    "normalize_percentile",
+    "rank_pixels",
+    "top_k_mask",
+    "mask_from_ranking",
+]
+
+Reduction = Literal["sum_abs", "sum", "positive", "max_abs"]
+REDUCTIONS: tuple[str, ...] = ("sum_abs", "sum", "positive", "max_abs")
+
+
+def _check_rank(maps: torch.Tensor, rank: int, name: str, form: str) -> None:
+    if not isinstance(maps, torch.Tensor) or maps.dim() != rank:
+        got = f"a tensor of shape {tuple(maps.shape)}" if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise ValueError(f"Expected argument `{name}` to be a {rank}-d tensor {form}, but got {got}.")
+
+
+def reduce_channels(attributions: torch.Tensor, reduce: Reduction = "sum_abs") -> torch.Tensor:
+    """Reduce (N, C, H, W) attributions to (N, H, W) maps.
+
+    ``"sum_abs"``: sum of |a| over channels (ROAR/ROAD ranking, sanity checks); ``"sum"``: signed sum;
+    ``"positive"``: sum of max(a, 0), the positive evidence (audits); ``"max_abs"``: max of |a|.
+    """
+    _check_rank(attributions, 4, "attributions", "(N, C, H, W)")
+    if reduce == "sum_abs":
+        return attributions.abs().sum(1)
+    if reduce == "sum":
+        return attributions.sum(1)
+    if reduce == "positive":
+        return attributions.clamp(min=0).sum(1)
+    if reduce == "max_abs":
+        return attributions.abs().amax(1)
+    raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, REDUCTIONS))}, but got {reduce!r}.")
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize (N, h, w) or (N, C, h, w) maps to ``size`` = (H, W) (bilinear, ``align_corners=False``)."""
+    if not isinstance(maps, torch.Tensor) or maps.dim() not in (3, 4):
+        raise ValueError("Expected argument `maps` to be a tensor of shape (N, h, w) or (N, C, h, w).")
+    squeeze = maps.dim() == 3
+    x = maps[:, None] if squeeze else maps
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    out = F.interpolate(x.float(), size=tuple(size), mode=mode, **kwargs)
+    return out[:, 0] if squeeze else out
+
+
+def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map of a (N, ...) batch to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.reshape(maps.shape[0], -1).float()
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    span = hi - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp(min=torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    return out.reshape(maps.shape)
+
+
+def normalize_percentile(maps: torch.Tensor, q: float = 99.0) -> torch.Tensor:
+    """Divide each map by its ``q``-th percentile of |map| and clip to [-1, 1] (robust to a few hot pixels)."""
+    if not isinstance(q, numbers.Real) or not 0 < q <= 100:
+        raise ValueError(f"Expected argument `q` to be a percentile in (0, 100], but got {q!r}.")
+    flat = maps.reshape(maps.shape[0], -1).float()
+    scale = torch.quantile(flat.abs(), q / 100.0, dim=1, keepdim=True)
+    out = torch.where(scale > 0, flat / scale.clamp(min=torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
+    return out.clamp(-1, 1).reshape(maps.shape)
+
+
+def rank_pixels(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Pixel indices of each (H, W) map, most relevant first: (N, H*W) long.
+
+    Ties are broken by a fixed random permutation drawn from ``seed`` (never by position, which would
+    favour the top-left corner of constant regions).
+    """
+    _check_rank(maps, 3, "maps", "(N, H, W)")
+    n = maps.shape[0]
+    flat = maps.reshape(n, -1)
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.argsort(torch.rand(flat.shape, generator=gen), dim=1).to(flat.device)
+    order = torch.sort(torch.gather(flat, 1, perm), dim=1, descending=True, stable=True).indices
+    return torch.gather(perm, 1, order)
+
+
+def top_k_mask(maps: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Bool (N, H, W) mask of the ``round(fraction * H * W)`` most relevant pixels of each map."""
+    if not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
+        raise ValueError(f"Expected argument `fraction` to be a real number in [0, 1], but got {fraction!r}.")
+    ranking = rank_pixels(maps, seed)
+    return mask_from_ranking(ranking, fraction, maps.shape[1:])
+
+
+def mask_from_ranking(ranking: torch.Tensor, fraction: float, size: tuple[int, int]) -> torch.Tensor:
+    """Bool (N, H, W) mask of the first ``round(fraction * H * W)`` pixels of a (N, H*W) ``ranking``."""
+    n, hw = ranking.shape
+    k = int(math.floor(fraction * hw + 0.5))
+    mask = torch.zeros(n, hw, dtype=torch.bool, device=ranking.device)
+    mask.scatter_(1, ranking[:, :k], True)
+    return mask.reshape(n, *size)
