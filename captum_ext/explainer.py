@@ -198,7 +198,8 @@ class Explainer:
         seed: seeds the stochastic methods (SmoothGrad, VarGrad, random). Call *i* uses seed ``(seed, i)``: two
             consecutive calls differ, and a new ``Explainer`` with the same seed reproduces the sequence.
             Default 0.
-        **attribute_kwargs: keyword arguments for ``attribute`` (override the short name's defaults).
+        **attribute_kwargs: keyword arguments for ``attribute`` (override the short name's defaults). ``method`` is
+            positional-only, so Captum's own ``method=`` of ``IntegratedGradients`` passes through.
 
     Raises:
         ValueError: an unknown short name (the message lists them), or a layer method without a conv layer.
@@ -208,6 +209,7 @@ class Explainer:
     def __init__(
         self,
         method: str | type[captum_attr.Attribution],
+        /,
         *,
         layer: str | None = None,
         init_kwargs: dict | None = None,

@@ -1,0 +1,44 @@
+"""Capture one layer's output during a forward pass; the hook lives only inside the ``with`` block."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from captum_ext.explainer import resolve_layer
+
+__all__ = ["capture_output", "batch_inputs"]
+
+
+@contextlib.contextmanager
+def capture_output(model: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
+    """Yield a list that receives ``layer``'s output (a tensor) at every forward; the hook is removed on exit."""
+    module = resolve_layer(model, layer)
+    outputs: list[torch.Tensor] = []
+
+    def hook(mod: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(
+                f"Expected layer {layer!r} to output a tensor, but it outputs {type(output).__name__}."
+            )
+        outputs.append(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def batch_inputs(batch: object, name: str = "dataloader") -> torch.Tensor:
+    """The input images of a dataloader batch: the batch itself if a tensor, else its first element."""
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"Expected argument `{name}` to yield images (N, C, H, W) or tuples starting with them, but got {got}."
+        )
+    return x

@@ -1,0 +1,259 @@
+"""Localisation metrics: how much of a map's positive relevance falls inside a given region?
+
+Arras, Osman & Samek (2022), "CLEVR-XAI: A benchmark dataset for the ground truth evaluation of neural network
+explanations", Information Fusion 81: *relevance mass accuracy* and *relevance rank accuracy*; Zhang et al.
+(2018), "Top-down neural attention by excitation backprop", IJCV: the *pointing game*.
+
+Only the positive part of a map is used: a (N, C, H, W) attribution is reduced to ``sum_c max(a, 0)`` (the
+``"positive"`` reduction of :func:`captum_ext.maps.reduce_channels`), a (N, H, W) map to ``max(a, 0)``.
+For each image, with ``R`` the positive map and ``G`` the region (``K = |G|`` pixels):
+
+* relevance mass  ``sum_{p in G} R_p / sum_p R_p`` (0 for a map with no positive relevance);
+* rank accuracy   ``|top_K(R) ∩ G| / K``, the top-K pixels ranked by :func:`captum_ext.maps.rank_pixels`
+  (ties broken by a fixed seeded permutation, never by position);
+* pointing game   1 if the single top-ranked pixel lies in ``G`` and the map has positive relevance, else 0
+  (no tolerance margin, unlike Zhang et al.'s 15 pixels).
+
+The functions return one value per image; the torchmetrics ``Metric`` classes accumulate their sum and count
+(``dist_reduce_fx="sum"``, so they sync under DDP) and ``compute()`` returns the mean over all images seen.
+The chance level of all three is the region's area share ``K / (H * W)``.
+
+Example::
+
+    >>> import torch
+    >>> from captum_ext.metrics import RelevanceMass, PointingGame
+    >>> region = torch.zeros(4, 4, dtype=torch.bool); region[:2, :2] = True
+    >>> maps = torch.zeros(2, 4, 4); maps[0, 0, 0] = 3.0; maps[0, 3, 3] = 1.0; maps[1, 3, 3] = 1.0
+    >>> metric = RelevanceMass(region)
+    >>> metric.update(maps)
+    >>> metric.compute()
+    tensor(0.3750)
+    >>> pointing = PointingGame(region)
+    >>> pointing.update(maps)
+    >>> pointing.compute()
+    tensor(0.5000)
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+from captum_ext import maps as _maps
+
+__all__ = [
+    "positive_map",
+    "relevance_mass",
+    "relevance_rank_accuracy",
+    "pointing_game",
+    "RelevanceMass",
+    "RelevanceRankAccuracy",
+    "PointingGame",
+]
+
+
+def positive_map(attributions: torch.Tensor) -> torch.Tensor:
+    """The (N, H, W) positive evidence of (N, H, W) or (N, C, H, W) ``attributions`` (channels summed after ReLU).
+
+    Raises:
+        ValueError: ``attributions`` is not a 3-d or 4-d floating tensor.
+    """
+    if not isinstance(attributions, torch.Tensor) or attributions.dim() not in (3, 4) or not attributions.is_floating_point():
+        got = (
+            f"shape {tuple(attributions.shape)}, dtype {attributions.dtype}"
+            if isinstance(attributions, torch.Tensor)
+            else type(attributions).__name__
+        )
+        raise ValueError(f"Expected argument `attributions` to be a float (N, H, W) or (N, C, H, W) tensor, but got {got}.")
+    if attributions.dim() == 4:
+        return _maps.reduce_channels(attributions, "positive")
+    return attributions.clamp(min=0)
+
+
+def check_region(region: torch.Tensor, size: tuple[int, int] | None = None, n: int | None = None) -> torch.Tensor:
+    """Validate a bool region, (H, W) or (when ``n`` is given) (N, H, W), non-empty, matching ``size`` if given."""
+    if not isinstance(region, torch.Tensor) or region.dtype != torch.bool:
+        got = f"dtype {region.dtype}" if isinstance(region, torch.Tensor) else type(region).__name__
+        raise TypeError(f"Expected argument `region` to be a bool tensor of shape (H, W), but got {got}.")
+    shapes = [size] if size is not None else [tuple(region.shape[-2:])]
+    if n is not None and size is not None:
+        shapes.append((n, *size))
+    if region.dim() not in ((2, 3) if n is not None else (2,)) or tuple(region.shape) not in [tuple(s) for s in shapes]:
+        want = " or ".join(str(tuple(s)) for s in shapes) if size is not None else "(H, W)"
+        raise ValueError(f"Expected argument `region` to have shape {want}, but got {tuple(region.shape)}.")
+    if not bool(region.reshape(-1, *region.shape[-2:]).flatten(1).any(1).all()):
+        raise ValueError("Expected argument `region` to contain at least one True pixel, but got an empty region.")
+    return region
+
+
+def _prepare(attributions: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    positive = positive_map(attributions)
+    n, h, w = positive.shape
+    region = check_region(region, (h, w), n).to(positive.device)
+    return positive, region.expand(n, h, w)
+
+
+def relevance_mass(attributions: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Share of each image's positive relevance inside ``region`` (Arras et al. 2022, relevance mass accuracy).
+
+    Args:
+        attributions: (N, H, W) or (N, C, H, W) maps; only the positive part counts.
+        region: (H, W) or (N, H, W) bool mask, non-empty.
+
+    Returns:
+        (N,) float tensor in [0, 1]; 0 for a map with no positive relevance.
+
+    Raises:
+        ValueError, TypeError: malformed ``attributions`` or ``region``.
+    """
+    positive, region = _prepare(attributions, region)
+    inside = (positive * region).flatten(1).sum(1)
+    total = positive.flatten(1).sum(1)
+    return torch.where(total > 0, inside / total.clamp(min=torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+
+
+def relevance_rank_accuracy(attributions: torch.Tensor, region: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Share of the K most relevant pixels that lie in the K-pixel ``region`` (Arras et al. 2022).
+
+    Args:
+        attributions: (N, H, W) or (N, C, H, W) maps; only the positive part counts.
+        region: (H, W) or (N, H, W) bool mask, non-empty.
+        seed: seeds the tie-breaking permutation of :func:`captum_ext.maps.rank_pixels`. Default 0.
+
+    Returns:
+        (N,) float tensor in [0, 1].
+    """
+    positive, region = _prepare(attributions, region)
+    n = positive.shape[0]
+    flat_region = region.reshape(n, -1)
+    ranking = _maps.rank_pixels(positive, seed)
+    k = flat_region.sum(1)
+    hits = torch.gather(flat_region, 1, ranking)
+    within_top = torch.arange(ranking.shape[1], device=ranking.device)[None, :] < k[:, None]
+    return (hits & within_top).sum(1).to(positive.dtype) / k.to(positive.dtype)
+
+
+def pointing_game(attributions: torch.Tensor, region: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """1.0 where the most relevant pixel lies in ``region``, else 0.0 (Zhang et al. 2018, without tolerance).
+
+    A map with no positive relevance is a miss. Ties for the maximum are broken by a seeded permutation.
+
+    Args:
+        attributions: (N, H, W) or (N, C, H, W) maps; only the positive part counts.
+        region: (H, W) or (N, H, W) bool mask, non-empty.
+        seed: seeds the tie-breaking permutation. Default 0.
+
+    Returns:
+        (N,) float tensor of 0.0 / 1.0.
+    """
+    positive, region = _prepare(attributions, region)
+    n = positive.shape[0]
+    top = _maps.rank_pixels(positive, seed)[:, :1]
+    hit = torch.gather(region.reshape(n, -1), 1, top)[:, 0]
+    return (hit & (positive.flatten(1).amax(1) > 0)).to(positive.dtype)
+
+
+class _RegionMetric(Metric):
+    """Mean over images of a per-image localisation score against a fixed (H, W) region."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, region: torch.Tensor, **kwargs) -> None:
+        super().__init__(**kwargs)
+        check_region(region)
+        self.region = region.detach().clone()
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def _score(self, attributions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def update(self, attributions: torch.Tensor) -> None:
+        """Add a batch of (N, H, W) or (N, C, H, W) attributions."""
+        positive = positive_map(attributions)
+        check_region(self.region, tuple(positive.shape[-2:]))
+        scores = self._score(positive)
+        self.total += scores.sum().to(self.total)
+        self.count += scores.numel()
+
+    def compute(self) -> torch.Tensor:
+        """Mean score over all images seen (float32 scalar)."""
+        return (self.total / self.count).float()
+
+
+class RelevanceMass(_RegionMetric):
+    """Mean share of positive relevance inside ``region`` (Arras et al. 2022); chance level is its area share.
+
+    Args:
+        region: (H, W) bool mask, non-empty.
+        **kwargs: passed to ``torchmetrics.Metric`` (``dist_sync_on_step``, ``process_group``, ...).
+
+    Raises:
+        TypeError: ``region`` is not a bool tensor. ValueError: not (H, W), empty, or a batch of another size.
+
+    Example::
+
+        >>> import torch
+        >>> region = torch.tensor([[True, False], [False, False]])
+        >>> metric = RelevanceMass(region)
+        >>> metric.update(torch.tensor([[[3.0, 1.0], [0.0, -5.0]]]))
+        >>> metric.compute()
+        tensor(0.7500)
+    """
+
+    def _score(self, attributions: torch.Tensor) -> torch.Tensor:
+        return relevance_mass(attributions, self.region)
+
+
+class RelevanceRankAccuracy(_RegionMetric):
+    """Mean share of the K most relevant pixels inside the K-pixel ``region`` (Arras et al. 2022).
+
+    Args:
+        region: (H, W) bool mask, non-empty.
+        seed: seeds the tie-breaking permutation. Default 0.
+        **kwargs: passed to ``torchmetrics.Metric``.
+
+    Example::
+
+        >>> import torch
+        >>> region = torch.tensor([[True, True], [False, False]])
+        >>> metric = RelevanceRankAccuracy(region)
+        >>> metric.update(torch.tensor([[[3.0, 1.0], [2.0, 0.0]]]))
+        >>> metric.compute()
+        tensor(0.5000)
+    """
+
+    def __init__(self, region: torch.Tensor, seed: int = 0, **kwargs) -> None:
+        super().__init__(region, **kwargs)
+        self.seed = int(seed)
+
+    def _score(self, attributions: torch.Tensor) -> torch.Tensor:
+        return relevance_rank_accuracy(attributions, self.region, self.seed)
+
+
+class PointingGame(_RegionMetric):
+    """Share of images whose most relevant pixel lies in ``region`` (Zhang et al. 2018, no tolerance).
+
+    Args:
+        region: (H, W) bool mask, non-empty.
+        seed: seeds the tie-breaking permutation. Default 0.
+        **kwargs: passed to ``torchmetrics.Metric``.
+
+    Example::
+
+        >>> import torch
+        >>> region = torch.tensor([[True, False], [False, False]])
+        >>> metric = PointingGame(region)
+        >>> metric.update(torch.tensor([[[3.0, 1.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]]))
+        >>> metric.compute()
+        tensor(0.5000)
+    """
+
+    def __init__(self, region: torch.Tensor, seed: int = 0, **kwargs) -> None:
+        super().__init__(region, **kwargs)
+        self.seed = int(seed)
+
+    def _score(self, attributions: torch.Tensor) -> torch.Tensor:
+        return pointing_game(attributions, self.region, self.seed)
