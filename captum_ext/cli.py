@@ -1,8 +1,12 @@
-"""The ``captum-ext`` command.
+"""The ``captum-ext`` command: ``demo``, and ``roar | sanity | audit --config FILE.yaml`` on your own model.
+
+Configs name the model, data module and explainers by import path (see :mod:`captum_ext.config`, or
+``captum-ext sanity --help`` for the fields). A bad config exits with code 2 and a one-line error, no traceback.
 
 Example::
 
     $ captum-ext demo --out runs/demo --fast
+    $ captum-ext sanity --config sanity.yaml
 """
 
 from __future__ import annotations
@@ -10,6 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from captum_ext.config import ConfigError, FIELDS, field_help
 
 __all__ = ["main"]
 
@@ -21,16 +29,108 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--seed", type=int, default=0, help="seed for data, model and every random step (default: 0)")
     demo.add_argument("--fast", action="store_true", help="fewer epochs and smaller probes (under a minute)")
+    about = {
+        "roar": "ROAR / KAR: remove (or keep) each explainer's top pixels, retrain, compare with random",
+        "sanity": "model-parameter randomisation sanity check for each explainer",
+        "audit": "Clever Hans audit: does the model rely on a region (given, or discovered)?",
+    }
+    for name in FIELDS:
+        sub = commands.add_parser(
+            name, help=about[name], description=about[name], epilog=field_help(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("--config", required=True, help="YAML file with the fields listed below")
     return parser
 
 
+def _out(config: dict, command: str) -> Path:
+    out = Path(config.get("out") or f"runs/{command}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _explainers(config: dict) -> list:
+    from captum_ext.config import build_explainer
+
+    specs = config.get("explainers")
+    if not isinstance(specs, list) or not specs:
+        raise ConfigError(f"Expected field `explainers` to be a non-empty list, but got {specs!r}.")
+    return [build_explainer(spec) for spec in specs]
+
+
+def _run_roar(config: dict) -> None:
+    from captum_ext.config import build_datamodule, import_object
+    from captum_ext.evaluation import kar, roar
+
+    out = _out(config, "roar")
+    factory = import_object(config.get("module_factory"), "module_factory")
+    runner = kar if config.get("keep", False) else roar
+    kwargs: dict[str, Any] = {
+        k: config[k] for k in ("fractions", "repeats", "trainer_kwargs", "seed") if config.get(k) is not None
+    }
+    result = runner(
+        factory, build_datamodule(config), _explainers(config), cache_dir=config.get("cache_dir") or out / "cache", **kwargs
+    )
+    result.to_json(out / "roar.json")
+    result.plot().savefig(out / "roar.png")
+    print(result)
+    print(f"\nwrote {out / 'roar.json'} and {out / 'roar.png'}")
+
+
+def _run_sanity(config: dict) -> None:
+    from captum_ext.config import build_datamodule, build_model, probe_batch
+    from captum_ext.sanity import model_randomization_test
+
+    out = _out(config, "sanity")
+    datamodule = build_datamodule(config)
+    explainers = _explainers(config)
+    model = build_model(config, datamodule)
+    x, _ = probe_batch(datamodule, config.get("num_samples", 64))
+    kwargs = {k: config[k] for k in ("mode", "threshold", "seed") if config.get(k) is not None}
+    for explainer in explainers:
+        result = model_randomization_test(model, explainer, x, **kwargs)
+        result.to_json(out / f"sanity_{explainer.name}.json")
+        result.plot().savefig(out / f"sanity_{explainer.name}.png")
+        print(result)
+    print(f"\nwrote {out}/sanity_<explainer>.json and .png")
+
+
+def _run_audit(config: dict) -> None:
+    from captum_ext.audit import CleverHansAudit
+    from captum_ext.config import build_datamodule, build_explainer, build_model, probe_batch
+
+    out = _out(config, "audit")
+    datamodule = build_datamodule(config)
+    explainer = build_explainer(config.get("explainer", "input_x_gradient"), "explainer")
+    model = build_model(config, datamodule)
+    region = config.get("region")
+    if region is not None:
+        region = tuple(region) if isinstance(region, list) else region
+    report = CleverHansAudit(explainer, region=region, classes=config.get("classes")).run(
+        model, probe_batch(datamodule, config.get("num_samples"))
+    )
+    report.to_json(out / "audit.json")
+    (out / "audit.html").write_text(report.to_html(), encoding="utf-8")
+    print(report)
+    print(f"\nwrote {out / 'audit.json'} and {out / 'audit.html'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``captum-ext`` console script; returns the exit code."""
+    """Entry point of the ``captum-ext`` console script; returns the exit code (2 for a bad config)."""
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from captum_ext.demo import print_summary, run_demo
 
         print_summary(run_demo(args.out, seed=args.seed, fast=args.fast))
+        return 0
+    from captum_ext.config import load_config
+
+    runners = {"roar": _run_roar, "sanity": _run_sanity, "audit": _run_audit}
+    try:
+        runners[args.command](load_config(args.config, args.command))
+    except (ConfigError, ValueError, TypeError) as err:
+        print(f"captum-ext {args.command}: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

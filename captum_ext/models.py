@@ -23,7 +23,7 @@ import torchmetrics
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-__all__ = ["SmallCNN", "TinyViT", "ClassifierModule", "fit_classifier"]
+__all__ = ["SmallCNN", "TinyViT", "ClassifierModule", "fit_classifier", "small_cnn_module"]
 
 
 class SmallCNN(nn.Sequential):
@@ -191,3 +191,14 @@ def fit_classifier(
         torch.manual_seed(seed)
         pl.Trainer(**settings).fit(ClassifierModule(model, lr=lr), datamodule=datamodule)
     return model.eval()
+
+
+def small_cnn_module(in_channels: int = 1, num_classes: int = 10, lr: float = 1e-3) -> ClassifierModule:
+    """A fresh ``ClassifierModule(SmallCNN(...))``: the ``module_factory`` for ROAR on the digits.
+
+    Example::
+
+        >>> type(small_cnn_module().model).__name__
+        'SmallCNN'
+    """
+    return ClassifierModule(SmallCNN(in_channels=in_channels, num_classes=num_classes), lr=lr, num_classes=num_classes)

@@ -1,0 +1,199 @@
+"""YAML configs for ``captum-ext roar | sanity | audit``: name your model, data and explainers by import path.
+
+An import path is ``package.module:attribute`` (or ``package.module.attribute``). Every field is checked before
+anything runs; a bad field raises :class:`ConfigError` naming the field, the expected form and the value.
+
+Example (``sanity.yaml``)::
+
+    model: captum_ext.models:SmallCNN        # a callable returning an nn.Module
+    train_epochs: 15                          # optional: train it on the data module first
+    datamodule: captum_ext.data:CleverHansDigits
+    explainers: [saliency, guided_backprop, {method: gradcam, layer: features.conv3}]
+    num_samples: 64
+    out: runs/sanity
+"""
+
+from __future__ import annotations
+
+import importlib
+import numbers
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from captum_ext.explainer import METHODS, Explainer
+
+__all__ = ["ConfigError", "FIELDS", "load_config", "import_object", "build_explainer", "build_model", "build_datamodule", "probe_batch"]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the field."""
+
+
+_COMMON = {
+    "datamodule": "import path of a LightningDataModule class or factory (required)",
+    "datamodule_kwargs": "keyword arguments for it (mapping, default {})",
+    "seed": "seed for every random step (int, default 0)",
+    "out": "folder for the results (default runs/<command>)",
+}
+_MODEL = {
+    "model": "import path of a callable returning the nn.Module to check (required)",
+    "model_kwargs": "keyword arguments for it (mapping, default {})",
+    "checkpoint": "optional state_dict file for the model (loaded with weights_only=True)",
+    "train_epochs": "optional: first train the model this many epochs on the data module (int)",
+}
+_EXPLAINERS = {
+    "explainers": "list of short names (" + ", ".join(METHODS) + ") or mappings {method, layer, name, seed, "
+    "init_kwargs, kwargs}; a method may also be the import path of a Captum Attribution class",
+}
+FIELDS: dict[str, dict[str, str]] = {
+    "roar": {
+        "module_factory": "import path of a callable returning a fresh LightningModule (required)",
+        **_COMMON,
+        **_EXPLAINERS,
+        "fractions": "fractions of pixels removed (list of floats in (0, 1), default [0.1, 0.3, 0.5, 0.7, 0.9])",
+        "repeats": "retrainings per (method, fraction) (int, default 3)",
+        "trainer_kwargs": "keyword arguments for the Lightning Trainer of each retraining (mapping)",
+        "cache_dir": "folder of the ranking cache and the resumable results file (default <out>/cache)",
+        "keep": "false: ROAR (remove the top pixels); true: KAR (keep them) (default false)",
+    },
+    "sanity": {
+        **_MODEL,
+        **_COMMON,
+        **_EXPLAINERS,
+        "num_samples": "probe images taken from the test split (int, default 64)",
+        "mode": "cascading or independent (default cascading)",
+        "threshold": "Spearman(|map|) level below which a map counts as changed (default 0.6)",
+    },
+    "audit": {
+        **_MODEL,
+        **_COMMON,
+        "explainer": "one explainer, as in `explainers` (default input_x_gradient)",
+        "region": "suspected region as a half-open box [x0, y0, x1, y1], or null to discover one (default null)",
+        "classes": "classes to audit (list of ints, default all)",
+        "num_samples": "audit at most this many test images (int, default all)",
+    },
+}
+
+
+def field_help(command: str) -> str:
+    """The field table shown by ``captum-ext COMMAND --help``."""
+    width = max(map(len, FIELDS[command]))
+    return "config fields:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in FIELDS[command].items())
+
+
+def load_config(path: str | Path, command: str) -> dict[str, Any]:
+    """Read a YAML config for ``command`` and reject unknown fields (a typo must not pass silently)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Expected the config to be a mapping of fields, but got {type(data).__name__}.")
+    unknown = sorted(set(data) - set(FIELDS[command]))
+    if unknown:
+        raise ConfigError(
+            f"Unknown config field(s) {', '.join(map(repr, unknown))} for `{command}`; expected some of "
+            f"{', '.join(map(repr, FIELDS[command]))}."
+        )
+    return data
+
+
+def import_object(path: Any, field: str) -> Any:
+    """Resolve ``package.module:attribute`` (or a dotted path) named by config ``field``."""
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"Expected field `{field}` to be an import path 'package.module:attribute', but got {path!r}.")
+    module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"Field `{field}`: cannot import {path!r} ({err}).") from None
+    return obj
+
+
+def _mapping(config: dict, field: str) -> dict:
+    value = config.get(field) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"Expected field `{field}` to be a mapping, but got {value!r}.")
+    return value
+
+
+def build_explainer(spec: Any, field: str = "explainers") -> Explainer:
+    """An :class:`Explainer` from a short name or a mapping ``{method, layer, name, seed, init_kwargs, kwargs}``."""
+    if isinstance(spec, str):
+        spec = {"method": spec}
+    if not isinstance(spec, dict) or "method" not in spec:
+        raise ConfigError(f"Expected each entry of `{field}` to be a short name or a mapping with `method`, but got {spec!r}.")
+    extra = sorted(set(spec) - {"method", "layer", "name", "seed", "init_kwargs", "kwargs"})
+    if extra:
+        raise ConfigError(f"Unknown key(s) {extra} in an entry of `{field}`; expected method, layer, name, seed, init_kwargs, kwargs.")
+    method = spec["method"]
+    if isinstance(method, str) and method not in METHODS and (":" in method or "." in method):
+        method = import_object(method, f"{field}.method")
+    try:
+        return Explainer(
+            method,
+            layer=spec.get("layer"),
+            name=spec.get("name"),
+            seed=spec.get("seed", 0),
+            init_kwargs=spec.get("init_kwargs"),
+            **(spec.get("kwargs") or {}),
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"Field `{field}`: {err}") from None
+
+
+def build_datamodule(config: dict) -> Any:
+    """Instantiate the config's data module and run its ``setup``."""
+    factory = import_object(config.get("datamodule"), "datamodule")
+    datamodule = factory(**_mapping(config, "datamodule_kwargs"))
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_model(config: dict, datamodule: Any) -> nn.Module:
+    """Build the config's model, load its checkpoint and/or train it, and return it in eval mode."""
+    from captum_ext.models import fit_classifier
+
+    factory: Callable[..., nn.Module] = import_object(config.get("model"), "model")
+    with torch.random.fork_rng():
+        torch.manual_seed(int(config.get("seed", 0)))
+        model = factory(**_mapping(config, "model_kwargs"))
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"Expected field `model` to return an nn.Module, but it returned {type(model).__name__}.")
+    if config.get("checkpoint"):
+        try:
+            state = torch.load(config["checkpoint"], map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as err:
+            raise ConfigError(f"Field `checkpoint`: cannot load {config['checkpoint']!r} ({err}).") from None
+        model.load_state_dict(state)
+    epochs = config.get("train_epochs")
+    if epochs is not None:
+        if not isinstance(epochs, numbers.Integral) or epochs < 1:
+            raise ConfigError(f"Expected field `train_epochs` to be a positive int, but got {epochs!r}.")
+        fit_classifier(model, datamodule, max_epochs=int(epochs), seed=int(config.get("seed", 0)), enable_progress_bar=True)
+    return model.eval()
+
+
+def probe_batch(datamodule: Any, num_samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``num_samples`` (all when None) images and labels of the data module's test loader."""
+    if num_samples is not None and (not isinstance(num_samples, numbers.Integral) or num_samples < 1):
+        raise ConfigError(f"Expected field `num_samples` to be a positive int, but got {num_samples!r}.")
+    images, labels, count = [], [], 0
+    for batch in datamodule.test_dataloader():
+        images.append(batch[0])
+        labels.append(batch[1])
+        count += len(batch[1])
+        if num_samples is not None and count >= num_samples:
+            break
+    x, y = torch.cat(images), torch.cat(labels)
+    return (x, y) if num_samples is None else (x[:num_samples], y[:num_samples])
