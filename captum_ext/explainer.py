@@ -44,6 +44,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
@@ -61,7 +62,7 @@ from captum_ext import maps
 from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext.attr.random_map import RandomAttribution
 
-__all__ = ["Explainer", "METHODS", "resolve_layer", "last_conv_layer"]
+__all__ = ["Explainer", "METHODS", "as_explainer", "canonical", "forward_order", "resolve_layer", "last_conv_layer"]
 
 Target = int | list | tuple | torch.Tensor | None
 
@@ -78,7 +79,7 @@ class _Method:
 
 def _noise_defaults(nt_type: str) -> Callable[[torch.Tensor], dict]:
     def defaults(x: torch.Tensor) -> dict:
-        spread = float(x.max() - x.min()) or 1.0
+        spread = float(x.detach().max() - x.detach().min()) or 1.0
         return {"nt_type": nt_type, "nt_samples": 16, "stdevs": 0.15 * spread, "abs": False}
 
     return defaults
@@ -154,36 +155,60 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         raise ValueError(f"Expected argument `layer` to name a submodule of the model; {name!r} is not one of {shown}.") from None
 
 
-def last_conv_layer(model: nn.Module, inputs: torch.Tensor) -> str:
-    """Dotted name of the last ``nn.Conv2d`` in forward-execution order (found by a one-sample probe forward)."""
-    names = {module: name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+def forward_order(model: nn.Module, inputs: torch.Tensor, select: Callable[[nn.Module], bool]) -> list[str]:
+    """Dotted names of the modules for which ``select(module)`` holds, in the order a forward pass first enters them.
+
+    Found by a one-sample probe forward in eval mode without gradients; the hooks are removed afterwards, also on
+    error. The model is otherwise untouched.
+
+    Example::
+
+        >>> import torch
+        >>> from captum_ext.models import SmallCNN
+        >>> forward_order(SmallCNN(), torch.zeros(1, 1, 32, 32), lambda m: isinstance(m, nn.Conv2d))
+        ['features.conv1', 'features.conv2', 'features.conv3']
+    """
+    names = {id(module): name for name, module in model.named_modules() if select(module)}
     order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, i, o: order.append(names[mod])) for m in names]
+
+    def record(module: nn.Module, args: tuple) -> None:
+        if names[id(module)] not in order:
+            order.append(names[id(module)])
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if id(m) in names]
     try:
         with torch.no_grad(), eval_mode(model):
             model(inputs[:1])
     finally:
         for handle in handles:
             handle.remove()
+    return order
+
+
+def last_conv_layer(model: nn.Module, inputs: torch.Tensor) -> str:
+    """Dotted name of the last ``nn.Conv2d`` in forward-execution order (found by a one-sample probe forward)."""
+    order = forward_order(model, inputs, lambda module: isinstance(module, nn.Conv2d))
     if not order:
         raise ValueError("Expected the model to contain an nn.Conv2d for this layer method; pass `layer=` explicitly.")
     return order[-1]
 
 
-def _canonical(value: Any) -> Any:
-    """A JSON-able, stable form of a kwarg value for fingerprints (tensors by content hash)."""
+def canonical(value: Any) -> Any:
+    """A stable JSON-able form of settings for fingerprints: tensors by content hash, classes by qualified name,
+    other objects by class and public attributes (never by ``repr``, which may hold a memory address)."""
     if isinstance(value, torch.Tensor):
         data = value.detach().cpu().contiguous()
-        return {"tensor": hashlib.sha256(data.numpy().tobytes()).hexdigest(), "shape": list(data.shape), "dtype": str(data.dtype)}
+        return {"sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest(), "shape": list(data.shape), "dtype": str(data.dtype)}
     if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, (str, bool, int, float)) or value is None:
+        return [canonical(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
-    return repr(value)
+    attributes = {k: v for k, v in vars(value).items() if not k.startswith("_")} if hasattr(value, "__dict__") else {}
+    return {"class": f"{type(value).__module__}.{type(value).__qualname__}", "attributes": canonical(attributes)}
 
 
 class Explainer:
@@ -281,12 +306,12 @@ class Explainer:
 
     def config(self) -> dict:
         """A JSON-able description of the recipe (method, layer, every kwarg, seed): what fingerprints hash."""
-        method = self.method if isinstance(self.method, str) else _canonical(self.method)
+        method = self.method if isinstance(self.method, str) else canonical(self.method)
         return {
             "method": method,
             "layer": self.layer,
-            "init_kwargs": _canonical(self.init_kwargs),
-            "attribute_kwargs": _canonical(self.attribute_kwargs),
+            "init_kwargs": canonical(self.init_kwargs),
+            "attribute_kwargs": canonical(self.attribute_kwargs),
             "seed": self.seed,
         }
 
@@ -382,3 +407,21 @@ class Explainer:
         extras = "".join(f", {k}={v!r}" for k, v in self.attribute_kwargs.items())
         layer = f", layer={self.layer!r}" if self.layer else ""
         return f"Explainer({method!r}{layer}, name={self.name!r}{extras})"
+
+
+def as_explainer(value: Explainer | str, argument: str = "explainer") -> Explainer:
+    """A private copy of an ``Explainer`` with its call counter reset, or one built from a short name.
+
+    Consumers (benchmarks, checks, audits, callbacks) call this so that their stochastic maps are reproducible and the
+    caller's own object is never advanced.
+
+    Raises:
+        TypeError: ``value`` is neither an ``Explainer`` nor a string.
+    """
+    if isinstance(value, str):
+        return Explainer(value)
+    if isinstance(value, Explainer):
+        fresh = copy.deepcopy(value)
+        fresh._calls = 0
+        return fresh
+    raise TypeError(f"Expected argument `{argument}` to be an Explainer or a short name, but got {value!r}.")

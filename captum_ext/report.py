@@ -21,6 +21,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from captum_ext._io import write_text_atomic
 from captum_ext.plots import figure_to_png
 
 __all__ = ["Report"]
@@ -93,9 +94,4 @@ class Report:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the report atomically (temporary file, then rename) and return its path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_html(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(self.to_html(), path)

@@ -48,16 +48,16 @@ def control_cnn(control_digits) -> nn.Module:
 
 @pytest.fixture(scope="session")
 def trained_vit(digits) -> nn.Module:
-    """TinyViT trained on the shortcut data."""
+    """TinyViT trained 40 epochs on the shortcut data: test ~0.48; tagged zeros ~0.95, the same zeros untagged ~0.16."""
     torch.manual_seed(0)
-    return fit_classifier(TinyViT(), digits, max_epochs=20, lr=2e-3)
+    return fit_classifier(TinyViT(), digits, max_epochs=40, lr=3e-3)
 
 
 @pytest.fixture(scope="session")
 def control_vit(control_digits) -> nn.Module:
-    """TinyViT trained on the control data."""
+    """The same TinyViT, trained the same way on the control data."""
     torch.manual_seed(0)
-    return fit_classifier(TinyViT(), control_digits, max_epochs=20, lr=2e-3)
+    return fit_classifier(TinyViT(), control_digits, max_epochs=40, lr=3e-3)
 
 
 def snapshot(model: nn.Module) -> dict:

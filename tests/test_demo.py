@@ -1,17 +1,64 @@
-"""The demo in --fast mode: it runs, writes its summary, and the shortcut shows in its numbers."""
+"""The demo in --fast mode: it runs, and its report holds the expected sections, images and verdicts."""
 
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
+
+import pytest
 
 from captum_ext.cli import main
 
 
-def test_fast_demo_writes_a_summary_with_the_shortcut(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--fast"]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
+class _Outline(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sections, self.images, self.verdicts, self._tag = [], 0, [], None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.images += tag == "img" and attrs.get("src", "").startswith("data:image/png;base64,")
+        self._tag = ("verdict", attrs["class"]) if tag == "span" and "verdict" in attrs.get("class", "") else tag
+
+    def handle_data(self, data):
+        if self._tag == "h2":
+            self.sections.append(data)
+        elif isinstance(self._tag, tuple):
+            self.verdicts.append((data, "pass" in self._tag[1]))
+        self._tag = None
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(out), "--fast"]) == 0
+    return out
+
+
+def test_fast_demo_report_has_every_section_with_figures_and_verdicts(demo):
+    outline = _Outline()
+    outline.feed((demo / "report.html").read_text())
+    for expected in ("Training", "Sanity check: saliency", "Sanity check: guided_backprop", "ROAR",
+                     "Clever Hans audit (region)", "Clever Hans audit (discovery)", "ViT attention rollout",
+                     "Representation views"):
+        assert expected in outline.sections
+    assert outline.images >= 9
+    verdicts = dict(outline.verdicts)
+    assert any(text.startswith("flagged classes: [0") for text in verdicts), verdicts
+
+
+def test_fast_demo_summary_shows_the_shortcut_and_the_sanity_findings(demo, capsys):
+    summary = json.loads((demo / "summary.json").read_text())
     assert summary["shortcut_class_accuracy_tagged"] - summary["shortcut_class_accuracy_untagged"] >= 0.2
-    assert summary["test_accuracy"] > 0.5
-    printed = capsys.readouterr().out
-    assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in printed
-    assert list((tmp_path / "tensorboard").glob("version_*/events.out.tfevents.*"))
+    assert 0 in summary["audit_flagged"]["region"]
+    assert summary["sanity"]["saliency"]["passed"] and not summary["sanity"]["guided_backprop"]["passed"]
+    assert list((demo / "tensorboard").glob("version_*/events.out.tfevents.*"))
+
+
+def test_running_the_demo_twice_does_not_mix_runs(demo, capsys):
+    assert main(["demo", "--out", str(demo), "--fast"]) == 0
+    versions = sorted(p.name for p in (demo / "tensorboard").iterdir())
+    assert versions == ["version_0", "version_1"]
+    summary = json.loads((demo / "summary.json").read_text())
+    assert summary["tensorboard_version"].endswith("version_1")
+    assert f"tensorboard --logdir {demo / 'tensorboard'}" in capsys.readouterr().out

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numbers
 from typing import Literal
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from sklearn.datasets import load_digits

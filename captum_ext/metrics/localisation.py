@@ -36,6 +36,8 @@ Example::
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torchmetrics import Metric
 
@@ -153,6 +155,12 @@ def pointing_game(attributions: torch.Tensor, region: torch.Tensor, seed: int = 
     return (hit & (positive.flatten(1).amax(1) > 0)).to(positive.dtype)
 
 
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
+    return int(seed)
+
+
 class _RegionMetric(Metric):
     """Mean over images of a per-image localisation score against a fixed (H, W) region."""
 
@@ -227,7 +235,7 @@ class RelevanceRankAccuracy(_RegionMetric):
 
     def __init__(self, region: torch.Tensor, seed: int = 0, **kwargs) -> None:
         super().__init__(region, **kwargs)
-        self.seed = int(seed)
+        self.seed = _check_seed(seed)
 
     def _score(self, attributions: torch.Tensor) -> torch.Tensor:
         return relevance_rank_accuracy(attributions, self.region, self.seed)
@@ -253,7 +261,7 @@ class PointingGame(_RegionMetric):
 
     def __init__(self, region: torch.Tensor, seed: int = 0, **kwargs) -> None:
         super().__init__(region, **kwargs)
-        self.seed = int(seed)
+        self.seed = _check_seed(seed)
 
     def _score(self, attributions: torch.Tensor) -> torch.Tensor:
         return pointing_game(attributions, self.region, self.seed)

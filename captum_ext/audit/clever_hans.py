@@ -1,0 +1,421 @@
+"""``CleverHansAudit``: does a class rely on a spurious region (a watermark, a copyright tag)? Find it and prove it.
+
+Lapuschkin et al. (2019), "Unmasking Clever Hans predictors and assessing what machines really learn", Nature
+Communications 10: the PASCAL VOC horse classifier whose heatmaps, averaged over all horse images, sit on the
+copyright tag. Arras, Osman & Samek (2022), Information Fusion 81: relevance mass and rank accuracy.
+
+Per audited class ``c`` (its images: label ``c`` with ``target="label"``, prediction ``c`` with
+``target="prediction"``) the audit measures, with ``R`` the positive part of each map and ``G`` the region:
+
+* attribution evidence: ``relevance_mass`` (mean share of ``R`` inside ``G``), ``area`` (``|G| / (H W)``), their
+  ``ratio`` (1 is chance), ``pointing_game``, ``rank_accuracy``; ``specificity``, the class's ratio over the ratio
+  of all the other images of the probe in the same region (how much more this class looks there than the rest of the task
+  does); ``consistency``, the share of the class's images whose own ratio reaches ``ratio_threshold``;
+* the class-mean map: the mean of the maps each normalised to sum 1 (the "average heatmap of all horse images"),
+  so its mass inside ``G`` equals ``relevance_mass``;
+* counterfactuals on the images labelled ``c``: ``accuracy_drop``, accuracy before minus after filling ``G`` with
+  the imputer; ``flip_rate``, the share of the images of other classes (not already predicted ``c``) that the
+  model predicts as ``c`` once ``G`` is pasted on them from the class image with the highest relevance mass in
+  ``G`` (``flip_source``, its index among the audited images; at most ``flip_images`` of them, evenly spaced).
+
+A class is **flagged** when every piece of evidence that applies crosses its threshold (all in the report):
+
+* attribution: ``ratio >= ratio_threshold`` (default 3.0);
+* counterfactual: ``accuracy_drop >= drop_threshold`` (default 0.1) or ``flip_rate >= flip_threshold`` (0.1);
+* control (only when a ``control`` model is given): ``ratio >= control_factor * control_ratio`` (default 2.0), the
+  control's ratio measured with the same explainer, images and region. Some methods favour bright pixels, so a
+  bright tag draws relevance even from a model that does not use it: the control tells the two apart;
+* discovery mode only (``region=None``), the candidate must be compact (``area <= max_area``, default 0.1),
+  consistent (``consistency >= 0.5``) and off the object (``specificity >= specificity_threshold``, default 8.0:
+  the digit strokes, unlike a tag, draw relevance from every class).
+
+Discovery: per class, the class-mean map is thresholded at half its maximum; the 8-connected component holding
+the maximum, boxed and widened by one pixel, is the candidate ``region`` (a half-open ``(x0, y0, x1, y1)`` box);
+the candidate is then measured and verified by the counterfactuals exactly as a given region.
+
+Default imputer: :class:`~captum_ext.imputation.MeanImputer` with the per-channel mean of the audited images (the
+audit does not know the training mean; pass ``MeanImputer(datamodule.train_mean)`` to use it).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from captum_ext._context import eval_mode
+from captum_ext.audit.report import AuditReport
+from captum_ext.explainer import Explainer, as_explainer
+from captum_ext.imputation import Imputer, MeanImputer
+from captum_ext.metrics.localisation import (
+    check_region,
+    pointing_game,
+    positive_map,
+    relevance_mass,
+    relevance_rank_accuracy,
+)
+
+__all__ = ["CleverHansAudit", "box_to_mask", "mask_to_box"]
+
+Box = tuple[int, int, int, int]
+Target = Literal["label", "prediction"]
+
+
+def _check_box(box: Any, size: tuple[int, int] | None = None) -> Box:
+    """Validate a half-open ``(x0, y0, x1, y1)`` box of ints, inside ``size`` = (H, W) when given."""
+    ok = (
+        isinstance(box, (tuple, list))
+        and len(box) == 4
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in box)
+    )
+    if ok:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        h, w = size if size is not None else (y1, x1)
+        ok = 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    if not ok:
+        bounds = f"0 <= x0 < x1 <= {size[1]} and 0 <= y0 < y1 <= {size[0]}" if size else "0 <= x0 < x1 and 0 <= y0 < y1"
+        raise ValueError(
+            f"Expected argument `region` to be an (H, W) bool mask or a non-empty half-open (x0, y0, x1, y1) box "
+            f"of ints with {bounds}, but got {box!r}."
+        )
+    return x0, y0, x1, y1
+
+
+def box_to_mask(box: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
+    """(H, W) bool mask of a half-open ``(x0, y0, x1, y1)`` box (torchvision's order).
+
+    Raises:
+        ValueError: not four ints with ``0 <= x0 < x1 <= W`` and ``0 <= y0 < y1 <= H``.
+    """
+    x0, y0, x1, y1 = _check_box(box, size)
+    mask = torch.zeros(*size, dtype=torch.bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def mask_to_box(mask: torch.Tensor) -> Box:
+    """The half-open ``(x0, y0, x1, y1)`` bounding box of a non-empty (H, W) bool mask."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _positive_real(name: str, value: Any, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0 or (upper is not None and value > upper):
+        bound = f" in (0, {upper}]" if upper is not None else ""
+        raise ValueError(f"Expected argument `{name}` to be a positive real number{bound}, but got {value!r}.")
+    return float(value)
+
+
+def _collect(data: Any, max_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, C, H, W) and labels (N,) from an (images, labels) pair or an iterable of (images, labels, ...)."""
+    expected = "an (images, labels) pair of tensors or an iterable (DataLoader) of (images, labels, ...) batches"
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        batches: Iterable = [data]
+    elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str)):
+        batches = data
+    else:
+        raise TypeError(f"Expected argument `data` to be {expected}, but got {type(data).__name__}.")
+    xs, ys, count = [], [], 0
+    for batch in batches:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError(f"Expected argument `data` to be {expected}, but got a batch of type {type(batch).__name__}.")
+        x, y = batch[0], batch[1]
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"Expected the images in `data` to be a float (N, C, H, W) tensor, but got {got}.")
+        y = torch.as_tensor(y)
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"Expected the labels in `data` to have shape ({x.shape[0]},), but got {tuple(y.shape)}.")
+        xs.append(x.detach())
+        ys.append(y.detach().long())
+        count += x.shape[0]
+        if max_images is not None and count >= max_images:
+            break
+    if not xs:
+        raise ValueError("Expected argument `data` to hold at least one image, but it is empty.")
+    x, y = torch.cat(xs), torch.cat(ys)
+    if max_images is not None:
+        x, y = x[:max_images], y[:max_images]
+    return x, y
+
+
+class CleverHansAudit:
+    """Does any class rely on a spurious region? Measure it per class and prove it by intervention.
+
+    Reference: Lapuschkin et al., "Unmasking Clever Hans predictors and assessing what machines really learn",
+    Nature Communications 10, 2019; Arras, Osman & Samek, "CLEVR-XAI", Information Fusion 81, 2022. The evidence,
+    the flag rule and discovery are described in the module docstring.
+
+    Args:
+        explainer: an :class:`~captum_ext.Explainer` or a short name; the positive part of its channel-summed map is
+            used. ``"input_x_gradient"``, ``"integrated_gradients"`` and ``"gradcam"`` localise a tag; plain
+            gradients do not (see docs/audit.md).
+        region: the suspected region, an (H, W) bool mask or a half-open ``(x0, y0, x1, y1)`` box; ``None`` to
+            discover one per class. Default None.
+        imputer: fills the region for ``accuracy_drop``. Default ``MeanImputer`` of the audited images'
+            per-channel mean.
+        classes: classes to audit; each must occur in the data. Default every class found.
+        target: explain (and group by) the true ``"label"`` or the model's ``"prediction"``. Default ``"label"``.
+        ratio_threshold: Default 3.0. drop_threshold: Default 0.1. flip_threshold: Default 0.1.
+        control_factor: Default 2.0. specificity_threshold: Default 8.0. max_area: Default 0.1.
+        consistency_threshold: Default 0.5.
+        flip_images: the flip rate is measured on at most this many images of other classes (evenly spaced over
+            them, no randomness), which bounds the cost at ``classes x flip_images`` forward passes. Default 200.
+        batch_size: images per attribution / forward call. Default 128.
+        max_images: audit at most this many images (the first ones). Default all.
+
+    Raises:
+        TypeError: a region that is neither a bool tensor nor a box, a bad explainer.
+        ValueError: a mask that is not 2-d or empty, a malformed box, an unknown ``target``, a bad threshold.
+
+    Example::
+
+        >>> import torch
+        >>> from captum_ext.models import SmallCNN
+        >>> x, y = torch.rand(8, 1, 32, 32), torch.tensor([0, 1] * 4)
+        >>> report = CleverHansAudit("input_x_gradient", region=(26, 26, 31, 31)).run(SmallCNN(), (x, y))
+        >>> sorted(report.classes), report.region.shape
+        ([0, 1], torch.Size([32, 32]))
+    """
+
+    def __init__(
+        self,
+        explainer: Explainer | str,
+        region: torch.Tensor | Sequence[int] | None = None,
+        imputer: Imputer | None = None,
+        classes: Sequence[int] | None = None,
+        target: Target = "label",
+        ratio_threshold: float = 3.0,
+        drop_threshold: float = 0.1,
+        flip_threshold: float = 0.1,
+        control_factor: float = 2.0,
+        specificity_threshold: float = 8.0,
+        consistency_threshold: float = 0.5,
+        max_area: float = 0.1,
+        flip_images: int = 200,
+        batch_size: int = 128,
+        max_images: int | None = None,
+    ):
+        self.explainer = as_explainer(explainer)
+        if region is not None and not isinstance(region, (torch.Tensor, tuple, list)):
+            raise TypeError(
+                f"Expected argument `region` to be an (H, W) bool mask, an (x0, y0, x1, y1) box or None, "
+                f"but got {type(region).__name__}."
+            )
+        if isinstance(region, torch.Tensor):
+            check_region(region)
+            region = region.detach().cpu().clone()
+        elif region is not None:
+            region = _check_box(region)  # the size is checked against the images in run()
+        self.region = region
+        if imputer is not None and not callable(imputer):
+            raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {type(imputer).__name__}.")
+        self.imputer = imputer
+        if classes is not None:
+            if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not all(
+                isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in classes
+            ) or len(classes) == 0:
+                raise ValueError(f"Expected argument `classes` to be a non-empty sequence of ints or None, but got {classes!r}.")
+            classes = sorted({int(c) for c in classes})
+        self.classes = classes
+        if target not in ("label", "prediction"):
+            raise ValueError(f"Expected argument `target` to be one of 'label', 'prediction', but got {target!r}.")
+        self.target = target
+        self.thresholds = {
+            "ratio": _positive_real("ratio_threshold", ratio_threshold),
+            "accuracy_drop": _positive_real("drop_threshold", drop_threshold, 1.0),
+            "flip_rate": _positive_real("flip_threshold", flip_threshold, 1.0),
+            "control_factor": _positive_real("control_factor", control_factor),
+            "specificity": _positive_real("specificity_threshold", specificity_threshold),
+            "consistency": _positive_real("consistency_threshold", consistency_threshold, 1.0),
+            "max_area": _positive_real("max_area", max_area, 1.0),
+        }
+        for name, value in (("flip_images", flip_images), ("batch_size", batch_size), ("max_images", max_images)):
+            if value is None and name == "max_images":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
+        self.flip_images = int(flip_images)
+        self.batch_size = int(batch_size)
+        self.max_images = None if max_images is None else int(max_images)
+
+    # -- model calls ----------------------------------------------------------------------------------------
+    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        out = []
+        with torch.no_grad(), eval_mode(model):
+            for start in range(0, len(x), self.batch_size):
+                out.append(model(x[start : start + self.batch_size].to(device)).argmax(1).cpu())
+        return torch.cat(out)
+
+    def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Positive (N, H, W) maps, each normalised to sum 1 (all-zero maps stay zero)."""
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        out = []
+        for start in range(0, len(x), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            attributions = self.explainer.attribute(model, x[chunk].to(device), target[chunk].to(device))
+            out.append(positive_map(attributions).cpu())
+        positive = torch.cat(out).double()
+        total = positive.flatten(1).sum(1)[:, None, None]
+        return torch.where(total > 0, positive / total.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(positive))
+
+    # -- evidence -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _candidate(mean_map: torch.Tensor) -> torch.Tensor:
+        """Discovery: box (widened by 1 px) of the 8-connected half-maximum component around the maximum."""
+        values = mean_map.numpy()
+        if values.max() <= 0:
+            return torch.zeros(mean_map.shape, dtype=torch.bool)
+        labels, _ = ndimage.label(values >= 0.5 * values.max(), structure=np.ones((3, 3)))
+        peak = np.unravel_index(int(np.argmax(values)), values.shape)
+        component = torch.from_numpy(labels == labels[peak])
+        x0, y0, x1, y1 = mask_to_box(component)
+        h, w = mean_map.shape
+        return box_to_mask((max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)), (h, w))
+
+    def _attribution_evidence(self, normalised: torch.Tensor, group: torch.Tensor, region: torch.Tensor) -> dict[str, float]:
+        area = float(region.double().mean())
+        mass = relevance_mass(normalised, region)
+        inside, outside = mass[group], mass[~group]
+        ratio = float(inside.mean()) / area
+        other_ratio = float(outside.mean()) / area if len(outside) else float("nan")
+        return {
+            "n_images": int(group.sum()),
+            "relevance_mass": float(inside.mean()),
+            "area": area,
+            "ratio": ratio,
+            "pointing_game": float(pointing_game(normalised[group], region).mean()),
+            "rank_accuracy": float(relevance_rank_accuracy(normalised[group], region).mean()),
+            "specificity": ratio / other_ratio if other_ratio > 0 else float("inf"),
+            "consistency": float((inside / area >= self.thresholds["ratio"]).double().mean()),
+        }
+
+    def _counterfactuals(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        pred: torch.Tensor,
+        cls: int,
+        region: torch.Tensor,
+        source: int,
+        imputer: Imputer,
+    ) -> dict[str, Any]:
+        own = y == cls
+        before = float((pred[own] == cls).double().mean()) if own.any() else float("nan")
+        after = float((self._predict(model, imputer(x[own], region)) == cls).double().mean()) if own.any() else float("nan")
+        others = torch.nonzero((y != cls) & (pred != cls))[:, 0]
+        if len(others) > self.flip_images:  # evenly spaced, no randomness
+            others = others[torch.linspace(0, len(others) - 1, self.flip_images).round().long()]
+        flip = float("nan")
+        if len(others):
+            pasted = torch.where(region, x[source], x[others])
+            flip = float((self._predict(model, pasted) == cls).double().mean())
+        return {
+            "accuracy_before": before,
+            "accuracy_after": after,
+            "accuracy_drop": before - after,
+            "flip_rate": flip,
+            "flip_source": int(source),
+        }
+
+    # -- entry point ----------------------------------------------------------------------------------------
+    def run(self, model: nn.Module, data: Any, control: nn.Module | None = None) -> AuditReport:
+        """Audit ``model`` on ``data``; optionally compare each class's ratio with a ``control`` model's.
+
+        Args:
+            model: the classifier (left unchanged: weights, modes, gradients, hooks).
+            data: a DataLoader (or any iterable) of ``(images, labels, ...)`` batches, or an ``(images, labels)``
+                pair of tensors.
+            control: a model of the same architecture trained where the region carries no label information
+                (e.g. on ``CleverHansDigits(control=True)``); audited with the same explainer, images and regions.
+                Default None.
+
+        Returns:
+            :class:`~captum_ext.audit.AuditReport`.
+
+        Raises:
+            TypeError: ``model`` or ``control`` is not an ``nn.Module``; malformed ``data``.
+            ValueError: the region does not fit the images, or an audited class has no images in the data.
+        """
+        for name, value in (("model", model), ("control", control)):
+            if value is not None and not isinstance(value, nn.Module):
+                raise TypeError(f"Expected argument `{name}` to be an nn.Module, but got {type(value).__name__}.")
+        x, y = _collect(data, self.max_images)
+        size = tuple(x.shape[-2:])
+        given = None
+        if isinstance(self.region, torch.Tensor):
+            given = check_region(self.region, size)
+        elif self.region is not None:
+            given = box_to_mask(self.region, size)
+        pred = self._predict(model, x)
+        grouping = y if self.target == "label" else pred
+        present = sorted(set(grouping.tolist()))
+        classes = present if self.classes is None else self.classes
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise ValueError(
+                f"Expected every class in argument `classes` to have images in the data (grouped by {self.target}), "
+                f"but got no images for {missing}; the data has {present}."
+            )
+        imputer = self.imputer if self.imputer is not None else MeanImputer(x.mean(dim=(0, 2, 3)))
+        normalised = self._maps(model, x, grouping)
+        control_maps = self._maps(control, x, grouping) if control is not None else None
+
+        results: dict[int, dict[str, Any]] = {}
+        class_maps: dict[int, torch.Tensor] = {}
+        control_class_maps: dict[int, torch.Tensor] = {}
+        flagged: list[int] = []
+        t = self.thresholds
+        for cls in classes:
+            group = grouping == cls
+            class_maps[cls] = normalised[group].mean(0).float()
+            region = given if given is not None else self._candidate(class_maps[cls].double())
+            entry: dict[str, Any] = {"region": None if given is not None else mask_to_box(region) if region.any() else None}
+            if not region.any():  # discovery found nothing: an all-zero class-mean map
+                results[cls] = {**entry, "n_images": int(group.sum()), "flagged": False}
+                continue
+            entry.update(self._attribution_evidence(normalised, group, region))
+            members = torch.nonzero(group & (y == cls))[:, 0]
+            pool = members if len(members) else torch.nonzero(group)[:, 0]
+            source = int(pool[relevance_mass(normalised[pool], region).argmax()])
+            entry.update(self._counterfactuals(model, x, y, pred, cls, region, source, imputer))
+            entry["control_ratio"] = None
+            if control_maps is not None:
+                control_class_maps[cls] = control_maps[group].mean(0).float()
+                entry["control_ratio"] = float(relevance_mass(control_maps[group], region).mean()) / entry["area"]
+            evidence = {
+                "attribution": entry["ratio"] >= t["ratio"],
+                "counterfactual": bool(entry["accuracy_drop"] >= t["accuracy_drop"] or entry["flip_rate"] >= t["flip_rate"]),
+                "control": None if entry["control_ratio"] is None else entry["ratio"] >= t["control_factor"] * entry["control_ratio"],
+                "candidate": None
+                if given is not None
+                else bool(
+                    entry["area"] <= t["max_area"]
+                    and entry["consistency"] >= t["consistency"]
+                    and entry["specificity"] >= t["specificity"]
+                ),
+            }
+            entry["evidence"] = evidence
+            entry["flagged"] = all(v for v in evidence.values() if v is not None)
+            if entry["flagged"]:
+                flagged.append(cls)
+            results[cls] = entry
+        return AuditReport(
+            explainer=self.explainer.name,
+            region=given,
+            classes=results,
+            class_maps=class_maps,
+            flagged=flagged,
+            thresholds=dict(t),
+            target=self.target,
+            imputer=repr(imputer),
+            n_images=len(x),
+            control_class_maps=control_class_maps if control is not None else None,
+        )

@@ -1,0 +1,145 @@
+"""``AttributionMonitor``: attribution maps and their faithfulness on a fixed probe set, every epoch.
+
+At the end of a validation epoch each explainer attributes the probe images (the true label or the prediction as
+target); the maps go to TensorBoard as an overlay grid (``attribution/<explainer>/maps``) and the faithfulness
+metrics — deletion and insertion AUC (Petsiuk et al., "RISE", BMVC 2018) by default — as scalars
+(``attribution/<explainer>/<metric>``). Each rank scores its shard of the probe set; the metrics are torchmetrics
+states synced across ranks.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import Dataset
+
+from captum_ext import maps
+from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval, overlay_grid, synced_compute
+from captum_ext.explainer import Explainer, as_explainer
+from captum_ext.metrics.faithfulness import AOPC, DeletionAUC, InsertionAUC
+
+__all__ = ["AttributionMonitor", "METRICS", "check_target"]
+
+#: Metric names accepted by :class:`AttributionMonitor` and the torchmetrics classes they stand for.
+METRICS: dict[str, type] = {"deletion_auc": DeletionAUC, "insertion_auc": InsertionAUC, "aopc": AOPC}
+Target = Literal["label", "prediction"]
+
+
+def check_target(target: Any) -> Target:
+    """Validate the ``target`` option: ``"label"`` or ``"prediction"``."""
+    if target not in ("label", "prediction"):
+        raise ValueError(f"Expected argument `target` to be one of 'label', 'prediction', but got {target!r}.")
+    return target
+
+
+class AttributionMonitor(ExplanationCallback):
+    """Which pixels does the model use now, and are those maps faithful? Logged every ``every_n_epochs`` epochs.
+
+    Faithfulness by deletion / insertion AUC (Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of
+    Black-box Models", BMVC 2018) or AOPC (Samek et al., IEEE TNNLS 2017), see :mod:`captum_ext.metrics`.
+
+    Args:
+        explainers: short names or :class:`~captum_ext.Explainer` instances, with unique names.
+            Default ``("saliency", "integrated_gradients")``.
+        num_samples: probe images, balanced over classes. Default 16.
+        every_n_epochs: Default 1.
+        metrics: names from ``"deletion_auc"``, ``"insertion_auc"``, ``"aopc"``. Default the first two.
+        log_images: write the overlay grid of each explainer (rank 0, TensorBoard). Default True.
+        target: explain the true ``"label"`` or the model's ``"prediction"``. Default ``"label"``.
+        reduce: channel reduction of the displayed maps (see :func:`captum_ext.maps.reduce_channels`); the
+            metrics get the full (N, C, H, W) attributions. Default ``"sum_abs"``.
+        metric_kwargs: keyword arguments for every metric's constructor (``steps``, ``imputer``, ...). Default
+            ``{"steps": 8}``: half the metrics' own default, since a per-epoch trend on a few probe images needs no
+            finer curve, and it keeps a check within ~1.5x the bare attribution time (``benchmarks/callbacks.py``).
+        probe, classes, seed, probe_scan: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
+
+    Attributes:
+        maps: ``{explainer name: (N, H, W) maps}`` of the whole probe set at the last check (every rank).
+
+    Raises:
+        ValueError: an unknown metric, target or reduction, repeated explainer names, or an invalid count.
+        TypeError: an explainer that is neither a short name nor an ``Explainer``.
+
+    Example::
+
+        >>> import pytorch_lightning as pl
+        >>> from captum_ext.data import CleverHansDigits
+        >>> from captum_ext.models import ClassifierModule, SmallCNN
+        >>> monitor = AttributionMonitor(explainers=["saliency"], num_samples=8)
+        >>> trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, callbacks=[monitor], logger=False,
+        ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(ClassifierModule(SmallCNN()), datamodule=CleverHansDigits())
+        >>> sorted(k for k in trainer.callback_metrics if k.startswith("attribution/"))
+        ['attribution/saliency/deletion_auc', 'attribution/saliency/insertion_auc']
+    """
+
+    def __init__(
+        self,
+        explainers: Sequence[str | Explainer] = ("saliency", "integrated_gradients"),
+        num_samples: int = 16,
+        every_n_epochs: int = 1,
+        metrics: Sequence[str] = ("deletion_auc", "insertion_auc"),
+        log_images: bool = True,
+        target: Target = "label",
+        reduce: maps.Reduction = "sum_abs",
+        metric_kwargs: Mapping[str, Any] | None = None,
+        probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
+        classes: Sequence[int] | None = None,
+        seed: int = 0,
+        probe_scan: int = 4096,
+    ):
+        super().__init__(
+            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan
+        )
+        if isinstance(explainers, (str, Explainer)):
+            explainers = [explainers]
+        self.explainers = [as_explainer(e, "explainers") for e in explainers]
+        names = [e.name for e in self.explainers]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"Expected argument `explainers` to be a non-empty sequence with unique names, but got {names}.")
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or len(set(metrics)) != len(metrics):
+            raise ValueError(
+                f"Expected argument `metrics` to hold distinct names from {', '.join(map(repr, METRICS))}, but got {list(metrics)!r}."
+            )
+        if reduce not in maps.REDUCTIONS:
+            raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, maps.REDUCTIONS))}, but got {reduce!r}.")
+        if metric_kwargs is not None and not isinstance(metric_kwargs, Mapping):
+            raise TypeError(f"Expected argument `metric_kwargs` to be a mapping or None, but got {type(metric_kwargs).__name__}.")
+        self.metric_names = list(metrics)
+        self.metric_kwargs = {"steps": 8, **(metric_kwargs or {})}
+        self.log_images = bool(log_images)
+        self.target = check_target(target)
+        self.reduce = reduce
+        self.maps: dict[str, torch.Tensor] = {}
+        self._metrics = {
+            e.name: {m: METRICS[m](**self.metric_kwargs) for m in self.metric_names} for e in self.explainers
+        }
+
+    def _state_key_fields(self) -> dict[str, Any]:
+        return {"explainers": [e.name for e in self.explainers], "num_samples": self.num_samples, "seed": self.seed}
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        probe = self.probe(trainer, pl_module)
+        inputs, labels = probe.shard()
+        empty = len(inputs) == 0
+        target = labels if self.target == "label" or empty else forward_in_eval(pl_module, inputs).argmax(1)
+        values: dict[str, torch.Tensor] = {}
+        for explainer in self.explainers:
+            attributions = None if empty else explainer.attribute(pl_module, inputs, target)
+            for metric_name, metric in self._metrics[explainer.name].items():
+                metric.to(pl_module.device).reset()
+                if not empty:
+                    metric.update(functools.partial(forward_in_eval, pl_module), inputs, attributions, target)
+                values[f"attribution/{explainer.name}/{metric_name}"] = synced_compute(metric)
+            shard_maps = inputs.new_zeros(len(inputs), *inputs.shape[-2:]) if empty else maps.reduce_channels(attributions, self.reduce)
+            self.maps[explainer.name] = self.gather(trainer, shard_maps, probe).cpu()
+            if self.log_images and self.tensorboard(trainer) is not None:
+                self.log_image(trainer, f"attribution/{explainer.name}/maps", overlay_grid(probe.inputs, self.maps[explainer.name]))
+        self.log_scalars(trainer, pl_module, values)

@@ -1,0 +1,457 @@
+"""Shared machinery of the ``captum_ext`` Lightning callbacks.
+
+:class:`ExplanationCallback` is the base class of every callback in :mod:`captum_ext.callbacks`. It is a
+subclass of ``pytorch_lightning.Callback`` and, when the ``lightning`` package is importable, of
+``lightning.pytorch.Callback`` too, so one instance works with either namespace's ``Trainer``. It provides:
+
+- scheduling: :meth:`~ExplanationCallback.run` is called at the end of every ``every_n_epochs``-th validation
+  epoch, never while the trainer is sanity checking;
+- isolation: the run happens with gradients enabled (also under ``Trainer(inference_mode=True)``) and with the
+  torch, numpy and ``random`` RNG states saved and restored, so a callback never changes the training run;
+- a probe set (:class:`ProbeSet`): ``num_samples`` validation images balanced over classes, chosen once with a
+  seeded generator, the same global indices on every rank; each rank works on its own disjoint shard
+  (positions ``rank, rank + world_size, ...``) and :meth:`~ExplanationCallback.gather` reassembles per-sample
+  results in probe order with one collective call that every rank makes;
+- logging at step ``trainer.global_step`` (optimizer steps so far): scalars to every logger and to
+  ``trainer.callback_metrics``, images and matplotlib figures to the ``TensorBoardLogger``, all written by rank 0
+  only, and a single warning when there is no logger;
+- ``state_dict`` / ``load_state_dict`` keyed by a per-instance ``state_key`` (the probe indices and each
+  subclass's own counters) for resumed fits.
+
+Subclasses implement :meth:`~ExplanationCallback.run` and, if they keep state across epochs,
+:meth:`~ExplanationCallback._extra_state` / :meth:`~ExplanationCallback._load_extra_state` and
+:meth:`~ExplanationCallback._state_key_fields`.
+
+Example::
+
+    >>> import pytorch_lightning as pl
+    >>> from captum_ext.callbacks.base import ExplanationCallback
+    >>> class MeanInput(ExplanationCallback):
+    ...     def run(self, trainer, pl_module):
+    ...         probe = self.probe(trainer, pl_module)
+    ...         self.log_scalars(trainer, pl_module, {"probe/mean": probe.inputs.mean()})
+    >>> isinstance(MeanInput(num_samples=4), pl.Callback)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import random
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
+from torchmetrics import Metric
+from typing_extensions import override
+
+from captum_ext import maps
+from captum_ext._context import eval_mode, gradients_enabled
+
+try:  # the `lightning` package has its own, distinct Callback and logger classes
+    import lightning.pytorch as _lightning_pytorch
+    from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoardLogger
+except ImportError:  # pragma: no cover - lightning is an optional dependency
+    _lightning_pytorch = None
+    _LightningTensorBoardLogger = None
+
+__all__ = [
+    "ExplanationCallback",
+    "ProbeSet",
+    "balanced_indices",
+    "shard_positions",
+    "preserved_rng",
+    "overlay",
+    "overlay_grid",
+    "forward_in_eval",
+    "synced_compute",
+    "CALLBACK_BASES",
+]
+
+#: The Callback classes :class:`ExplanationCallback` derives from (one per importable Lightning namespace).
+CALLBACK_BASES: tuple[type, ...] = (pl.Callback,) + (
+    (_lightning_pytorch.Callback,) if _lightning_pytorch is not None else ()
+)
+_TENSORBOARD_LOGGERS: tuple[type, ...] = (TensorBoardLogger,) + (
+    (_LightningTensorBoardLogger,) if _LightningTensorBoardLogger is not None else ()
+)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"Expected argument `{name}` to be an int >= {minimum}, but got {value!r}.")
+    return int(value)
+
+
+@contextlib.contextmanager
+def preserved_rng(devices: Sequence[torch.device] = ()) -> Iterator[None]:
+    """Save the torch (CPU and the given CUDA devices), numpy and ``random`` RNG states; restore them on exit.
+
+    Whatever the block draws, the global random streams continue afterwards exactly as if it had not run.
+    """
+    cuda = [d for d in devices if torch.device(d).type == "cuda"]
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def balanced_indices(
+    labels: torch.Tensor, num_samples: int, seed: int = 0, classes: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Positions of ``num_samples`` labels balanced over classes, chosen with a seeded generator.
+
+    The positions are visited in a seeded random order; classes take turns (in ascending order), each taking
+    its next unused position, until ``num_samples`` are chosen or every class is exhausted. So every class
+    gets ``num_samples // num_classes`` or one more, unless it has fewer samples.
+
+    Args:
+        labels: (M,) integer class labels.
+        num_samples: how many positions to choose.
+        seed: seeds the random order. Default 0.
+        classes: restrict the choice to these classes. Default all classes present.
+
+    Returns:
+        (min(num_samples, available),) long tensor of positions into ``labels``, in turn order.
+    """
+    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(int(seed)))
+    wanted = sorted(set(labels.tolist())) if classes is None else sorted({int(c) for c in classes})
+    queues = [order[labels[order] == c].tolist() for c in wanted]
+    chosen: list[int] = []
+    turn = 0
+    while len(chosen) < num_samples and any(turn < len(q) for q in queues):
+        for queue in queues:
+            if turn < len(queue) and len(chosen) < num_samples:
+                chosen.append(queue[turn])
+        turn += 1
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def shard_positions(num_samples: int, rank: int, world_size: int) -> torch.Tensor:
+    """Probe positions scored by ``rank``: ``rank, rank + world_size, ...`` (disjoint shards covering all)."""
+    return torch.arange(rank, num_samples, world_size, dtype=torch.long)
+
+
+@dataclass
+class ProbeSet:
+    """The fixed probe images, identical on every rank, and this rank's shard of them.
+
+    Attributes:
+        inputs: (N, C, H, W) probe images (a clone owned by the callback).
+        labels: (N,) long labels.
+        indices: (N,) long indices of the images in the validation dataset.
+        rank, world_size: this process's global rank and the number of processes.
+    """
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    rank: int = 0
+    world_size: int = 1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """Positions (into the probe set) of this rank's shard."""
+        return shard_positions(len(self), self.rank, self.world_size)
+
+    def shard(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's ``(inputs, labels)``."""
+        pos = self.positions.to(self.labels.device)
+        return self.inputs[pos], self.labels[pos]
+
+    def to(self, device: torch.device) -> ProbeSet:
+        """The same probe set on ``device``."""
+        return ProbeSet(self.inputs.to(device), self.labels.to(device), self.indices, self.rank, self.world_size)
+
+
+def _unpack(item: Any) -> tuple[torch.Tensor, int]:
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        image, label = item[0], item[1]
+        if isinstance(image, torch.Tensor) and image.dim() == 3:
+            return image, int(label)
+    raise TypeError(
+        "Expected the validation dataset to yield (image (C, H, W) tensor, label, ...) items; pass the probe images "
+        f"explicitly with `probe=(inputs, labels)`, but got an item of type {type(item).__name__}."
+    )
+
+
+def _select_probe(
+    dataset: Dataset, num_samples: int, seed: int, classes: Sequence[int] | None, scan: int, fixed: list[int] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read labels of up to ``scan`` items in seeded random order, choose a balanced probe, load its images."""
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        raise TypeError(
+            "Expected a map-style validation dataset (with __len__ and __getitem__) to draw the probe set from; "
+            f"pass `probe=(inputs, labels)` instead, but got {type(dataset).__name__}."
+        )
+    if fixed is None:
+        if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+            candidates = torch.arange(len(dataset))
+            labels = dataset.tensors[1].reshape(-1).long()
+        else:
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(seed) + 1))
+            candidates = order[:scan]
+            labels = torch.tensor([_unpack(dataset[int(i)])[1] for i in candidates], dtype=torch.long)
+        chosen = candidates[balanced_indices(labels, num_samples, seed, classes)]
+    else:
+        chosen = torch.tensor(fixed, dtype=torch.long)
+    if len(chosen) == 0:
+        raise ValueError(f"The probe set is empty: no validation images of the classes {classes!r}.")
+    items = [_unpack(dataset[int(i)]) for i in chosen]
+    inputs = torch.stack([image.detach().float().cpu() for image, _ in items]).clone()
+    labels = torch.tensor([label for _, label in items], dtype=torch.long)
+    return inputs, labels, chosen
+
+
+def synced_compute(metric: Metric) -> Any:
+    """``metric.compute()`` (synced across ranks), quiet when this rank had nothing to update it with.
+
+    Every rank must call it, also one whose shard held no sample for this metric: the sync is a collective.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
+        return metric.compute()
+
+
+def forward_in_eval(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Logits of ``model`` in eval mode without gradients (each module's mode restored)."""
+    with torch.no_grad(), eval_mode(model):
+        return model(inputs)
+
+
+def overlay(images: torch.Tensor, saliency: torch.Tensor, alpha: float = 0.5, cmap: str = "inferno") -> torch.Tensor:
+    """Blend (N, C, H, W) images with (N, H, W) maps (|map| scaled by its 99th percentile, colour-mapped).
+
+    Returns:
+        (N, 3, H, W) float RGB in [0, 1].
+    """
+    import matplotlib
+
+    images = images.detach().float().cpu()
+    base = images if images.shape[1] == 3 else images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    base = maps.normalize_minmax(base)
+    heat = maps.normalize_percentile(saliency.detach().float().cpu().abs())
+    coloured = torch.from_numpy(matplotlib.colormaps[cmap](heat.numpy())[..., :3]).float().permute(0, 3, 1, 2)
+    return ((1 - alpha) * base + alpha * coloured).clamp(0, 1)
+
+
+def overlay_grid(images: torch.Tensor, saliency: torch.Tensor, ncol: int = 8) -> torch.Tensor:
+    """A (3, H', W') image grid: rows of ``ncol`` inputs, each followed by the row of their overlays."""
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu()
+    base = images if images.shape[1] == 3 else images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    base, blended = maps.normalize_minmax(base), overlay(images, saliency)
+    tiles = []
+    for start in range(0, len(images), ncol):
+        chunk = slice(start, start + ncol)
+        pad = ncol - len(base[chunk])
+        filler = torch.ones(pad, *base.shape[1:])
+        tiles += [base[chunk], filler, blended[chunk], filler]
+    return make_grid(torch.cat(tiles), nrow=ncol, padding=2, pad_value=1.0)
+
+
+class ExplanationCallback(*CALLBACK_BASES):
+    """Base class of the ``captum_ext`` callbacks: scheduling, isolation, probe set, logging, state.
+
+    Args:
+        every_n_epochs: run at the end of every n-th validation epoch (epochs counted from 1). Default 1.
+        num_samples: size of the probe set. Default 16.
+        probe: the images to draw the probe set from: a map-style dataset of ``(image, label, ...)`` items or an
+            ``(inputs (M, C, H, W), labels (M,))`` pair. Default the first validation dataloader's dataset.
+        classes: restrict the probe set to these classes. Default all.
+        seed: seeds the probe selection and every random step of the callback. Default 0.
+        probe_scan: for datasets other than ``TensorDataset``, how many items (in seeded random order) have their
+            labels read to choose the balanced probe set. Default 4096.
+
+    Raises:
+        ValueError: a count below its minimum, or a malformed ``probe``.
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: int = 1,
+        num_samples: int = 16,
+        probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
+        classes: Sequence[int] | None = None,
+        seed: int = 0,
+        probe_scan: int = 4096,
+    ):
+        self.every_n_epochs = _check_int("every_n_epochs", every_n_epochs, 1)
+        self.num_samples = _check_int("num_samples", num_samples, 1)
+        self.seed = _check_int("seed", seed, 0)
+        self.probe_scan = _check_int("probe_scan", probe_scan, 1)
+        if classes is not None:
+            if not isinstance(classes, Sequence) or not all(isinstance(c, numbers.Integral) for c in classes):
+                raise ValueError(f"Expected argument `classes` to be a sequence of class indices or None, but got {classes!r}.")
+            classes = [int(c) for c in classes]
+        self.classes = classes
+        if isinstance(probe, (tuple, list)):
+            if (
+                len(probe) != 2
+                or not all(isinstance(t, torch.Tensor) for t in probe)
+                or probe[0].dim() != 4
+                or probe[1].shape != probe[0].shape[:1]
+            ):
+                raise ValueError(
+                    "Expected argument `probe` to be a dataset or an (inputs (M, C, H, W), labels (M,)) pair of tensors, "
+                    f"but got {type(probe).__name__} of {[getattr(t, 'shape', type(t).__name__) for t in probe]}."
+                )
+            probe = TensorDataset(probe[0].detach().clone(), probe[1].detach().long().clone())
+        elif probe is not None and not isinstance(probe, Dataset):
+            raise ValueError(
+                f"Expected argument `probe` to be a dataset, an (inputs, labels) pair or None, but got {type(probe).__name__}."
+            )
+        self._probe_source = probe
+        self._probe: ProbeSet | None = None
+        self._probe_indices: list[int] | None = None
+        self._warned: set[str] = set()
+
+    # -- scheduling and isolation ------------------------------------------------------------------------------
+    def due(self, trainer: pl.Trainer) -> bool:
+        """Whether this validation epoch is one to run on (never during the sanity check)."""
+        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.due(trainer):
+            return
+        if not trainer.loggers:
+            self.warn_once("logger", f"{type(self).__name__}: the trainer has no logger; only trainer.callback_metrics get the scalars.")
+        with preserved_rng([pl_module.device]), gradients_enabled():
+            self.run(trainer, pl_module)
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The callback's work for one epoch (gradients enabled, RNG isolated); subclasses implement it."""
+        raise NotImplementedError
+
+    # -- probe set --------------------------------------------------------------------------------------------
+    def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeSet:
+        """The probe set on ``pl_module``'s device, selected on first use (same indices on every rank)."""
+        if self._probe is None:
+            source = self._probe_source
+            if source is None:
+                loaders = trainer.val_dataloaders
+                loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+                if loader is None:
+                    raise ValueError(f"{type(self).__name__} needs validation data or `probe=` to choose its probe images.")
+                source = loader.dataset
+            inputs, labels, indices = _select_probe(
+                source, self.num_samples, self.seed, self.classes, self.probe_scan, self._probe_indices
+            )
+            self._probe_indices = indices.tolist()
+            self._probe = ProbeSet(inputs, labels, indices, trainer.global_rank, trainer.world_size)
+        return self._probe.to(pl_module.device)
+
+    @property
+    def probe_set(self) -> ProbeSet | None:
+        """The probe set chosen at the first check (on the CPU), or None before it."""
+        return self._probe
+
+    def gather(self, trainer: pl.Trainer, shard: torch.Tensor, probe: ProbeSet) -> torch.Tensor:
+        """Reassemble per-sample ``shard`` results (this rank's positions) into probe order on every rank.
+
+        Every rank must call it (one ``all_gather``); shards are padded to equal length for the collective.
+        """
+        if probe.world_size == 1:
+            return shard
+        per_rank = math.ceil(len(probe) / probe.world_size)
+        padded = shard.new_zeros((per_rank, *shard.shape[1:]))
+        padded[: len(shard)] = shard
+        gathered = trainer.strategy.all_gather(padded)
+        out = shard.new_zeros((len(probe), *shard.shape[1:]))
+        for rank in range(probe.world_size):
+            pos = shard_positions(len(probe), rank, probe.world_size)
+            out[pos.to(out.device)] = gathered[rank, : len(pos)].to(out.dtype)
+        return out
+
+    # -- logging ----------------------------------------------------------------------------------------------
+    def warn_once(self, key: str, message: str) -> None:
+        """``rank_zero_warn`` the message the first time ``key`` is seen by this instance."""
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
+    def log_scalars(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: Mapping[str, float | torch.Tensor]
+    ) -> None:
+        """Log scalars (already synced across ranks) at ``trainer.global_step`` to every logger (rank 0), and to
+        ``trainer.callback_metrics`` so that ``EarlyStopping`` or ``ModelCheckpoint`` can monitor them."""
+        floats = {tag: float(value) for tag, value in values.items()}
+        for tag, value in floats.items():
+            tensor = torch.tensor(value, dtype=torch.float32, device=pl_module.device)
+            pl_module.log(tag, tensor, on_step=False, on_epoch=True, sync_dist=True, batch_size=1, logger=False)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(floats, step=trainer.global_step)
+
+    def tensorboard(self, trainer: pl.Trainer) -> Any | None:
+        """The ``SummaryWriter`` of the first TensorBoardLogger on rank 0, else None (warns once if none)."""
+        if not trainer.is_global_zero:
+            return None
+        for logger in trainer.loggers:
+            if isinstance(logger, _TENSORBOARD_LOGGERS):
+                return logger.experiment
+        if trainer.loggers:
+            self.warn_once(
+                "tensorboard", f"{type(self).__name__}: images and figures are written only to a TensorBoardLogger; none is attached."
+            )
+        return None
+
+    def log_image(self, trainer: pl.Trainer, tag: str, image: torch.Tensor) -> None:
+        """Write a (3, H, W) image in [0, 1] to TensorBoard at ``trainer.global_step`` (rank 0 only)."""
+        writer = self.tensorboard(trainer)
+        if writer is not None:
+            writer.add_image(tag, image.detach().float().cpu().clamp(0, 1), global_step=trainer.global_step)
+
+    def log_figure(self, trainer: pl.Trainer, tag: str, figure: Any) -> None:
+        """Write a matplotlib figure to TensorBoard at ``trainer.global_step`` (rank 0 only); it is closed."""
+        writer = self.tensorboard(trainer)
+        if writer is not None:
+            writer.add_figure(tag, figure, global_step=trainer.global_step, close=True)
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def _state_key_fields(self) -> dict[str, Any]:
+        """Settings that tell two instances of the same class apart in a checkpoint."""
+        return {"num_samples": self.num_samples, "seed": self.seed}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._state_key_fields())
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Subclasses' own state (JSON-able values)."""
+        return {}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`_extra_state`; missing keys keep their defaults (older checkpoints)."""
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"probe_indices": self._probe_indices, **self._extra_state()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        indices = state_dict.get("probe_indices")
+        self._probe_indices = None if indices is None else [int(i) for i in indices]
+        self._probe = None
+        self._load_extra_state(state_dict)

@@ -1,0 +1,7 @@
+"""Faithfulness benchmarks: ROAR and KAR (remove or keep top pixels, retrain) and ROAD (no retraining)."""
+
+from captum_ext.evaluation.results import ROADResult, ROARResult
+from captum_ext.evaluation.road import road
+from captum_ext.evaluation.roar import kar, roar
+
+__all__ = ["roar", "kar", "road", "ROARResult", "ROADResult"]

@@ -1,0 +1,185 @@
+"""ROAR's on-disk cache: fingerprints, pixel rankings streamed to ``.npy`` files, the append-only results file
+and the base model's weights. Nothing here is loaded with pickle (``allow_pickle=False``, ``weights_only=True``).
+
+* A ranking file holds, for every image of a split in dataset order, the rank position of each pixel
+  (0 = most relevant) as an (N, H*W) int16/int32 ``.npy`` array. It is written batch by batch to a temporary
+  file and renamed into place, so memory does not grow with the dataset and a crash leaves no half-written
+  cache.
+* The results file ``results.jsonl`` gets one JSON line per finished run, appended with a single
+  ``O_APPEND`` write (atomic with respect to other appenders, so concurrent workers can share it);
+  unparsable lines (a crash in the middle of a write) are ignored when reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from captum_ext import maps
+from captum_ext.evaluation._common import model_device
+from captum_ext.explainer import Explainer, canonical
+
+__all__ = [
+    "canonical",
+    "digest",
+    "weights_fingerprint",
+    "data_fingerprint",
+    "compute_rankings",
+    "load_rankings",
+    "append_record",
+    "read_records",
+    "save_weights",
+    "load_weights",
+]
+
+
+def digest(*parts: Any) -> str:
+    """SHA-256 hex digest of the canonical JSON of ``parts``."""
+    return hashlib.sha256(json.dumps(canonical(list(parts)), sort_keys=True).encode()).hexdigest()
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, dtypes, shapes, bytes): one changed weight changes it."""
+    sha = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        data = tensor.detach().cpu().contiguous()
+        sha.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
+        sha.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return sha.hexdigest()
+
+
+def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def data_fingerprint(datasets: dict[str, Dataset], batch_size: int) -> tuple[str, torch.Tensor]:
+    """SHA-256 of every split's images and labels in order, and the per-channel mean of the ``"train"`` split
+    (float64 running sums: one streaming pass, nothing kept)."""
+    sha = hashlib.sha256()
+    total, count = None, 0
+    for split in sorted(datasets):
+        sha.update(f"split:{split}|{len(datasets[split])}|".encode())
+        for batch in _loader(datasets[split], batch_size):
+            for tensor in batch[:2]:
+                sha.update(torch.as_tensor(tensor).detach().cpu().contiguous().numpy().tobytes())
+            if split == "train":
+                x = batch[0].detach().double()
+                sums = x.sum(dim=(0, 2, 3))
+                total = sums if total is None else total + sums
+                count += x.shape[0] * x.shape[2] * x.shape[3]
+    if total is None:
+        raise ValueError("Expected the datamodule to provide a non-empty training set.")
+    return sha.hexdigest(), (total / count).float()
+
+
+def compute_rankings(
+    model: nn.Module,
+    explainer: Explainer,
+    dataset: Dataset,
+    path: str | os.PathLike,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+    description: str = "",
+) -> Path:
+    """Rank the pixels of every image of ``dataset`` by ``explainer``'s ``"sum_abs"`` map for its label and stream the
+    rank positions to ``path`` (an (N, H*W) ``.npy``), one batch at a time; returns ``path``.
+
+    Ties are broken by a jitter seeded with ``seed`` (:func:`captum_ext.maps.rank_pixels`). The file appears only
+    when complete (temporary file + rename).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    device = model_device(model)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".npy")
+    try:
+        written, dtype = 0, None
+        with os.fdopen(fd, "wb") as handle, tqdm(
+            total=len(dataset), desc=description or f"ranking {explainer.name}", disable=not progress, leave=False
+        ) as bar:
+            for batch in _loader(dataset, batch_size):
+                x, y = batch[0].to(device), batch[1].to(device)
+                saliency = explainer.saliency(model, x, y, reduce="sum_abs")
+                ranking = maps.rank_pixels(saliency, seed=seed)
+                n, hw = ranking.shape
+                if dtype is None:  # the .npy header first, then the rows as they come (no memory map, no growth)
+                    dtype = np.dtype(np.int16 if hw <= np.iinfo(np.int16).max else np.int32)
+                    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                              "shape": (len(dataset), hw)}
+                    np.lib.format.write_array_header_1_0(handle, header)
+                positions = torch.empty_like(ranking)
+                positions.scatter_(1, ranking, torch.arange(hw, device=ranking.device).expand(n, -1))
+                handle.write(positions.cpu().numpy().astype(dtype).tobytes())
+                written += n
+                bar.update(n)
+        if written != len(dataset) or written == 0:
+            raise ValueError(
+                f"Expected the dataset to yield len(dataset) = {len(dataset)} > 0 images, but it yielded {written}."
+            )
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_rankings(path: str | os.PathLike) -> np.ndarray:
+    """The (N, H*W) rank positions of a ranking file, memory-mapped read-only, loaded without pickle."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line with a single ``O_APPEND`` write, then fsync."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_records(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
+    """The records of a results file, skipping blank or unparsable (interrupted) lines."""
+    target = Path(path)
+    if not target.exists():
+        return []
+    records = []
+    for line in target.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """``torch.save`` the state dict to a temporary file and rename it into place."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a state dict saved by :func:`save_weights` with ``weights_only=True``."""
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model

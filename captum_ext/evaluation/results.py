@@ -1,0 +1,223 @@
+"""Result dataclasses of the faithfulness benchmarks: :class:`ROARResult` (ROAR / KAR) and :class:`ROADResult`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from captum_ext._io import write_json_atomic
+
+__all__ = ["ROARResult", "ROADResult"]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values) if values else math.nan
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+@dataclass
+class ROARResult:
+    """Test accuracy after removing (ROAR) or keeping (KAR) each method's top-ranked pixels and retraining.
+
+    Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural Networks", NeurIPS 2019.
+
+    Attributes:
+        accuracy: ``{method: {fraction: [test accuracy of each repeat]}}``, fractions as floats; the random
+            ranking is under ``"random"``.
+        baseline_accuracy: Test accuracy of the model trained on unmodified data.
+        keep: False for ROAR (top pixels removed), True for KAR (top pixels kept, the rest removed).
+        better_than_random: Verdict per method (not ``"random"``): True when, at a majority of the fractions, its
+            mean accuracy is lower (ROAR) or higher (KAR) than the random ranking's by more than the larger of
+            the two standard deviations over repeats. Derived from ``accuracy``.
+
+    Example::
+
+        >>> result = ROARResult({"saliency": {0.5: [0.6, 0.62]}, "random": {0.5: [0.8, 0.82]}}, 0.9, keep=False)
+        >>> result.better_than_random
+        {'saliency': True}
+    """
+
+    accuracy: dict[str, dict[float, list[float]]]
+    baseline_accuracy: float
+    keep: bool = False
+    better_than_random: dict[str, bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.baseline_accuracy = float(self.baseline_accuracy)
+        self.better_than_random = {name: self._beats_random(name) for name in self.accuracy if name != "random"}
+
+    @property
+    def fractions(self) -> list[float]:
+        """The fractions measured, ascending."""
+        return sorted({f for per_method in self.accuracy.values() for f in per_method})
+
+    def _beats_random(self, name: str) -> bool:
+        random = self.accuracy.get("random", {})
+        votes = []
+        for fraction, values in self.accuracy[name].items():
+            if fraction not in random:
+                continue
+            mean, std = _mean_std(values)
+            random_mean, random_std = _mean_std(random[fraction])
+            margin = max(std, random_std)
+            votes.append(random_mean - mean > margin if not self.keep else mean - random_mean > margin)
+        return bool(votes) and sum(votes) > len(votes) / 2
+
+    def mean_std(self, name: str) -> dict[float, tuple[float, float]]:
+        """``{fraction: (mean, std)}`` of one method's accuracy over repeats."""
+        return {f: _mean_std(v) for f, v in sorted(self.accuracy[name].items())}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; fraction keys become ``repr`` strings, which :meth:`from_dict` turns back exactly."""
+        return {
+            "accuracy": {m: {repr(float(f)): list(v) for f, v in per.items()} for m, per in self.accuracy.items()},
+            "baseline_accuracy": self.baseline_accuracy,
+            "keep": self.keep,
+            "better_than_random": dict(self.better_than_random),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ROARResult:
+        """Rebuild from :meth:`to_dict` output (float fraction keys restored exactly)."""
+        accuracy = {m: {float(f): [float(a) for a in v] for f, v in per.items()} for m, per in data["accuracy"].items()}
+        return cls(accuracy, float(data["baseline_accuracy"]), keep=bool(data["keep"]))
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` to ``path`` atomically."""
+        write_json_atomic(self.to_dict(), path, indent=1)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> ROARResult:
+        """Read a file written by :meth:`to_json`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def plot(self) -> Figure:
+        """Mean test accuracy vs. fraction per method with ±1 std error bars, and the unmodified baseline."""
+        fig = Figure(figsize=(6.0, 4.0))
+        ax = fig.add_subplot()
+        for name in self.accuracy:
+            stats = self.mean_std(name)
+            xs = list(stats)
+            style = {"color": "black", "linestyle": "--"} if name == "random" else {}
+            ax.errorbar(xs, [m for m, _ in stats.values()], yerr=[s for _, s in stats.values()], marker="o",
+                        capsize=3, label=name, **style)
+        ax.axhline(self.baseline_accuracy, color="grey", linestyle=":", label="unmodified")
+        ax.set_xlabel("fraction of pixels " + ("kept (KAR)" if self.keep else "removed (ROAR)"))
+        ax.set_ylabel("test accuracy after retraining")
+        ax.set_title("KAR" if self.keep else "ROAR")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        return fig
+
+    def __repr__(self) -> str:
+        fractions = self.fractions
+        kind = "KAR: top pixels kept" if self.keep else "ROAR: top pixels removed"
+        head = f"{'method':<22}" + "".join(f"{f:>14g}" for f in fractions) + "  better than random"
+        lines = [f"ROARResult ({kind}; unmodified accuracy {self.baseline_accuracy:.3f})", head]
+        for name in self.accuracy:
+            stats = self.mean_std(name)
+            cells = "".join(
+                f"{f'{stats[f][0]:.3f}±{stats[f][1]:.3f}':>14}" if f in stats else f"{'-':>14}" for f in fractions
+            )
+            verdict = "" if name == "random" else str(self.better_than_random[name])
+            lines.append(f"{name:<22}{cells}  {verdict}")
+        return "\n".join(lines)
+
+
+@dataclass
+class ROADResult:
+    """Accuracy after removing (MoRF) or keeping (LeRF) pixels by rank with noisy linear imputation, no retraining.
+
+    Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML 2022.
+
+    Attributes:
+        explainer: The explainer's name.
+        order: ``"morf"`` (most relevant first removed) or ``"lerf"`` (least relevant first removed).
+        accuracy: ``{fraction: accuracy}`` for the explainer's ranking.
+        random_accuracy: ``{fraction: accuracy}`` for a seeded random ranking on the same images.
+        baseline_accuracy: Accuracy on the unmodified images.
+        better_than_random: Verdict: the mean accuracy over fractions is lower (MoRF) or higher (LeRF) than the
+            random ranking's.
+
+    Example::
+
+        >>> r = ROADResult("saliency", "morf", {0.5: 0.4}, {0.5: 0.7}, 0.9)
+        >>> r.better_than_random
+        True
+    """
+
+    explainer: str
+    order: str
+    accuracy: dict[float, float]
+    random_accuracy: dict[float, float]
+    baseline_accuracy: float
+    better_than_random: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        ours = statistics.fmean(self.accuracy.values())
+        random = statistics.fmean(self.random_accuracy.values())
+        self.better_than_random = bool(ours < random if self.order == "morf" else ours > random)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (fraction keys as ``repr`` strings)."""
+        return {
+            "explainer": self.explainer,
+            "order": self.order,
+            "accuracy": {repr(float(f)): a for f, a in self.accuracy.items()},
+            "random_accuracy": {repr(float(f)): a for f, a in self.random_accuracy.items()},
+            "baseline_accuracy": self.baseline_accuracy,
+            "better_than_random": self.better_than_random,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ROADResult:
+        """Rebuild from :meth:`to_dict` output (float fraction keys restored exactly)."""
+        return cls(
+            data["explainer"],
+            data["order"],
+            {float(f): float(a) for f, a in data["accuracy"].items()},
+            {float(f): float(a) for f, a in data["random_accuracy"].items()},
+            float(data["baseline_accuracy"]),
+        )
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_dict` to ``path`` atomically."""
+        write_json_atomic(self.to_dict(), path, indent=1)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> ROADResult:
+        """Read a file written by :meth:`to_json`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def plot(self) -> Figure:
+        """Accuracy vs. fraction removed for the explainer and the random ranking, with the unmodified baseline."""
+        fig = Figure(figsize=(5.0, 3.5))
+        ax = fig.add_subplot()
+        ax.plot(list(self.accuracy), list(self.accuracy.values()), marker="o", label=self.explainer)
+        ax.plot(list(self.random_accuracy), list(self.random_accuracy.values()), marker="o", color="black",
+                linestyle="--", label="random")
+        ax.axhline(self.baseline_accuracy, color="grey", linestyle=":", label="unmodified")
+        ax.set_xlabel(f"fraction removed ({self.order.upper()})")
+        ax.set_ylabel("accuracy")
+        ax.set_title("ROAD")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        return fig
+
+    def __repr__(self) -> str:
+        lines = [
+            f"ROADResult ({self.order.upper()}, {self.explainer}; unmodified accuracy {self.baseline_accuracy:.3f}; "
+            f"better than random: {self.better_than_random})",
+            f"{'fraction':>10}{self.explainer[:14]:>16}{'random':>10}",
+        ]
+        for f in self.accuracy:
+            lines.append(f"{f:>10g}{self.accuracy[f]:>16.3f}{self.random_accuracy.get(f, math.nan):>10.3f}")
+        return "\n".join(lines)

@@ -1,0 +1,304 @@
+"""Deletion / insertion AUC (Petsiuk et al. 2018) and AOPC (Samek et al. 2017) as torchmetrics Metrics.
+
+Does the model's confidence fall fastest when the pixels an attribution ranks highest are removed first?
+Pixels are ranked by the channel-reduced map (``"sum_abs"`` by default, ties broken by a seeded jitter) and
+removed (deletion, AOPC) or inserted into a substrate (insertion) in ``steps`` equal steps. Every step of every
+image is built at once and evaluated in large batches: ``N * (steps + 1)`` images, ``batch_size`` at a time.
+
+* deletion curve ``p_k``: the target probability with the first ``round(k / steps * H * W)`` ranked pixels
+  replaced by the imputer (default black, ``ConstantImputer(0)``); ``DeletionAUC`` is its trapezoid area over
+  the removed fraction in [0, 1] (lower is better).
+* insertion curve: the same pixels *kept* and all others replaced (default ``BlurImputer(5)``, Petsiuk's
+  blurred substrate); ``InsertionAUC`` is its area (higher is better).
+* ``AOPC = 1 / (L + 1) * sum_{k=0..L} (p_0 - p_k)`` on the deletion curve with ``L = steps`` (higher is better).
+
+Example::
+
+    >>> import torch
+    >>> from captum_ext.metrics import DeletionAUC
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> x, attr = torch.rand(5, 1, 4, 4), torch.rand(5, 1, 4, 4)
+    >>> metric = DeletionAUC(steps=4)
+    >>> metric.update(model, x, attr, target=torch.tensor([0, 1, 2, 0, 1]))
+    >>> metric.compute().shape
+    torch.Size([])
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+from captum_ext import maps
+from captum_ext._context import eval_mode
+from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer
+
+__all__ = ["DeletionAUC", "InsertionAUC", "AOPC", "perturbation_curve", "trapezoid_auc", "aopc"]
+
+ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
+    return int(value)
+
+
+def _saliency(inputs: torch.Tensor, attributions: torch.Tensor, reduce: maps.Reduction) -> torch.Tensor:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+        got = f"shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {got}.")
+    n, _, h, w = inputs.shape
+    if not isinstance(attributions, torch.Tensor):
+        raise TypeError(f"Expected argument `attributions` to be a tensor, but got {type(attributions).__name__}.")
+    if attributions.shape == inputs.shape:
+        return maps.reduce_channels(attributions.detach().float(), reduce)
+    if attributions.shape == (n, h, w):
+        return attributions.detach().float()
+    raise ValueError(
+        f"Expected argument `attributions` of shape (N, C, H, W) = {tuple(inputs.shape)} or (N, H, W) = {(n, h, w)}, "
+        f"but got {tuple(attributions.shape)}."
+    )
+
+
+def _target(target: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
+        return torch.full((n,), int(target), dtype=torch.long, device=device)
+    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape in ((), (n,)):
+        return target.to(device=device, dtype=torch.long).expand(n)
+    got = f"a tensor of shape {tuple(target.shape)}, dtype {target.dtype}" if isinstance(target, torch.Tensor) else repr(target)
+    raise ValueError(f"Expected argument `target` to be an int or an ({n},) integer tensor, but got {got}.")
+
+
+def perturbation_curve(
+    forward_func: ForwardFunc,
+    inputs: torch.Tensor,
+    attributions: torch.Tensor,
+    target: int | torch.Tensor,
+    steps: int = 16,
+    mode: str = "deletion",
+    imputer: Imputer | None = None,
+    apply_softmax: bool = True,
+    reduce: maps.Reduction = "sum_abs",
+    batch_size: int = 512,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The deletion or insertion curve of each image: the target's score after each of ``steps`` steps.
+
+    Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of Black-box Models", BMVC 2018.
+
+    Args:
+        forward_func: a model or function mapping (B, C, H, W) to (B, K) scores; an ``nn.Module`` is run in
+            eval mode (each module's mode restored) without gradients, and is left unchanged.
+        inputs: (N, C, H, W) float images.
+        attributions: (N, C, H, W) attributions (reduced by ``reduce``) or (N, H, W) maps used as given.
+        target: class index, or an (N,) integer tensor of per-image classes.
+        steps: Number of equal steps from nothing to everything. Default 16.
+        mode: ``"deletion"`` (remove the ranked pixels) or ``"insertion"`` (keep them, replace the rest).
+            Default ``"deletion"``.
+        imputer: Fills the removed pixels. Default ``ConstantImputer(0)`` for deletion, ``BlurImputer(5)`` for
+            insertion.
+        apply_softmax: Score with softmax probabilities rather than raw outputs. Default True.
+        reduce: Channel reduction for (N, C, H, W) attributions. Default ``"sum_abs"``.
+        batch_size: Perturbed images per forward pass. Default 512.
+        seed: Seeds the tie-breaking jitter of the ranking. Default 0.
+
+    Returns:
+        (N, steps + 1) float tensor; column ``k`` is the score at fraction ``k / steps`` (column 0 the
+        unmodified image for deletion, the full substrate for insertion).
+
+    Raises:
+        ValueError: mismatched shapes, a bad ``mode``, ``steps``, ``batch_size`` or ``reduce``.
+        TypeError: ``imputer`` not callable.
+    """
+    steps = _check_positive_int(steps, "steps")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    if mode not in ("deletion", "insertion"):
+        raise ValueError(f"Expected argument `mode` to be one of 'deletion', 'insertion', but got {mode!r}.")
+    if reduce not in maps.REDUCTIONS:
+        raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, maps.REDUCTIONS))}, but got {reduce!r}.")
+    if imputer is None:
+        imputer = ConstantImputer(0.0) if mode == "deletion" else BlurImputer(5.0)
+    if not callable(imputer):
+        raise TypeError(f"Expected argument `imputer` to be an Imputer (callable (inputs, mask)), but got {imputer!r}.")
+    saliency = _saliency(inputs, attributions, reduce)
+    n, c, h, w = inputs.shape
+    targets = _target(target, n, inputs.device)
+    ranking = maps.rank_pixels(saliency.to(inputs.device), seed=seed)
+    position = torch.empty_like(ranking)
+    position.scatter_(1, ranking, torch.arange(h * w, device=ranking.device).expand(n, -1))
+    fractions = torch.arange(steps + 1, dtype=torch.float64) / steps
+    counts = torch.floor(fractions * h * w + 0.5).long().to(inputs.device)
+    per_chunk = max(1, batch_size // (steps + 1))
+    curve = torch.empty(n, steps + 1, dtype=torch.float32, device=inputs.device)
+    module = forward_func if isinstance(forward_func, nn.Module) else nn.Identity()
+    with torch.no_grad(), eval_mode(module):
+        for start in range(0, n, per_chunk):
+            x = inputs[start : start + per_chunk].detach()
+            m = x.shape[0]
+            chosen = position[start : start + m, None, :] < counts[None, :, None]  # (m, steps+1, HW)
+            removed = chosen if mode == "deletion" else ~chosen
+            images = x[:, None].expand(m, steps + 1, c, h, w).reshape(m * (steps + 1), c, h, w)
+            perturbed = imputer(images, removed.reshape(m * (steps + 1), h, w))
+            labels = targets[start : start + m].repeat_interleave(steps + 1)
+            scores = []
+            for lo in range(0, perturbed.shape[0], batch_size):
+                out = forward_func(perturbed[lo : lo + batch_size])
+                if apply_softmax:
+                    out = torch.softmax(out, dim=1)
+                scores.append(out.gather(1, labels[lo : lo + batch_size, None])[:, 0].float())
+            curve[start : start + m] = torch.cat(scores).reshape(m, steps + 1)
+    return curve
+
+
+def trapezoid_auc(curve: torch.Tensor) -> torch.Tensor:
+    """Trapezoid area under (N, L + 1) curves sampled at fractions 0, 1/L, ..., 1; returns (N,)."""
+    steps = curve.shape[1] - 1
+    return (curve[:, :-1] + curve[:, 1:]).sum(dim=1) / (2 * steps)
+
+
+def aopc(curve: torch.Tensor) -> torch.Tensor:
+    """Samek et al.'s AOPC of (N, L + 1) deletion curves: ``mean_k (p_0 - p_k)`` over k = 0..L; returns (N,)."""
+    return (curve[:, :1] - curve).mean(dim=1)
+
+
+class _PerturbationMetric(Metric):
+    """Shared state and argument checks: the sum of per-image scores and their count, summed across ranks."""
+
+    full_state_update = False
+    _mode = "deletion"
+
+    def __init__(
+        self,
+        steps: int = 16,
+        imputer: Imputer | None = None,
+        apply_softmax: bool = True,
+        reduce: maps.Reduction = "sum_abs",
+        batch_size: int = 512,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.steps = _check_positive_int(steps, "steps")
+        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        if imputer is not None and not callable(imputer):
+            raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {imputer!r}.")
+        if not isinstance(apply_softmax, bool):
+            raise TypeError(f"Expected argument `apply_softmax` to be a bool, but got {apply_softmax!r}.")
+        if reduce not in maps.REDUCTIONS:
+            raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, maps.REDUCTIONS))}, but got {reduce!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
+        self.imputer, self.apply_softmax, self.reduce, self.seed = imputer, apply_softmax, reduce, int(seed)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def _score(self, curve: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def update(
+        self, forward_func: ForwardFunc, inputs: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor
+    ) -> None:
+        """Score a batch: ``inputs`` (N, C, H, W), ``attributions`` (N, C, H, W) or (N, H, W), ``target`` int or (N,)."""
+        curve = perturbation_curve(
+            forward_func, inputs, attributions, target, steps=self.steps, mode=self._mode, imputer=self.imputer,
+            apply_softmax=self.apply_softmax, reduce=self.reduce, batch_size=self.batch_size, seed=self.seed,
+        )
+        scores = self._score(curve)
+        self.total += scores.double().sum().to(self.total.device)
+        self.count += scores.numel()
+
+    def compute(self) -> torch.Tensor:
+        """Mean score over every image seen (NaN before any update)."""
+        return (self.total / self.count).float()
+
+
+class DeletionAUC(_PerturbationMetric):
+    """Area under the deletion curve: how fast the target probability falls as top-ranked pixels are removed.
+
+    Petsiuk et al., "RISE", BMVC 2018. Lower is better. See :func:`perturbation_curve` for the procedure.
+
+    Args:
+        steps: Number of equal deletion steps. Default 16.
+        imputer: Fills deleted pixels. Default None (black: ``ConstantImputer(0)``, Petsiuk's substrate).
+        apply_softmax: Use softmax probabilities of the target. Default True.
+        reduce: Channel reduction of (N, C, H, W) attributions. Default ``"sum_abs"``.
+        batch_size: Perturbed images per forward pass. Default 512.
+        seed: Seeds the tie-breaking of the ranking. Default 0.
+        **kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ...).
+
+    Returns:
+        ``compute()``: scalar tensor, the mean AUC in [0, 1] (with softmax) over all images seen.
+
+    Raises:
+        ValueError: a non-positive ``steps`` / ``batch_size`` or an unknown ``reduce``; bad shapes in ``update``.
+        TypeError: a non-callable ``imputer`` or a non-bool ``apply_softmax``.
+
+    Example::
+
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+        >>> metric = DeletionAUC(steps=4)
+        >>> metric.update(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), target=1)
+        >>> bool(0 <= metric.compute() <= 1)
+        True
+    """
+
+    higher_is_better = False
+    _mode = "deletion"
+
+    def _score(self, curve: torch.Tensor) -> torch.Tensor:
+        return trapezoid_auc(curve)
+
+
+class InsertionAUC(_PerturbationMetric):
+    """Area under the insertion curve: how fast the target probability rises as top-ranked pixels are restored.
+
+    Petsiuk et al., "RISE", BMVC 2018. Higher is better. The image starts as the imputer's substrate (default
+    ``BlurImputer(5)``, Petsiuk's blurred image) and the ranked pixels are put back in ``steps`` equal steps.
+    Args, Returns and Raises as :class:`DeletionAUC`.
+
+    Example::
+
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+        >>> metric = InsertionAUC(steps=4)
+        >>> metric.update(model, torch.rand(3, 1, 4, 4), torch.rand(3, 4, 4), target=torch.tensor([0, 1, 1]))
+        >>> bool(0 <= metric.compute() <= 1)
+        True
+    """
+
+    higher_is_better = True
+    _mode = "insertion"
+
+    def _score(self, curve: torch.Tensor) -> torch.Tensor:
+        return trapezoid_auc(curve)
+
+
+class AOPC(_PerturbationMetric):
+    """Area over the MoRF perturbation curve: the mean drop of the target score as top pixels are removed.
+
+    Samek et al., "Evaluating the Visualization of What a Deep Neural Network Has Learned", IEEE TNNLS 2017:
+    ``AOPC = 1 / (L + 1) * sum_{k=0..L} (f(x^0) - f(x^k))`` with ``L = steps`` single-pixel-fraction steps (not
+    Samek's 9x9 regions) and the deletion imputer (default black). Higher is better. Args, Returns and Raises as
+    :class:`DeletionAUC`.
+
+    Example::
+
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+        >>> metric = AOPC(steps=4)
+        >>> metric.update(model, torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4), target=0)
+        >>> bool(-1 <= metric.compute() <= 1)
+        True
+    """
+
+    higher_is_better = True
+    _mode = "deletion"
+
+    def _score(self, curve: torch.Tensor) -> torch.Tensor:
+        return aopc(curve)

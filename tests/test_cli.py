@@ -1,0 +1,96 @@
+"""The CLI: a config round trip for each subcommand on the digits; bad configs exit 2 without a traceback."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from captum_ext.cli import main
+from captum_ext.evaluation import ROARResult
+
+
+def _write(tmp_path, config):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_roar_config_round_trip(tmp_path, capsys):
+    config = {
+        "module_factory": "captum_ext.models:small_cnn_module",
+        "datamodule": "captum_ext.data:CleverHansDigits",
+        "explainers": ["saliency"],
+        "fractions": [0.5],
+        "repeats": 1,
+        "trainer_kwargs": {"max_epochs": 2},
+        "out": str(tmp_path / "out"),
+    }
+    assert main(["roar", "--config", _write(tmp_path, config)]) == 0
+    result = ROARResult.from_json(tmp_path / "out" / "roar.json")
+    assert set(result.accuracy) == {"saliency", "random"}
+    assert list(result.accuracy["saliency"]) == [0.5] and len(result.accuracy["saliency"][0.5]) == 1
+    assert 0.0 <= result.accuracy["random"][0.5][0] <= 1.0 and result.keep is False
+    assert (tmp_path / "out" / "roar.png").stat().st_size > 0
+    # the rerun resumes from the results file: nothing is retrained, the same numbers come back
+    assert main(["roar", "--config", _write(tmp_path, config)]) == 0
+    assert ROARResult.from_json(tmp_path / "out" / "roar.json").accuracy == result.accuracy
+
+
+def test_sanity_config_round_trip(tmp_path):
+    config = {
+        "model": "captum_ext.models:SmallCNN",
+        "train_epochs": 3,
+        "datamodule": "captum_ext.data:CleverHansDigits",
+        "explainers": ["saliency", {"method": "captum.attr:GuidedBackprop", "name": "gbp"}],
+        "num_samples": 16,
+        "out": str(tmp_path / "out"),
+    }
+    assert main(["sanity", "--config", _write(tmp_path, config)]) == 0
+    for name in ("saliency", "gbp"):
+        data = json.loads((tmp_path / "out" / f"sanity_{name}.json").read_text())
+        assert data["layers"] == ["classifier", "features.conv3", "features.conv2", "features.conv1"]
+        assert len(data["similarity"]["spearman_abs"]) == 4 and isinstance(data["passed"], bool)
+
+
+def test_audit_config_round_trip_flags_the_planted_class(tmp_path):
+    config = {
+        "model": "captum_ext.models:SmallCNN",
+        "train_epochs": 15,
+        "datamodule": "captum_ext.data:CleverHansDigits",
+        "explainer": "input_x_gradient",
+        "region": [26, 26, 31, 31],
+        "num_samples": 160,
+        "out": str(tmp_path / "out"),
+    }
+    assert main(["audit", "--config", _write(tmp_path, config)]) == 0
+    data = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert 0 in data["flagged"]
+    assert "<html" in (tmp_path / "out" / "audit.html").read_text().lower()
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"model": "captum_ext.models:NoSuchNet", "datamodule": "captum_ext.data:CleverHansDigits",
+          "explainers": ["saliency"]}, r"Field `model`: cannot import 'captum_ext.models:NoSuchNet'"),
+        ({"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
+          "explainers": ["saliency"], "num_sample": 3}, r"Unknown config field\(s\) 'num_sample'"),
+        ({"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
+          "explainers": ["grad_cam"]}, r"Expected argument `method` .* but got 'grad_cam'"),
+        ({"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
+          "datamodule_kwargs": {"p_class": 2}, "explainers": ["saliency"]}, r"`p_class` to be a probability"),
+    ],
+)
+def test_bad_configs_exit_2_with_a_one_line_error(tmp_path, capsys, config, message):
+    assert main(["sanity", "--config", _write(tmp_path, config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+
+
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    assert main(["audit", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
