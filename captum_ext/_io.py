@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic", "save_figure"]
 
 
 @contextlib.contextmanager
@@ -40,4 +40,11 @@ def write_json_atomic(data: Any, path: str | os.PathLike, **json_kwargs: Any) ->
     """Write ``data`` as JSON to ``path`` atomically and return the path (``json_kwargs`` go to ``json.dump``)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         json.dump(data, handle, **json_kwargs)
+    return Path(path)
+
+
+def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure to ``path`` atomically, in the format named by its suffix (e.g. ``.png``)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
     return Path(path)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from captum_ext._io import save_figure, write_text_atomic
 from captum_ext.config import ConfigError, FIELDS, field_help
 
 __all__ = ["main"]
@@ -72,7 +73,7 @@ def _run_roar(config: dict) -> None:
         factory, build_datamodule(config), _explainers(config), cache_dir=config.get("cache_dir") or out / "cache", **kwargs
     )
     result.to_json(out / "roar.json")
-    result.plot().savefig(out / "roar.png")
+    save_figure(result.plot(), out / "roar.png")
     print(result)
     print(f"\nwrote {out / 'roar.json'} and {out / 'roar.png'}")
 
@@ -90,7 +91,7 @@ def _run_sanity(config: dict) -> None:
     for explainer in explainers:
         result = model_randomization_test(model, explainer, x, **kwargs)
         result.to_json(out / f"sanity_{explainer.name}.json")
-        result.plot().savefig(out / f"sanity_{explainer.name}.png")
+        save_figure(result.plot(), out / f"sanity_{explainer.name}.png")
         print(result)
     print(f"\nwrote {out}/sanity_<explainer>.json and .png")
 
@@ -110,7 +111,7 @@ def _run_audit(config: dict) -> None:
         model, probe_batch(datamodule, config.get("num_samples"))
     )
     report.to_json(out / "audit.json")
-    (out / "audit.html").write_text(report.to_html(), encoding="utf-8")
+    write_text_atomic(report.to_html(), out / "audit.html")
     print(report)
     print(f"\nwrote {out / 'audit.json'} and {out / 'audit.html'}")
 

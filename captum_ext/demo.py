@@ -28,7 +28,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from captum_ext import Explainer, plots
-from captum_ext._io import write_json_atomic
+from captum_ext._io import write_json_atomic, write_text_atomic
 from captum_ext.attr import AttentionRollout
 from captum_ext.audit import CleverHansAudit
 from captum_ext.callbacks import AttributionMonitor, EmbeddingProjector, FilterMonitor, RandomizationMonitor, ShortcutMonitor
@@ -166,7 +166,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", seed: int = 0, fast: bool = F
     for mode, region in (("region", data.region_mask), ("discovery", None)):
         audit = CleverHansAudit("input_x_gradient", region=region).run(model, (audit_x, audit_y), control=control)
         audits[mode] = audit.flagged
-        (out / f"audit_{mode}.html").write_text(audit.to_html(), encoding="utf-8")
+        write_text_atomic(audit.to_html(), out / f"audit_{mode}.html")
         report.add_section(
             f"Clever Hans audit ({mode})",
             text="Per class: share of positive input x gradient relevance in the region vs. its area, compared with a "

@@ -99,10 +99,7 @@ def _occlusion_defaults(x: torch.Tensor) -> dict:
 
 def _rollout(class_name: str) -> Callable[[nn.Module, nn.Module | None, dict], captum_attr.Attribution]:
     def build(model: nn.Module, layer: nn.Module | None, kwargs: dict) -> captum_attr.Attribution:
-        try:
-            module = importlib.import_module("captum_ext.attr.rollout")
-        except ImportError as err:  # pragma: no cover - only before the rollout module exists
-            raise ValueError(f"The explainer {class_name!r} is not yet available in this version.") from err
+        module = importlib.import_module("captum_ext.attr.rollout")  # imported late: rollout imports this module
         return getattr(module, class_name)(model, **kwargs)
 
     return build
@@ -256,6 +253,10 @@ class Explainer:
             raise TypeError(f"Expected argument `layer` to be a dotted module name (str) or None, but got {layer!r}.")
         if init_kwargs is not None and not isinstance(init_kwargs, dict):
             raise TypeError(f"Expected argument `init_kwargs` to be a dict or None, but got {type(init_kwargs).__name__}.")
+        if method == "random" and attribute_kwargs:
+            raise ValueError(
+                f"The 'random' explainer takes no attribute keyword arguments, but got {sorted(attribute_kwargs)}."
+            )
         if not isinstance(seed, numbers.Integral):
             raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
         self.method = method
@@ -353,8 +354,8 @@ class Explainer:
         return out
 
     def _run(self, attribution: captum_attr.Attribution, x: torch.Tensor, target: Any, kwargs: dict) -> torch.Tensor:
-        if not self.stochastic:
-            return attribution.attribute(x, target=target, **kwargs)
+        # Every method runs seeded inside fork_rng: a user-given Captum class may sample (Lime, KernelShap, ...)
+        # and must neither read nor advance the global RNG.
         call_seed = self.seed * 1_000_003 + self._calls
         self._calls += 1
         if self.method == "random":

@@ -228,3 +228,22 @@ def test_bad_inputs_and_targets_raise_clear_errors(trained_cnn, batch):
         Explainer("saliency").attribute(trained_cnn, x, [0, 1])
     with pytest.raises(ValueError, match="Expected argument `reduce`"):
         Explainer("saliency").saliency(trained_cnn, x, y, reduce="abs")
+
+
+def test_a_user_attribution_that_samples_is_seeded_and_leaves_the_global_rng_alone(trained_cnn, batch):
+    from captum.attr import Attribution
+
+    class Sampling(Attribution):  # draws from the global RNG, like Lime or KernelShap do
+        def attribute(self, inputs, target=None):
+            return torch.rand(inputs.shape)
+
+    x, y = batch
+    state = torch.get_rng_state()
+    a = Explainer(Sampling, seed=1).attribute(trained_cnn, x, y)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(Explainer(Sampling, seed=1).attribute(trained_cnn, x, y), a)
+
+
+def test_random_explainer_rejects_attribute_kwargs():
+    with pytest.raises(ValueError, match=r"The 'random' explainer takes no attribute keyword arguments, but got \['n_steps'\]"):
+        Explainer("random", n_steps=3)

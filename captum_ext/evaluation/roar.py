@@ -172,9 +172,13 @@ def _split_datasets(datamodule: Any) -> tuple[dict[str, Dataset], dict[str, int]
     for split in _SPLITS:
         hook = getattr(datamodule, f"{split}_dataloader", None)
         if split == "val":
-            try:  # optional: Lightning's default hook raises when it is not implemented
+            try:  # optional: Lightning's default hook raises MisconfigurationException when it is not implemented
                 loader = hook() if hook is not None else None
-            except Exception:
+            except NotImplementedError:
+                loader = None
+            except Exception as err:
+                if type(err).__name__ != "MisconfigurationException":
+                    raise
                 loader = None
         else:
             loader = hook() if hook is not None else None
@@ -258,14 +262,14 @@ def _benchmark(
 
     if model is None:  # 1. the base model on unmodified data, trained once and cached
         base_path = folder / f"base_{cache.digest('base', namespace, factory_fp, data_fp, trainer_key, seed)[:24]}.pt"
-        if base_path.exists():
-            model = cache.load_weights(module_factory(), base_path)
-        else:
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                model = module_factory()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = module_factory()
+            if base_path.exists():
+                cache.load_weights(model, base_path)
+            else:
                 _fit(job, model, _loaders(job, datasets, seed))
-            cache.save_weights(model, base_path)
+                cache.save_weights(model, base_path)
     baseline = accuracy(model, DataLoader(datasets["test"], batch_size=batch_size))
     base_fp = cache.weights_fingerprint(model)
 

@@ -14,10 +14,8 @@ more than ``1 - quantile`` of all positions (threshold 0) from covering the whol
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from captum_ext._context import eval_mode
+from captum_ext._io import write_json_atomic
 from captum_ext.features._capture import capture_output
 
 __all__ = ["ConceptIoU", "concept_iou"]
@@ -69,10 +68,7 @@ class ConceptIoU:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` to ``path`` atomically (a temporary file renamed into place)."""
-        folder = os.path.dirname(os.path.abspath(path))
-        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
-            json.dump(self.to_dict(), handle)
-        os.replace(handle.name, path)
+        write_json_atomic(self.to_dict(), path)
 
     def plot(self) -> Figure:
         """A matplotlib Figure: the IoU matrix, units by concepts, detectors marked."""

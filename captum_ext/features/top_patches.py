@@ -8,11 +8,9 @@ Girshick et al. 2014, "Rich feature hierarchies", Fig. 3). The receptive field i
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,6 +20,7 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from captum_ext._context import eval_mode
+from captum_ext._io import write_json_atomic
 from captum_ext.features._capture import batch_inputs, capture_output
 from captum_ext.features.receptive_field import receptive_field
 
@@ -71,10 +70,7 @@ class TopPatches:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write :meth:`to_dict` to ``path`` atomically (a temporary file renamed into place)."""
-        folder = os.path.dirname(os.path.abspath(path))
-        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
-            json.dump(self.to_dict(), handle)
-        os.replace(handle.name, path)
+        write_json_atomic(self.to_dict(), path)
 
     def grid(self, nrow: int | None = None, scale: int = 4) -> torch.Tensor:
         """The patches as one image grid (3, H, W), each patch min-max scaled and upsampled by ``scale``."""
