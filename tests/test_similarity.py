@@ -123,8 +123,8 @@ def test_errors_name_the_argument():
     a, b = _pairs(n=2)
     with pytest.raises(ValueError, match="Expected argument `metrics` to be a non-empty sequence of distinct names"):
         MapSimilarity(metrics=("spearman", "pearson"))
-    with pytest.raises(ValueError, match="Expected argument `maps_b` to be a \\(N, H, W\\) tensor, but got shape"):
-        map_similarity(a, b[:, None])
+    with pytest.raises(ValueError, match="Expected argument `maps_b` to be a \\(N, H, W\\) or \\(N, C, H, W\\) tensor, but got shape"):
+        map_similarity(a, b[:, None, None])
     with pytest.raises(ValueError, match="Expected `maps_a` and `maps_b` to have the same shape"):
         map_similarity(a, b[:1])
     with pytest.raises(ValueError, match="Expected argument `maps_a` to hold finite values"):
@@ -146,3 +146,17 @@ def test_metric_states_merge_like_a_ddp_sync():
     merged, expected = rank0.compute(), whole.compute()
     for name in expected:
         assert merged[name].item() == pytest.approx(expected[name].item(), abs=1e-12)
+
+
+def test_attributions_with_channels_use_the_sanity_checks_reductions():
+    # Channels that cancel: sum over channels is 0 where sum of |a| is large, so the two reductions rank differently.
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 3, 16, 16, generator=gen, dtype=torch.float64)
+    b = torch.randn(3, 3, 16, 16, generator=gen, dtype=torch.float64)
+    metric = MapSimilarity(metrics=("spearman_abs", "spearman", "ssim"))
+    metric.update(a, b)
+    got = metric.compute()
+    for name, reduced_a, reduced_b in (("spearman_abs", a.abs().sum(1), b.abs().sum(1)), ("spearman", a.sum(1), b.sum(1))):
+        ref = np.mean([spearmanr(reduced_a[i].flatten(), reduced_b[i].flatten())[0] for i in range(3)])
+        assert float(got[name]) == pytest.approx(ref, abs=1e-10)
+    assert float(got["ssim"]) == pytest.approx(float(map_similarity(a.abs().sum(1), b.abs().sum(1), ("ssim",))["ssim"].mean()), abs=1e-12)

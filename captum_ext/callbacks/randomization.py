@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from captum_ext import maps
 from captum_ext.callbacks.attribution import check_target
 from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
@@ -135,10 +134,10 @@ class RandomizationMonitor(ExplanationCallback):
         if len(inputs):
             target = labels if self.target == "label" else forward_in_eval(pl_module, inputs).argmax(1)
             randomized = randomized_copy(pl_module, self.seed)
-            trained_maps = maps.reduce_channels(self.explainer.attribute(pl_module, inputs, target), "sum")
-            random_maps = maps.reduce_channels(self.random_explainer.attribute(randomized, inputs, target), "sum")
+            trained = self.explainer.attribute(pl_module, inputs, target)
+            baseline = self.random_explainer.attribute(randomized, inputs, target)
             del randomized
-            metric.update(trained_maps, random_maps)
+            metric.update(trained, baseline)  # (N, C, H, W): sum_abs for spearman_abs / SSIM / HOG, sum for spearman
         self.similarities = {name: float(value) for name, value in synced_compute(metric).items()}
         self.log_scalars(trainer, pl_module, {f"sanity/{self.explainer.name}/{k}": v for k, v in self.similarities.items()})
         self._streak = self._streak + 1 if self.similarities[self.monitor] > self.threshold else 0

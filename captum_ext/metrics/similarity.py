@@ -59,9 +59,9 @@ SIMILARITIES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
 
 def _check_pair(maps_a: torch.Tensor, maps_b: torch.Tensor) -> None:
     for name, maps in (("maps_a", maps_a), ("maps_b", maps_b)):
-        if not isinstance(maps, torch.Tensor) or maps.dim() != 3:
+        if not isinstance(maps, torch.Tensor) or maps.dim() not in (3, 4):
             got = f"shape {tuple(maps.shape)}" if isinstance(maps, torch.Tensor) else type(maps).__name__
-            raise ValueError(f"Expected argument `{name}` to be a (N, H, W) tensor, but got {got}.")
+            raise ValueError(f"Expected argument `{name}` to be a (N, H, W) or (N, C, H, W) tensor, but got {got}.")
         if not torch.isfinite(maps).all():
             raise ValueError(f"Expected argument `{name}` to hold finite values, but got NaN or inf.")
     if maps_a.shape != maps_b.shape:
@@ -287,7 +287,8 @@ def map_similarity(
     """Each requested similarity between paired maps: ``{name: (N,) float64}``, in the order asked.
 
     Args:
-        maps_a, maps_b: (N, H, W) maps.
+        maps_a, maps_b: (N, H, W) maps, or (N, C, H, W) attributions: then ``"spearman"`` compares the channel
+            sums and the other measures the sums of |a| over channels (the sanity checks' reductions).
         metrics: names from ``"spearman_abs"``, ``"spearman"``, ``"ssim"``, ``"hog"``. Default all four.
 
     Returns:
@@ -305,11 +306,13 @@ def map_similarity(
     """
     names = check_similarities(metrics)
     _check_pair(maps_a, maps_b)
+    signed_a, signed_b = (maps_a.sum(1), maps_b.sum(1)) if maps_a.dim() == 4 else (maps_a, maps_b)
+    abs_a, abs_b = (maps_a.abs().sum(1), maps_b.abs().sum(1)) if maps_a.dim() == 4 else (maps_a, maps_b)
     functions = {
-        "spearman_abs": lambda: spearman_similarity(maps_a, maps_b, absolute=True),
-        "spearman": lambda: spearman_similarity(maps_a, maps_b, absolute=False),
-        "ssim": lambda: ssim_similarity(maps_a, maps_b),
-        "hog": lambda: hog_similarity(maps_a, maps_b),
+        "spearman_abs": lambda: spearman_similarity(abs_a, abs_b, absolute=True),
+        "spearman": lambda: spearman_similarity(signed_a, signed_b, absolute=False),
+        "ssim": lambda: ssim_similarity(abs_a, abs_b),
+        "hog": lambda: hog_similarity(abs_a, abs_b),
     }
     return {name: functions[name]() for name in names}
 
@@ -349,7 +352,8 @@ class MapSimilarity(Metric):
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, maps_a: torch.Tensor, maps_b: torch.Tensor) -> None:
-        """Add the similarities of the N pairs ``(maps_a[i], maps_b[i])``, both (N, H, W)."""
+        """Add the similarities of the N pairs ``(maps_a[i], maps_b[i])``, both (N, H, W) or (N, C, H, W)
+        (see :func:`map_similarity` for how attributions are reduced)."""
         values = map_similarity(maps_a, maps_b, self.metrics)
         for name, value in values.items():
             state = getattr(self, f"sum_{name}")
