@@ -159,6 +159,16 @@ def _check_options(head_fusion: Any, discard_ratio: Any, start_layer: Any) -> No
     _check_start_layer(start_layer)
 
 
+def _require_cls(grid: tuple[int, int], prefix: int) -> None:
+    if prefix < 1:
+        raise ValueError(f"Expected a CLS token before the {grid[0]}x{grid[1]} patch tokens, but found none.")
+
+
+def _require_block(start_layer: int, blocks: int) -> None:
+    if start_layer >= blocks:
+        raise ValueError(f"Expected argument `start_layer` to be below the model's {blocks} blocks, but got {start_layer}.")
+
+
 def _check_start_layer(start_layer: Any) -> None:
     if isinstance(start_layer, bool) or not isinstance(start_layer, numbers.Integral) or start_layer < 0:
         raise ValueError(f"Expected argument `start_layer` to be a non-negative int, but got {start_layer!r}.")
@@ -294,13 +304,8 @@ class AttentionRollout(Attribution):
         with torch.no_grad(), capture_attention(self.forward_func, sink) as capture:
             self.forward_func(x)
         grid, prefix = capture.layout(x.shape[0])
-        if prefix < 1:
-            raise ValueError(f"Expected a CLS token before the {grid[0]}x{grid[1]} patch tokens, but found no prefix token.")
-        if self.start_layer >= len(capture.shapes):
-            raise ValueError(
-                f"Expected argument `start_layer` to be below the model's {len(capture.shapes)} blocks, but got "
-                f"{self.start_layer}."
-            )
+        _require_cls(grid, prefix)
+        _require_block(self.start_layer, len(capture.shapes))
         return _shape_like(_token_grid(state["rollout"][:, 0], grid), x, single, return_grid)
 
 
@@ -361,13 +366,8 @@ class GradientRollout(Attribution):
             with capture_attention(self.forward_func, lambda index, attention: attentions.append(attention)) as capture:
                 logits = _logits(self.forward_func(x))
             grid, prefix = capture.layout(x.shape[0])
-            if self.start_layer >= len(attentions):
-                raise ValueError(
-                    f"Expected argument `start_layer` to be below the model's {len(attentions)} blocks, but got "
-                    f"{self.start_layer}."
-                )
-            if prefix < 1:
-                raise ValueError(f"Expected a CLS token before the {grid[0]}x{grid[1]} patch tokens, but found none.")
+            _require_block(self.start_layer, len(attentions))
+            _require_cls(grid, prefix)
             index = _target_index(target, logits)
             score = logits.gather(1, index[:, None]).sum()
             used = attentions[self.start_layer :]
@@ -446,8 +446,8 @@ class RawAttention(Attribution):
         with torch.no_grad(), capture_attention(self.forward_func, sink) as capture:
             self.forward_func(x)
         grid, prefix = capture.layout(x.shape[0])
-        if self.token == "cls" and prefix < 1:
-            raise ValueError(f"Expected a CLS token before the {grid[0]}x{grid[1]} patch tokens, but found none.")
+        if self.token == "cls":
+            _require_cls(grid, prefix)
         if self.layer is None:
             row = torch.stack(rows).mean(0)
         else:
