@@ -39,11 +39,10 @@ class TimedMonitor(AttributionMonitor):
         super().__init__(**kwargs)
         self.seconds: list[float] = []
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         start = time.perf_counter()
-        super().on_validation_epoch_end(trainer, pl_module)
-        if self.due(trainer):
-            self.seconds.append(time.perf_counter() - start)
+        super().run(trainer, pl_module)
+        self.seconds.append(time.perf_counter() - start)
 
 
 class Synthetic(pl.LightningDataModule):

@@ -33,6 +33,7 @@ __all__ = [
     "rank_pixels",
     "top_k_mask",
     "mask_from_ranking",
+    "pixel_count",
 ]
 
 Reduction = Literal["sum_abs", "sum", "positive", "max_abs"]
@@ -116,10 +117,22 @@ def top_k_mask(maps: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tens
     return mask_from_ranking(ranking, fraction, maps.shape[1:])
 
 
+def pixel_count(fraction: float, pixels: int) -> int:
+    """How many of ``pixels`` a ``fraction`` selects: ``fraction * pixels`` rounded half up (not to even), the one
+    rule shared by masks, ROAR/KAR views and deletion/insertion steps.
+
+    Example::
+
+        >>> pixel_count(0.5, 5), pixel_count(0.1, 1024)
+        (3, 102)
+    """
+    return int(math.floor(fraction * pixels + 0.5))
+
+
 def mask_from_ranking(ranking: torch.Tensor, fraction: float, size: tuple[int, int]) -> torch.Tensor:
-    """Bool (N, H, W) mask of the first ``round(fraction * H * W)`` pixels of a (N, H*W) ``ranking``."""
+    """Bool (N, H, W) mask of the first :func:`pixel_count` ``(fraction, H * W)`` pixels of a (N, H*W) ``ranking``."""
     n, hw = ranking.shape
-    k = int(math.floor(fraction * hw + 0.5))
+    k = pixel_count(fraction, hw)
     mask = torch.zeros(n, hw, dtype=torch.bool, device=ranking.device)
     mask.scatter_(1, ranking[:, :k], True)
     return mask.reshape(n, *size)

@@ -408,6 +408,21 @@ def test_every_n_epochs_and_sanity_check_skipped(digits):
     assert calls == [(1, False), (3, False)]
 
 
+def test_runs_once_per_epoch_with_several_validations_per_epoch(digits):
+    """``val_check_interval=0.5`` validates twice per epoch; the callback still runs once per (due) epoch, and a
+    later ``trainer.validate`` is a run of its own."""
+    calls = []
+
+    class Counting(ExplanationCallback):
+        def run(self, trainer, pl_module):
+            calls.append((trainer.current_epoch, trainer.global_step, str(trainer.state.fn)))
+
+    trainer, module = _fit(digits, [Counting()], max_epochs=2, limit_train_batches=4, val_check_interval=0.5)
+    assert [(epoch, step) for epoch, step, _ in calls] == [(0, 2), (1, 6)]
+    trainer.validate(module, datamodule=digits, verbose=False)
+    assert len(calls) == 3 and calls[-1][2] != calls[0][2]
+
+
 def test_shortcut_monitor_stops_on_shortcut_and_not_on_control(digits, control_digits, tmp_path):
     stop = ShortcutMonitor("saliency", digits.region_mask, num_samples=40, threshold=5.0, patience=2, on_detect="stop")
     trainer, _ = _fit(digits, [stop], max_epochs=8)

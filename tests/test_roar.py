@@ -258,6 +258,18 @@ def test_masked_view_removes_or_keeps_by_rank(tmp_path):
     assert kept[1][0].flatten().tolist() == [4.0, -1.0, -1.0, -1.0]  # only rank 0 kept
     assert removed[1][1] == 1
 
+    class CountingImputer(MeanImputer):
+        calls: list[int] = []
+
+        def fill(self, inputs, mask):
+            self.calls.append(len(inputs))
+            return super().fill(inputs, mask)
+
+    batched = RankedMaskDataset(dataset, tmp_path / "rank.npy", 0.5, False, CountingImputer([-1.0]))
+    (x, y), = DataLoader(batched, batch_size=2)
+    assert CountingImputer.calls == [2]  # one imputer call for the whole batch
+    assert torch.equal(x, torch.stack([removed[0][0], removed[1][0]])) and y.tolist() == [0, 1]
+
 
 def test_result_json_roundtrip_plot_and_repr(tmp_path):
     accuracy = {"saliency": {0.1: [0.8, 0.82], 0.3: [0.7, 0.71]}, "random": {0.1: [0.85, 0.86], 0.3: [0.8, 0.79]}}

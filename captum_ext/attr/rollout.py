@@ -221,22 +221,26 @@ def _logits(output: Any) -> torch.Tensor:
 
 
 def _target_index(target: Target, logits: torch.Tensor) -> torch.Tensor:
-    n = logits.shape[0]
+    n, classes = logits.shape
     if target is None:
         return logits.argmax(dim=1)
     if isinstance(target, numbers.Integral) and not isinstance(target, bool):
-        return torch.full((n,), int(target), dtype=torch.long, device=logits.device)
-    if isinstance(target, torch.Tensor) and target.dim() == 0:
-        return torch.full((n,), int(target), dtype=torch.long, device=logits.device)
-    if isinstance(target, (torch.Tensor, list, tuple)):
+        index = torch.full((n,), int(target), dtype=torch.long, device=logits.device)
+    elif isinstance(target, torch.Tensor) and target.dim() == 0:
+        index = torch.full((n,), int(target), dtype=torch.long, device=logits.device)
+    elif isinstance(target, (torch.Tensor, list, tuple)):
         index = torch.as_tensor(target, device=logits.device)
         if index.shape != (n,) or index.is_floating_point():
             raise ValueError(
                 f"Expected argument `target` to be an int or hold one int per input, shape ({n},), but got "
                 f"{tuple(index.shape)} of {index.dtype}."
             )
-        return index.to(torch.long, copy=True)  # a normal tensor even if `target` was made in inference mode
-    raise TypeError(f"Expected argument `target` to be an int, a sequence or tensor of ints, or None, but got {target!r}.")
+        index = index.to(torch.long, copy=True)  # a normal tensor even if `target` was made in inference mode
+    else:
+        raise TypeError(f"Expected argument `target` to be an int, a sequence or tensor of ints, or None, but got {target!r}.")
+    if bool(((index < 0) | (index >= classes)).any()):
+        raise ValueError(f"Expected argument `target` to hold class indices in [0, {classes}), but got {index.tolist()}.")
+    return index
 
 
 # -- the attributions --------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from torch import nn
 
 from captum_ext._context import eval_mode
 from captum_ext.audit.report import AuditReport
+from captum_ext.evaluation._common import model_device
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import Imputer, MeanImputer
 from captum_ext.metrics.localisation import (
@@ -246,7 +247,7 @@ class CleverHansAudit:
 
     # -- model calls ----------------------------------------------------------------------------------------
     def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        device = next(iter(model.parameters()), torch.empty(0)).device
+        device = model_device(model)
         out = []
         with torch.no_grad(), eval_mode(model):
             for start in range(0, len(x), self.batch_size):
@@ -255,7 +256,7 @@ class CleverHansAudit:
 
     def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Positive (N, H, W) maps, each normalised to sum 1 (all-zero maps stay zero)."""
-        device = next(iter(model.parameters()), torch.empty(0)).device
+        device = model_device(model)
         out = []
         for start in range(0, len(x), self.batch_size):
             chunk = slice(start, start + self.batch_size)

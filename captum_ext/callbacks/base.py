@@ -272,7 +272,8 @@ class ExplanationCallback(*CALLBACK_BASES):
     """Base class of the ``captum_ext`` callbacks: scheduling, isolation, probe set, logging, state.
 
     Args:
-        every_n_epochs: run at the end of every n-th validation epoch (epochs counted from 1). Default 1.
+        every_n_epochs: run at the end of every n-th validation epoch (epochs counted from 1), once per training
+            epoch: with ``val_check_interval < 1`` only the epoch's first validation runs it. Default 1.
         num_samples: size of the probe set. Default 16.
         probe: the images to draw the probe set from: a map-style dataset of ``(image, label, ...)`` items or an
             ``(inputs (M, C, H, W), labels (M,))`` pair. Default the first validation dataloader's dataset.
@@ -324,11 +325,15 @@ class ExplanationCallback(*CALLBACK_BASES):
         self._probe: ProbeSet | None = None
         self._probe_indices: list[int] | None = None
         self._warned: set[str] = set()
+        self._last_run: tuple[str, int] | None = None  # (trainer function, epoch) of the last run: one per epoch
 
     # -- scheduling and isolation ------------------------------------------------------------------------------
     def due(self, trainer: pl.Trainer) -> bool:
-        """Whether this validation epoch is one to run on (never during the sanity check)."""
-        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        """Whether this validation epoch is one to run on: never during the sanity check, every ``every_n_epochs``
+        epochs, and not again in an epoch that already had its run (several validations per epoch)."""
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return False
+        return self._last_run != (str(trainer.state.fn), trainer.current_epoch)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -336,6 +341,7 @@ class ExplanationCallback(*CALLBACK_BASES):
             return
         if not trainer.loggers:
             self.warn_once("logger", f"{type(self).__name__}: the trainer has no logger; only trainer.callback_metrics get the scalars.")
+        self._last_run = (str(trainer.state.fn), trainer.current_epoch)
         with preserved_rng([pl_module.device]), gradients_enabled():
             self.run(trainer, pl_module)
 

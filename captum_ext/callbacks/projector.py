@@ -20,6 +20,7 @@ from captum_ext import maps
 from captum_ext._context import eval_mode
 from captum_ext.callbacks.base import ExplanationCallback
 from captum_ext.explainer import forward_order, resolve_layer
+from captum_ext.features._capture import capture_output
 
 __all__ = ["EmbeddingProjector", "last_linear_layer", "capture_activations", "pca"]
 
@@ -37,18 +38,9 @@ def capture_activations(model: nn.Module, layer: str, inputs: torch.Tensor, use_
 
     The hook is removed even when the forward raises.
     """
-    module = resolve_layer(model, layer)
-    captured: list[torch.Tensor] = []
-    if use_input:
-        handle = module.register_forward_pre_hook(lambda mod, args: captured.append(args[0].detach()))
-    else:
-        handle = module.register_forward_hook(lambda mod, args, out: captured.append(out.detach()))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(inputs)
-    finally:
-        handle.remove()
-    return captured[-1].flatten(1).float()
+    with torch.no_grad(), eval_mode(model), capture_output(model, layer, use_input) as captured:
+        model(inputs)
+    return captured[-1].detach().flatten(1).float()
 
 
 def pca(data: torch.Tensor, k: int = 2) -> torch.Tensor:

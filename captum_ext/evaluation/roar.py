@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from captum_ext import maps
 from captum_ext.evaluation import cache
 from captum_ext.evaluation._common import accuracy, check_fractions
 from captum_ext.evaluation.results import ROARResult
@@ -52,6 +53,11 @@ class RankedMaskDataset(Dataset):
     """A view of ``dataset`` whose images have their top ``fraction`` of ranked pixels imputed (ROAR), or all
     but the top ``fraction`` (KAR, ``keep=True``), applied on the fly when an item is read.
 
+    A ``DataLoader`` reads a whole batch through :meth:`__getitems__`, so the imputer fills the batch in one call
+    (what makes a solver such as :class:`~captum_ext.imputation.NoisyLinearImputer` affordable inside ROAR). An
+    imputer that adds seeded noise draws it per batch, so an image's noise depends on the batch it lands in;
+    deterministic imputers give the same image either way.
+
     Args:
         dataset: yields ``(image (C, H, W), label, ...)`` items in the order the rankings were computed.
         rankings: path of an (N, H*W) rank-position ``.npy`` file (:func:`captum_ext.evaluation.cache.compute_rankings`).
@@ -71,16 +77,19 @@ class RankedMaskDataset(Dataset):
         return {**self.__dict__, "_positions": None}  # the memory map is reopened in each process
 
     def __getitem__(self, index: int) -> tuple:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple]:
         if self._positions is None:
             self._positions = cache.load_rankings(self.rankings)
-        item = self.dataset[index]
-        image = item[0]
-        c, h, w = image.shape
-        positions = torch.from_numpy(np.asarray(self._positions[index], dtype=np.int64))
-        count = int(np.floor(self.fraction * h * w + 0.5))
+        items = [self.dataset[index] for index in indices]
+        images = torch.stack([item[0] for item in items])
+        h, w = images.shape[-2:]
+        positions = torch.from_numpy(np.asarray(self._positions[list(indices)], dtype=np.int64))
+        count = maps.pixel_count(self.fraction, h * w)
         removed = positions >= count if self.keep else positions < count
-        image = self.imputer(image[None], removed.reshape(1, h, w))[0]
-        return (image, *item[1:])
+        images = self.imputer(images, removed.reshape(-1, h, w))
+        return [(image, *item[1:]) for image, item in zip(images, items)]
 
 
 @dataclass(frozen=True)

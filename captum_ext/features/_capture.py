@@ -1,4 +1,4 @@
-"""Capture one layer's output during a forward pass; the hook lives only inside the ``with`` block."""
+"""Capture one layer's output (or input) during a forward pass; the hook lives only inside the ``with`` block."""
 
 from __future__ import annotations
 
@@ -14,19 +14,21 @@ __all__ = ["capture_output", "batch_inputs"]
 
 
 @contextlib.contextmanager
-def capture_output(model: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
-    """Yield a list that receives ``layer``'s output (a tensor) at every forward; the hook is removed on exit."""
+def capture_output(model: nn.Module, layer: str, use_input: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Yield a list that receives ``layer``'s output (a tensor) at every forward, or its first input when
+    ``use_input``; the hook is removed on exit, also when the forward raises."""
     module = resolve_layer(model, layer)
     outputs: list[torch.Tensor] = []
 
-    def hook(mod: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(
-                f"Expected layer {layer!r} to output a tensor, but it outputs {type(output).__name__}."
-            )
-        outputs.append(output)
+    def record(value: object, what: str) -> None:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"Expected layer {layer!r} to {what} a tensor, but it {what}s {type(value).__name__}.")
+        outputs.append(value)
 
-    handle = module.register_forward_hook(hook)
+    if use_input:
+        handle = module.register_forward_pre_hook(lambda mod, args: record(args[0] if args else None, "take"))
+    else:
+        handle = module.register_forward_hook(lambda mod, args, output: record(output, "output"))
     try:
         yield outputs
     finally:

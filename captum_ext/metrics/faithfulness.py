@@ -131,8 +131,7 @@ def perturbation_curve(
     ranking = maps.rank_pixels(saliency.to(inputs.device), seed=seed)
     position = torch.empty_like(ranking)
     position.scatter_(1, ranking, torch.arange(h * w, device=ranking.device).expand(n, -1))
-    fractions = torch.arange(steps + 1, dtype=torch.float64) / steps
-    counts = torch.floor(fractions * h * w + 0.5).long().to(inputs.device)
+    counts = torch.tensor([maps.pixel_count(k / steps, h * w) for k in range(steps + 1)], device=inputs.device)
     per_chunk = max(1, batch_size // (steps + 1))
     curve = torch.empty(n, steps + 1, dtype=torch.float32, device=inputs.device)
     module = forward_func if isinstance(forward_func, nn.Module) else nn.Identity()
