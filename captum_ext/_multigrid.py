@@ -144,7 +144,9 @@ class _VCycle:
         return z
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
-        return self._cycle(r.float(), 0).to(r.dtype)
+        # the cycle is linear: scaling each plane to a unit maximum keeps float32 out of under- and overflow
+        scale = r.abs().amax(dim=(-2, -1), keepdim=True).clamp(min=torch.finfo(r.dtype).tiny)
+        return self._cycle((r / scale).float(), 0).to(r.dtype) * scale
 
 
 def solve_neighbour_average(inputs: torch.Tensor, mask: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, int]:
@@ -152,6 +154,8 @@ def solve_neighbour_average(inputs: torch.Tensor, mask: torch.Tensor, tol: float
     of an (N, C, H, W) bool mask, in float64. Returns the solution (zero where nothing is removed) and the number of
     iterations. Converged when every plane's ``r' M r`` is below ``tol**2 * b' M b`` (M: the V-cycle)."""
     h, w = inputs.shape[-2:]
+    if not bool(mask.any()):
+        return torch.zeros(inputs.shape, dtype=torch.float64, device=inputs.device), 0
     shared = bool((mask == mask[:, :1]).all())
     unknown = (mask[:, :1] if shared else mask).double()
     x = inputs.detach().double()

@@ -161,7 +161,8 @@ class NoisyLinearImputer(Imputer):
         seed: Seeds the noise; a call with the same shapes draws the same noise. Default 0.
         tol: Stop when every plane's preconditioned residual norm is below ``tol`` times its right-hand side
             norm. Default 1e-6 (about 1e-5 absolute error on [0, 1] images).
-        max_iter: Conjugate-gradient iteration cap. Default 200.
+        max_iter: Conjugate-gradient iteration cap, or None for the default. Default 200 (the multigrid
+            preconditioner needs 8-21 iterations from salt-and-pepper masks to 90% holes at 224 px).
 
     Raises:
         ValueError: a negative ``noise``, a non-positive ``tol`` or ``max_iter``, or non-finite ``mean``.
@@ -182,14 +183,15 @@ class NoisyLinearImputer(Imputer):
         mean: Sequence[float] | torch.Tensor | float | None = None,
         seed: int = 0,
         tol: float = 1e-6,
-        max_iter: int = 200,
+        max_iter: int | None = 200,
     ):
         if not isinstance(noise, numbers.Real) or noise < 0:
             raise ValueError(f"Expected argument `noise` to be a non-negative real number, but got {noise!r}.")
         if not isinstance(tol, numbers.Real) or tol <= 0:
             raise ValueError(f"Expected argument `tol` to be a positive real number, but got {tol!r}.")
+        max_iter = 200 if max_iter is None else max_iter
         if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
-            raise ValueError(f"Expected argument `max_iter` to be a positive int, but got {max_iter!r}.")
+            raise ValueError(f"Expected argument `max_iter` to be a positive int or None, but got {max_iter!r}.")
         if not isinstance(seed, numbers.Integral):
             raise ValueError(f"Expected argument `seed` to be an int, but got {seed!r}.")
         if mean is not None:

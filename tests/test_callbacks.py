@@ -417,10 +417,14 @@ def test_runs_once_per_epoch_with_several_validations_per_epoch(digits):
         def run(self, trainer, pl_module):
             calls.append((trainer.current_epoch, trainer.global_step, str(trainer.state.fn)))
 
-    trainer, module = _fit(digits, [Counting()], max_epochs=2, limit_train_batches=4, val_check_interval=0.5)
+    counting = Counting()
+    trainer, module = _fit(digits, [counting], max_epochs=2, limit_train_batches=4, val_check_interval=0.5)
     assert [(epoch, step) for epoch, step, _ in calls] == [(0, 2), (1, 6)]
     trainer.validate(module, datamodule=digits, verbose=False)
-    assert len(calls) == 3 and calls[-1][2] != calls[0][2]
+    trainer.validate(module, datamodule=digits, verbose=False)
+    assert len(calls) == 4 and calls[-1][2] != calls[0][2]  # each validate call runs once
+    _fit(digits, [counting], max_epochs=1, limit_train_batches=2)  # the same instance in a new fit runs again
+    assert len(calls) == 5 and calls[-1][0] == 0
 
 
 def test_shortcut_monitor_stops_on_shortcut_and_not_on_control(digits, control_digits, tmp_path):

@@ -11,7 +11,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from captum_ext import Explainer
-from captum_ext.explainer import METHODS, last_conv_layer
+from captum_ext._context import eval_mode
+from captum_ext.attr import RandomAttribution
+from captum_ext.explainer import METHODS, forward_order, last_conv_layer
+from captum_ext.features._capture import capture_output
 
 GRADIENT_METHODS = [m for m in METHODS if m not in ("rollout", "gradient_rollout")]
 
@@ -247,3 +250,43 @@ def test_a_user_attribution_that_samples_is_seeded_and_leaves_the_global_rng_alo
 def test_random_explainer_rejects_attribute_kwargs():
     with pytest.raises(ValueError, match=r"The 'random' explainer takes no attribute keyword arguments, but got \['n_steps'\]"):
         Explainer("random", n_steps=3)
+
+
+def test_random_attribution_never_reads_the_global_rng():
+    x = torch.zeros(2, 1, 4, 4)
+    state = torch.get_rng_state()
+    first = RandomAttribution(nn.Identity()).attribute(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, RandomAttribution(nn.Identity()).attribute(x))  # default generator: seed 0
+    gen = torch.Generator().manual_seed(1)
+    assert not torch.equal(first, RandomAttribution(nn.Identity()).attribute(x, generator=gen))
+
+
+class Exploding(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+def _exploding_model() -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), Exploding(), nn.Flatten(), nn.Linear(2, 2))
+    return model.train()
+
+
+@pytest.mark.parametrize("call", ["forward_order", "capture_output", "capture_input", "eval_mode", "explainer"])
+def test_a_failing_forward_leaves_no_hooks_and_restores_modes(call, model_guard):
+    """DESIGN invariant 1 under an exception: every helper that hooks or switches modes undoes it in ``finally``."""
+    model, x = model_guard(_exploding_model()), torch.rand(2, 1, 5, 5)  # asserted unchanged at teardown
+    calls = {
+        "forward_order": lambda: forward_order(model, x, lambda m: isinstance(m, nn.Conv2d)),
+        "capture_output": lambda: _forward_inside(capture_output(model, "0"), model, x),
+        "capture_input": lambda: _forward_inside(capture_output(model, "1", use_input=True), model, x),
+        "eval_mode": lambda: _forward_inside(eval_mode(model), model, x),
+        "explainer": lambda: Explainer("saliency").attribute(model, x, torch.tensor([0, 1])),
+    }
+    with pytest.raises(RuntimeError, match="boom"):
+        calls[call]()
+
+
+def _forward_inside(context, model, x):
+    with context, eval_mode(model):  # eval mode: the failing forward must not move BatchNorm's statistics
+        model(x)

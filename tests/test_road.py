@@ -65,8 +65,8 @@ def test_noisy_linear_matches_scipy_reference_per_channel_masks():
 
 
 def test_multigrid_solver_on_large_holes_matches_reference_in_few_iterations():
-    """Large holes on a 45x38 plane (odd sides: ragged coarse levels): plain Jacobi-CG needs 52 iterations here,
-    the multigrid-preconditioned one 13, for a shared (N, 1) and for per-channel masks alike."""
+    """Large holes on a 45x38 plane (odd sides: ragged coarse levels): plain Jacobi-CG needs 52 iterations for the
+    shared (N, 1) masks and 93 for the per-channel ones, the multigrid-preconditioned one 13 for both."""
     gen = torch.Generator().manual_seed(5)
     x = torch.rand(2, 2, 45, 38, generator=gen)
     rows, cols = torch.meshgrid(torch.arange(45.0), torch.arange(38.0), indexing="ij")
@@ -79,6 +79,12 @@ def test_multigrid_solver_on_large_holes_matches_reference_in_few_iterations():
         assert iterations <= 25
         filled = torch.where(masks, solution, x.double())
         np.testing.assert_allclose(filled.numpy(), reference_batch(x, masks), atol=1e-4, rtol=0)
+    # a fully removed plane among coarsened partial ones gets the mean and leaves its neighbours' solutions alone
+    per_channel[1, 1] = True
+    out = NoisyLinearImputer(noise=0.0, mean=[0.3, 0.7])(x, per_channel)
+    assert torch.equal(out[1, 1], torch.full((45, 38), 0.7))
+    np.testing.assert_allclose(out[0].double().numpy(), reference_batch(x[:1], per_channel[:1])[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out[1, 0].double().numpy(), reference_fill(x[1, 0].double().numpy(), per_channel[1, 0].numpy()), atol=1e-4)
 
 
 def test_noisy_linear_broadcasts_hw_mask_and_is_exact_for_linear_images():
@@ -121,7 +127,7 @@ def test_fully_removed_image_falls_back_to_the_mean():
 def test_imputer_errors_name_the_argument():
     with pytest.raises(ValueError, match="Expected argument `noise` to be a non-negative real number, but got -1"):
         NoisyLinearImputer(noise=-1)
-    with pytest.raises(ValueError, match="Expected argument `max_iter` to be a positive int, but got 0"):
+    with pytest.raises(ValueError, match="Expected argument `max_iter` to be a positive int or None, but got 0"):
         NoisyLinearImputer(max_iter=0)
     with pytest.raises(ValueError, match="Expected argument `mean` to be finite"):
         NoisyLinearImputer(mean=[float("nan")])
@@ -213,3 +219,20 @@ def test_road_result_roundtrip_and_errors(oracle_data, tmp_path):
         road(model, loader, "saliency", fractions=(0.5, 1.5))
     with pytest.raises(TypeError, match="Expected argument `explainer` to be an Explainer or a short name"):
         road(model, loader, 3)
+
+
+def test_road_fully_removed_images_get_the_dataset_mean_not_the_batch_mean():
+    """Batch 1 is all black, batch 2 all white: the dataset mean is 0.5, the batch means 0 and 1. A model that
+    predicts class 1 iff the image mean exceeds 0.6 gets every fully removed image right only with the dataset
+    mean (with the batch mean it would call the white batch class 1: accuracy 0.5)."""
+
+    class MeanThreshold(nn.Module):
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([0.6 - m, m - 0.6], dim=1) * 100
+
+    x = torch.cat([torch.zeros(4, 1, 6, 6), torch.ones(4, 1, 6, 6)])
+    labels = torch.zeros(8, dtype=torch.long)
+    result = road(MeanThreshold(), DataLoader(TensorDataset(x, labels), batch_size=4), "saliency", fractions=(1.0,))
+    assert result.accuracy[1.0] == 1.0 and result.random_accuracy[1.0] == 1.0
+    assert result.baseline_accuracy == 0.5  # unmodified: the white images are class 1

@@ -266,8 +266,8 @@ def test_errors_name_the_argument(vit, images):
         RawAttention(vit, token="patch")
     with pytest.raises(ValueError, match=r"`target` to be an int or hold one int per input, shape \(3,\)"):
         GradientRollout(vit).attribute(images, target=[1, 2])
-    with pytest.raises(ValueError, match=r"`target` to hold class indices in \[0, 10\), but got \[10, 10, 10\]"):
-        GradientRollout(vit).attribute(images, target=10)
+    with pytest.raises(ValueError, match=r"`target` to hold class indices in \[0, 10\), but got \[-1, 12\]"):
+        GradientRollout(vit).attribute(images, target=[3, -1, 12])
     with pytest.raises(ValueError, match=r"`inputs` to be a float \(N, C, H, W\) tensor, but got shape \(1, 32, 32\)"):
         AttentionRollout(vit).attribute(images[0])
 

@@ -34,7 +34,9 @@ class RandomAttribution(Attribution):
         return False
 
     def attribute(self, inputs, target: Any = None, generator: torch.Generator | None = None):
-        """Return uniform noise shaped like ``inputs`` (a tensor or a tuple of tensors), drawn from ``generator``."""
+        """Return uniform noise shaped like ``inputs`` (a tensor or a tuple of tensors), drawn from ``generator``
+        (default: a fresh generator seeded with 0, so the global RNG is never read)."""
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
         single = isinstance(inputs, torch.Tensor)
         tensors = (inputs,) if single else tuple(inputs)
         out = tuple(torch.rand(t.shape, generator=generator).to(device=t.device, dtype=t.dtype) for t in tensors)

@@ -238,8 +238,11 @@ def _target_index(target: Target, logits: torch.Tensor) -> torch.Tensor:
         index = index.to(torch.long, copy=True)  # a normal tensor even if `target` was made in inference mode
     else:
         raise TypeError(f"Expected argument `target` to be an int, a sequence or tensor of ints, or None, but got {target!r}.")
-    if bool(((index < 0) | (index >= classes)).any()):
-        raise ValueError(f"Expected argument `target` to hold class indices in [0, {classes}), but got {index.tolist()}.")
+    outside = (index < 0) | (index >= classes)
+    if bool(outside.any()):
+        raise ValueError(
+            f"Expected argument `target` to hold class indices in [0, {classes}), but got {index[outside].unique().tolist()}."
+        )
     return index
 
 

@@ -328,12 +328,20 @@ class ExplanationCallback(*CALLBACK_BASES):
         self._last_run: tuple[str, int] | None = None  # (trainer function, epoch) of the last run: one per epoch
 
     # -- scheduling and isolation ------------------------------------------------------------------------------
+    def scheduled(self, trainer: pl.Trainer) -> bool:
+        """Whether the current epoch is one of the callback's epochs (every ``every_n_epochs``-th by default)."""
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
     def due(self, trainer: pl.Trainer) -> bool:
-        """Whether this validation epoch is one to run on: never during the sanity check, every ``every_n_epochs``
-        epochs, and not again in an epoch that already had its run (several validations per epoch)."""
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        """Whether to run at this validation end: a :meth:`scheduled` epoch, not the sanity check, and not an epoch
+        of this fit / validate call that already had its run (several validations per epoch)."""
+        if trainer.sanity_checking or not self.scheduled(trainer):
             return False
         return self._last_run != (str(trainer.state.fn), trainer.current_epoch)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._last_run = None  # each fit / validate call starts afresh
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -151,8 +151,8 @@ class FilterMonitor(ExplanationCallback):
         return every > 0 and (trainer.current_epoch + 1) % every == 0
 
     @override
-    def due(self, trainer: pl.Trainer) -> bool:
-        return not trainer.sanity_checking and (self._filters_due(trainer) or self._classes_due(trainer))
+    def scheduled(self, trainer: pl.Trainer) -> bool:
+        return self._filters_due(trainer) or self._classes_due(trainer)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or self.tensorboard(trainer) is None:

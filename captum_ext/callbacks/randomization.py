@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from captum_ext.callbacks.attribution import check_target
+from captum_ext.callbacks.attribution import Target, check_target
 from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
-from captum_ext.metrics.similarity import MapSimilarity, check_similarities
+from captum_ext.metrics.similarity import MapSimilarity, SimilarityName, check_similarities
 from captum_ext.sanity.randomization import randomize_layer
 
 __all__ = ["RandomizationMonitor", "randomized_copy"]
@@ -89,11 +89,11 @@ class RandomizationMonitor(ExplanationCallback):
         explainer: str | Explainer,
         num_samples: int = 16,
         every_n_epochs: int = 1,
-        similarity: Sequence[str] = ("spearman_abs", "spearman", "ssim"),
-        monitor: str = "spearman_abs",
+        similarity: Sequence[SimilarityName] = ("spearman_abs", "spearman", "ssim"),
+        monitor: SimilarityName = "spearman_abs",
         threshold: float = 0.5,
         patience: int = 2,
-        target: str = "label",
+        target: Target = "label",
         probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
         classes: Sequence[int] | None = None,
         seed: int = 0,

@@ -42,6 +42,18 @@ def _correct_after_removal(
     return [int(v) for v in hits.sum(dim=1)]
 
 
+def _channel_mean(dataloader: Iterable) -> torch.Tensor:
+    """Per-channel mean of every image the dataloader yields, in float64."""
+    total, count = None, 0
+    for batch in dataloader:
+        x = batch[0].detach().double()
+        total = x.sum(dim=(0, 2, 3)) if total is None else total + x.sum(dim=(0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    if total is None:
+        raise ValueError("Expected argument `dataloader` to yield at least one batch, but it yielded none.")
+    return (total / count).cpu()
+
+
 def road(
     model: nn.Module,
     dataloader: Iterable,
@@ -66,8 +78,9 @@ def road(
         explainer: an :class:`~captum_ext.Explainer` or a short name (copied, so the caller's is not advanced).
         fractions: Fractions of pixels removed. Default (0.1, 0.3, 0.5, 0.7, 0.9).
         order: ``"morf"`` (most relevant removed first) or ``"lerf"`` (least relevant first). Default ``"morf"``.
-        imputer: Fills removed pixels. Default ``NoisyLinearImputer()`` (a fully removed image gets the batch's
-            per-channel mean; pass ``NoisyLinearImputer(mean=...)`` for the dataset mean).
+        imputer: Fills removed pixels. Default ``NoisyLinearImputer(mean=m)`` with ``m`` the per-channel mean of
+            the dataloader's images (a fully removed image gets it), found in a first pass that only reads the
+            data; so ``dataloader`` must be re-iterable (a ``DataLoader`` is).
         seed: Seeds the tie-breaking jitter and the random ranking. Default 0.
         batch_size: Imputed images per forward pass. Default 512.
 
@@ -97,7 +110,8 @@ def road(
         raise ValueError(f"Expected argument `batch_size` to be a positive int, but got {batch_size!r}.")
     recipe = as_explainer(explainer)
     random = Explainer("random", seed=seed)
-    imputer = imputer if imputer is not None else NoisyLinearImputer()
+    if imputer is None:
+        imputer = NoisyLinearImputer(mean=_channel_mean(dataloader))
     device = model_device(model)
     correct = {"explainer": [0] * len(fractions), "random": [0] * len(fractions)}
     baseline = total = 0

@@ -55,8 +55,9 @@ class RankedMaskDataset(Dataset):
 
     A ``DataLoader`` reads a whole batch through :meth:`__getitems__`, so the imputer fills the batch in one call
     (what makes a solver such as :class:`~captum_ext.imputation.NoisyLinearImputer` affordable inside ROAR). An
-    imputer that adds seeded noise draws it per batch, so an image's noise depends on the batch it lands in;
-    deterministic imputers give the same image either way.
+    imputer that looks only at each image itself (``MeanImputer``, ``ConstantImputer``, ``BlurImputer``) gives
+    the same image either way; ``NoisyLinearImputer`` adds noise by position in the batch (the same noise tensor
+    for every batch of one shape), so with a shuffled loader an image's noise changes from epoch to epoch.
 
     Args:
         dataset: yields ``(image (C, H, W), label, ...)`` items in the order the rankings were computed.
