@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -203,7 +204,14 @@ class NoisyLinearImputer(Imputer):
 
     def fill(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n, c = inputs.shape[:2]
-        solution, _ = solve_neighbour_average(inputs, mask, self.tol, self.max_iter)
+        solution, iterations = solve_neighbour_average(inputs, mask, self.tol, self.max_iter)
+        if iterations >= self.max_iter:
+            warnings.warn(
+                f"NoisyLinearImputer: the solve stopped at max_iter={self.max_iter} before reaching tol={self.tol}; "
+                "the fill is approximate.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if self.mean is None:
             mean = inputs.detach().double().mean(dim=(0, 2, 3))
         elif self.mean.numel() in (1, c):

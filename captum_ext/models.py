@@ -124,9 +124,11 @@ class ClassifierModule(pl.LightningModule):
         >>> import pytorch_lightning as pl
         >>> from captum_ext.data import CleverHansDigits
         >>> module = ClassifierModule(SmallCNN())
-        >>> trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
-        ...                      enable_progress_bar=False, enable_model_summary=False)
-        >>> trainer.fit(module, datamodule=CleverHansDigits())  # doctest: +SKIP
+        >>> trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(module, datamodule=CleverHansDigits())
+        >>> trainer.global_step
+        2
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, num_classes: int = 10, weight_decay: float = 0.0):
@@ -178,7 +180,9 @@ def fit_classifier(
     Example::
 
         >>> from captum_ext.data import CleverHansDigits
-        >>> model = fit_classifier(SmallCNN(), CleverHansDigits(), max_epochs=1)  # doctest: +SKIP
+        >>> model = fit_classifier(SmallCNN(), CleverHansDigits(), max_epochs=1, limit_train_batches=2)
+        >>> model.training
+        False
     """
     settings = dict(
         max_epochs=max_epochs,

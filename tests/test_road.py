@@ -87,6 +87,14 @@ def test_multigrid_solver_on_large_holes_matches_reference_in_few_iterations():
     np.testing.assert_allclose(out[1, 0].double().numpy(), reference_fill(x[1, 0].double().numpy(), per_channel[1, 0].numpy()), atol=1e-4)
 
 
+def test_noisy_linear_warns_when_the_iteration_cap_stops_it():
+    x = torch.rand(1, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(40, 40, dtype=torch.bool)
+    mask[5:35, 5:35] = True
+    with pytest.warns(RuntimeWarning, match="stopped at max_iter=1 before reaching tol"):
+        NoisyLinearImputer(noise=0.0, max_iter=1)(x, mask)
+
+
 def test_noisy_linear_broadcasts_hw_mask_and_is_exact_for_linear_images():
     """A plane affine in (row, col) solves the neighbour-average equations exactly (holes off the border, where
     the one-sided average of an affine function is not its centre value)."""
