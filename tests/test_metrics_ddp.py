@@ -8,9 +8,9 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_localisation import _free_port
 
 from captum_ext.metrics import AOPC, DeletionAUC, InsertionAUC, MapSimilarity
-from tests.test_localisation import _free_port
 
 FAITHFULNESS = {"DeletionAUC": DeletionAUC, "InsertionAUC": InsertionAUC, "AOPC": AOPC}
 

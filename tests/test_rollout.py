@@ -201,6 +201,25 @@ def test_gradient_rollout_transformers_logits_output(model_guard):
     torch.testing.assert_close(got.double() / scale, want / scale, atol=TOL, rtol=1e-4)
 
 
+def test_rollout_transformers_deit_two_prefix_tokens(model_guard):
+    """DeiT (CLS + distillation token): the captured attention equals HF's own ``output_attentions`` and rollout
+    reads the CLS row over the 4x4 patch grid after both prefix tokens."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DeiTConfig(image_size=32, patch_size=8, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, num_labels=4)
+    model = model_guard(seeded(lambda: transformers.DeiTForImageClassificationWithTeacher(config), 3))
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(21))
+    captured = attention_maps(model, x)
+    assert captured.grid == (4, 4) and captured.num_prefix_tokens == 2
+    twin = copy.deepcopy(model)
+    twin.set_attn_implementation("eager")
+    want_maps = twin(x, output_attentions=True).attentions
+    for got, want in zip(captured.maps, want_maps, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    got = AttentionRollout(model).attribute(x, return_grid=True)
+    torch.testing.assert_close(got.double(), cls_grid(ref_rollout([m.double() for m in want_maps]), (4, 4)), atol=TOL, rtol=0)
+
+
 # -- RawAttention ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layer, head, token", [(-1, None, "cls"), (0, 2, "cls"), (None, None, 5), (2, -1, 64)])
 def test_raw_attention_matches_reference(vit, images, layer, head, token, model_guard):

@@ -7,7 +7,8 @@ tried in order (your own first, see :func:`register_adapter`):
 ``"torchvision"``   ``torchvision.models.VisionTransformer`` (also inside a wrapper such as a
                     LightningModule); its ``nn.MultiheadAttention`` blocks are switched to an explicit path.
 ``"timm"``          timm ``VisionTransformer``: ``fused_attn`` is switched off for the call and restored.
-``"transformers"``  Hugging Face ``ViTModel`` / ``ViTForImageClassification``: eager attention for the call.
+``"transformers"``  Hugging Face ``ViTModel`` / ``DeiTModel`` and their ``...ForImageClassification`` heads
+                    (DeiT's distillation token is a second prefix token): eager attention for the call.
 ``"multihead"``     any model built from ``nn.MultiheadAttention`` with an ``nn.Conv2d`` patch embedding
                     (kernel size = stride); PyTorch's fused encoder fast path is disabled for the call.
 ==================  ==================================================================================
@@ -203,20 +204,19 @@ def _timm_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
 
 
 # -- Hugging Face transformers -------------------------------------------------------------------------------
-def _hf_classes() -> tuple[type, ...]:
+def _hf_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(backbone classes, attention classes) of the Hugging Face ViT family: ViT and DeiT (CLS + distillation)."""
     try:
-        from transformers.models.vit.modeling_vit import ViTAttention
+        from transformers.models.deit.modeling_deit import DeiTAttention, DeiTModel
+        from transformers.models.vit.modeling_vit import ViTAttention, ViTModel
     except ImportError:
-        return ()
-    return (ViTAttention,)
+        return (), ()
+    return (ViTModel, DeiTModel), (ViTAttention, DeiTAttention)
 
 
 def _hf_vit(model: nn.Module) -> nn.Module | None:
-    try:
-        from transformers.models.vit.modeling_vit import ViTModel
-    except ImportError:
-        return None
-    return next((m for m in model.modules() if isinstance(m, ViTModel)), None)
+    backbones, _ = _hf_classes()
+    return next((m for m in model.modules() if isinstance(m, backbones)), None) if backbones else None
 
 
 @contextlib.contextmanager
@@ -226,8 +226,9 @@ def _hf_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
     handles = []
     try:
         vit.set_attn_implementation("eager")
+        attention_classes = _hf_classes()[1]
         for module in vit.modules():
-            if isinstance(module, _hf_classes()):
+            if isinstance(module, attention_classes):
                 handles.append(module.register_forward_hook(lambda mod, args, out: sink(out[1])))
         yield
     finally:
