@@ -12,6 +12,7 @@ with ``--figures DIR`` saves the curve and the map grid of each method there.
 
 Usage: .venv/bin/python benchmarks/sanity.py [--images 64] [--repeats 3] [--threads 2]
        .venv/bin/python benchmarks/sanity.py --findings [--figures docs/img] [--train-images 500]
+       .venv/bin/python benchmarks/sanity.py --vit-findings   # rollout, gradient rollout, ... on TinyViT
 """
 
 from __future__ import annotations
@@ -108,18 +109,43 @@ def findings(images: int, train_images: int, figures: str | None) -> None:
               f"  passed {result.passed}")
 
 
+def vit_findings(images: int) -> None:
+    """The cascading test on TinyViT trained as tests/conftest.py's `trained_vit`: rollout is class-agnostic."""
+    import logging
+
+    from captum_ext.data import CleverHansDigits
+    from captum_ext.models import TinyViT, fit_classifier
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    digits = CleverHansDigits()
+    torch.manual_seed(0)
+    model = fit_classifier(TinyViT(), digits, max_epochs=40, lr=3e-3)
+    x, y, _ = digits.split("test")
+    print(f"TinyViT trained 40 epochs: test accuracy {float((model(x).argmax(1) == y).float().mean()):.3f}")
+    print(f"{'method':<22}{'after head':>12}{'after all':>12}  passed")
+    for method in ("rollout", "gradient_rollout", "saliency", "guided_backprop", "integrated_gradients"):
+        sim = model_randomization_test(model, method, x[:images], y[:images], similarity=("spearman_abs",))
+        curve = sim.similarity["spearman_abs"]
+        print(f"{method:<22}{curve[0]:>12.3f}{curve[-1]:>12.3f}  {sim.passed}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--findings", action="store_true", help="print Adebayo's findings table instead")
+    parser.add_argument("--vit-findings", action="store_true", help="the cascading test on a trained TinyViT instead")
     parser.add_argument("--train-images", type=int, default=500)
     parser.add_argument("--figures", default=None, help="directory for the findings' PNG figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.findings:
         findings(args.images, args.train_images, args.figures)
+        return
+    if args.vit_findings:
+        vit_findings(args.images)
         return
 
     torch.manual_seed(0)

@@ -148,6 +148,22 @@ def test_adebayo_on_trained_cnn(probe, trained_cnn, model_guard):
     assert gbp[-1] < gbp[0]
 
 
+def test_trained_vit_rollout_is_class_agnostic_gradient_rollout_passes(digits, trained_vit, model_guard):
+    """On the trained TinyViT: attention rollout never reads the classification head, so randomising the head
+    leaves its map exactly unchanged (Spearman 1: the cascading test fails at its first step, the class-agnostic
+    property Chefer et al. 2021 point out), while gradient-weighted rollout depends on the head and passes."""
+    model_guard(trained_vit)
+    x, y, _ = digits.split("test")
+    results = {name: model_randomization_test(trained_vit, name, x[:64], y[:64], similarity=("spearman_abs",))
+               for name in ("rollout", "gradient_rollout")}
+    rollout, gradient = (results[n].similarity["spearman_abs"] for n in ("rollout", "gradient_rollout"))
+    assert results["rollout"].layers[0] == "heads.head"
+    assert rollout[0] > 0.999 and rollout[-1] < 0.3  # the head does not matter, the attention weights do
+    assert results["rollout"].passed is False
+    # measured: gradient rollout 0.351 after the head, 0.044 after every layer
+    assert gradient[0] < 0.6 and results["gradient_rollout"].passed is True
+
+
 def test_user_model_with_batchnorm_grads_and_hooks_is_unchanged():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3))
