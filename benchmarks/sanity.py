@@ -101,7 +101,7 @@ def findings(images: int, train_images: int, figures: str | None) -> None:
     start = time.perf_counter()
     random_model, train_accuracy, history = train_on_random_labels(model, (x_train[:train_images], y_train[:train_images]))
     print(f"\ndata randomisation: {train_images} training images, permuted labels, defaults (lr 3e-3, batch 16, "
-          f"max 30 epochs): training accuracy {train_accuracy:.3f} after {len(history)} epochs "
+          f"max 60 epochs): training accuracy {train_accuracy:.3f} after {len(history)} epochs "
           f"({time.perf_counter() - start:.0f} s)")
     for method in ("saliency", "guided_backprop", "gradcam", "input_x_gradient"):
         result = data_randomization_test(model, method, probe, random_model=random_model)
