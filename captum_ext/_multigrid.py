@@ -8,7 +8,7 @@ iterations on large holes, because each iteration moves information one pixel. T
 V-cycle of aggregation multigrid: 2x2 blocks of pixels become one coarse unknown, the coarse operator is the
 Galerkin product ``P' A P`` (again a 9-point stencil, now with per-pixel coefficients), one damped-Jacobi sweep
 before and after the coarse correction, and a dense pseudo-inverse at the coarsest (<= 4x4) level, all in
-float32 on per-plane scaled residuals. That keeps the iterations at 8-21 from scattered pixels to 90% holes at
+float32 on per-plane scaled residuals. That keeps the iterations at 6-18 from scattered pixels to 90% holes at
 224 px, where Jacobi-preconditioned CG needs 19-525 (``benchmarks/faithfulness.py``, ``docs/faithfulness.md``).
 
 Example::
@@ -31,7 +31,10 @@ __all__ = ["solve_neighbour_average"]
 
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 _WEIGHTS = {(dy, dx): 1 / 6 if dy == 0 or dx == 0 else 1 / 12 for dy, dx in _OFFSETS}
-_JACOBI_DAMPING = 0.6  # below 2/3: a smoother for 9-point stencils whose off-diagonal sum equals the diagonal
+# Damped Jacobi: every level's matrix is diagonally dominant with a positive diagonal (Galerkin aggregation keeps
+# that), so the eigenvalues of D^-1 A lie in [0, 2] and a damping below 1 keeps the smoother convergent and the
+# V-cycle positive definite; 0.9 needed the fewest iterations in a scan of 0.6-0.9 (benchmarks/faithfulness.py).
+_JACOBI_DAMPING = 0.9
 _COARSE_SCALE = 1.5  # over-correction of piecewise-constant aggregation (Braess 1995; Notay's AGMG uses ~2)
 _COARSEST = 4
 

@@ -150,7 +150,7 @@ class NoisyLinearImputer(Imputer):
     removed pixel satisfies ``x_i = sum_j w_j x_j / sum_j w_j`` over its in-image neighbours ``j`` (weight 1/6
     for the 4 direct neighbours, 1/12 for the 4 diagonal ones); kept pixels are fixed. The sparse system of all
     (image, channel) planes is solved at once by conjugate gradient in float64 preconditioned with one
-    aggregation-multigrid V-cycle (:mod:`captum_ext._multigrid`): 8-21 iterations whatever the holes' size,
+    aggregation-multigrid V-cycle (:mod:`captum_ext._multigrid`): 6-18 iterations whatever the holes' size,
     not one sparse factorisation per image. Gaussian noise of std ``noise`` is then added to the filled pixels, so the imputed region carries no
     sharp shape a model could read. A plane with *every* pixel removed has nothing to interpolate from and is
     filled with ``mean`` (the dataset mean; by default the per-channel mean of the batch given) plus noise.
@@ -163,7 +163,7 @@ class NoisyLinearImputer(Imputer):
         tol: Stop when every plane's preconditioned residual norm is below ``tol`` times its right-hand side
             norm. Default 1e-6 (about 1e-5 absolute error on [0, 1] images).
         max_iter: Conjugate-gradient iteration cap, or None for the default. Default 200 (the multigrid
-            preconditioner needs 8-21 iterations from salt-and-pepper masks to 90% holes at 224 px).
+            preconditioner needs 6-18 iterations from salt-and-pepper masks to 90% holes at 224 px).
 
     Raises:
         ValueError: a negative ``noise``, a non-positive ``tol`` or ``max_iter``, or non-finite ``mean``.
