@@ -207,8 +207,8 @@ class NoisyLinearImputer(Imputer):
         solution, iterations = solve_neighbour_average(inputs, mask, self.tol, self.max_iter)
         if iterations >= self.max_iter:
             warnings.warn(
-                f"NoisyLinearImputer: the solve stopped at max_iter={self.max_iter} before reaching tol={self.tol}; "
-                "the fill is approximate.",
+                f"NoisyLinearImputer: the solve used all max_iter={self.max_iter} iterations and may not have reached "
+                f"tol={self.tol}; the fill may be approximate.",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import socket
 import warnings
 
 import pytest
@@ -107,3 +108,10 @@ def model_guard():
 
 
 __all__ = ["snapshot", "assert_unchanged", "copy"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for gloo rendezvous and the TensorBoard server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

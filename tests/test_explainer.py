@@ -255,11 +255,13 @@ def test_random_explainer_rejects_attribute_kwargs():
 def test_random_attribution_never_reads_the_global_rng():
     x = torch.zeros(2, 1, 4, 4)
     state = torch.get_rng_state()
-    first = RandomAttribution(nn.Identity()).attribute(x)
+    random = RandomAttribution(nn.Identity())
+    first, second = random.attribute(x), random.attribute(x)
     assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(first, RandomAttribution(nn.Identity()).attribute(x))  # default generator: seed 0
-    gen = torch.Generator().manual_seed(1)
-    assert not torch.equal(first, RandomAttribution(nn.Identity()).attribute(x, generator=gen))
+    assert not torch.equal(first, second)  # successive calls move on
+    again = RandomAttribution(nn.Identity())
+    assert torch.equal(first, again.attribute(x)) and torch.equal(second, again.attribute(x))  # seeded sequence
+    assert not torch.equal(first, RandomAttribution(nn.Identity(), seed=1).attribute(x))
 
 
 class Exploding(nn.Module):
@@ -268,11 +270,13 @@ class Exploding(nn.Module):
 
 
 def _exploding_model() -> nn.Module:
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), Exploding(), nn.Flatten(), nn.Linear(2, 2))
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), Exploding(), nn.Flatten(), nn.Linear(2, 2))
     return model.train()
 
 
-@pytest.mark.parametrize("call", ["forward_order", "capture_output", "capture_input", "eval_mode", "explainer"])
+@pytest.mark.parametrize(
+    "call", ["forward_order", "capture_output", "capture_input", "eval_mode", "saliency", "guided_backprop", "gradcam"]
+)
 def test_a_failing_forward_leaves_no_hooks_and_restores_modes(call, model_guard):
     """DESIGN invariant 1 under an exception: every helper that hooks or switches modes undoes it in ``finally``."""
     model, x = model_guard(_exploding_model()), torch.rand(2, 1, 5, 5)  # asserted unchanged at teardown
@@ -281,7 +285,9 @@ def test_a_failing_forward_leaves_no_hooks_and_restores_modes(call, model_guard)
         "capture_output": lambda: _forward_inside(capture_output(model, "0"), model, x),
         "capture_input": lambda: _forward_inside(capture_output(model, "1", use_input=True), model, x),
         "eval_mode": lambda: _forward_inside(eval_mode(model), model, x),
-        "explainer": lambda: Explainer("saliency").attribute(model, x, torch.tensor([0, 1])),
+        # guided backprop hooks every ReLU-like module; Grad-CAM without `layer=` first runs a probe forward
+        **{name: (lambda name=name: Explainer(name).attribute(model, x, torch.tensor([0, 1])))
+           for name in ("saliency", "guided_backprop", "gradcam")},
     }
     with pytest.raises(RuntimeError, match="boom"):
         calls[call]()

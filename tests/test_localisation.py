@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from captum_ext.metrics import PointingGame, RelevanceMass, RelevanceRankAccuracy
 from captum_ext.metrics.localisation import pointing_game, relevance_mass, relevance_rank_accuracy
@@ -165,12 +165,6 @@ def test_bad_input_errors(metric_cls):
         metric.update(torch.rand(4, 4))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, shards: list, region: torch.Tensor, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -191,7 +185,7 @@ def test_ddp_two_processes_sync_to_the_global_mean(batches):
     shards = [batches[0], torch.cat(batches[1:])]
     ctx = mp.get_context("fork")  # fork: no re-import of torch in the children (spawn costs ~30 s on 2 cores)
     queue = ctx.SimpleQueue()
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), shards, REGION, queue), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_ddp_worker, args=(2, free_port(), shards, REGION, queue), nprocs=2, join=True, start_method="fork")
     out = dict(queue.get() for _ in range(2))
     union = torch.cat(shards)
     expected = {

@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_localisation import _free_port
+from conftest import free_port
 
 from captum_ext.metrics import AOPC, DeletionAUC, InsertionAUC, MapSimilarity
 
@@ -16,8 +16,9 @@ FAITHFULNESS = {"DeletionAUC": DeletionAUC, "InsertionAUC": InsertionAUC, "AOPC"
 
 
 def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    with torch.random.fork_rng():  # the same weights in every process, the caller's RNG untouched
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
 
 
 def _values(x: torch.Tensor, attr: torch.Tensor, maps_b: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -50,7 +51,7 @@ def test_faithfulness_and_similarity_states_sync_to_the_union():
             torch.randn(n, 1, 8, 8, generator=gen), torch.randint(0, 3, (n,), generator=gen))
     shards = [tuple(t[:2] for t in data), tuple(t[2:] for t in data)]
     queue = mp.get_context("fork").SimpleQueue()
-    mp.start_processes(_worker, args=(2, _free_port(), shards, queue), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), shards, queue), nprocs=2, join=True, start_method="fork")
     out = dict(queue.get() for _ in range(2))
     expected = _values(*data)
     for rank in (0, 1):

@@ -91,7 +91,7 @@ def test_noisy_linear_warns_when_the_iteration_cap_stops_it():
     x = torch.rand(1, 1, 40, 40, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(40, 40, dtype=torch.bool)
     mask[5:35, 5:35] = True
-    with pytest.warns(RuntimeWarning, match="stopped at max_iter=1 before reaching tol"):
+    with pytest.warns(RuntimeWarning, match="used all max_iter=1 iterations and may not have reached tol"):
         NoisyLinearImputer(noise=0.0, max_iter=1)(x, mask)
 
 
@@ -241,6 +241,9 @@ def test_road_fully_removed_images_get_the_dataset_mean_not_the_batch_mean():
 
     x = torch.cat([torch.zeros(4, 1, 6, 6), torch.ones(4, 1, 6, 6)])
     labels = torch.zeros(8, dtype=torch.long)
-    result = road(MeanThreshold(), DataLoader(TensorDataset(x, labels), batch_size=4), "saliency", fractions=(1.0,))
-    assert result.accuracy[1.0] == 1.0 and result.random_accuracy[1.0] == 1.0
-    assert result.baseline_accuracy == 0.5  # unmodified: the white images are class 1
+    loader = DataLoader(TensorDataset(x, labels), batch_size=4)
+    for batches in (loader, (batch for batch in loader)):  # one pass: a one-shot generator works too
+        result = road(MeanThreshold(), batches, "saliency", fractions=(0.5, 1.0))
+        assert result.accuracy[1.0] == 1.0 and result.random_accuracy[1.0] == 1.0
+        assert result.accuracy[0.5] == 0.5  # half removed: black stays black, white stays white
+        assert result.baseline_accuracy == 0.5  # unmodified: the white images are class 1

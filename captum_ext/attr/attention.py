@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,13 +206,21 @@ def _timm_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
 
 # -- Hugging Face transformers -------------------------------------------------------------------------------
 def _hf_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """(backbone classes, attention classes) of the Hugging Face ViT family: ViT and DeiT (CLS + distillation)."""
-    try:
-        from transformers.models.deit.modeling_deit import DeiTAttention, DeiTModel
-        from transformers.models.vit.modeling_vit import ViTAttention, ViTModel
-    except ImportError:
-        return (), ()
-    return (ViTModel, DeiTModel), (ViTAttention, DeiTAttention)
+    """(backbone classes, attention classes) of the Hugging Face ViT family that imports: ViT, DeiT (CLS +
+    distillation token); each family on its own, so a transformers without one still serves the other."""
+    backbones: list[type] = []
+    attentions: list[type] = []
+    for module_name, backbone, attention in (
+        ("transformers.models.vit.modeling_vit", "ViTModel", "ViTAttention"),
+        ("transformers.models.deit.modeling_deit", "DeiTModel", "DeiTAttention"),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+            backbones.append(getattr(module, backbone))
+            attentions.append(getattr(module, attention))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(backbones), tuple(attentions)
 
 
 def _hf_vit(model: nn.Module) -> nn.Module | None:

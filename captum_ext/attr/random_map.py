@@ -17,6 +17,8 @@ class RandomAttribution(Attribution):
 
     Args:
         forward_func: the model (kept for Captum's contract, never called).
+        seed: seeds the instance's own generator, used when ``attribute`` gets none: successive calls give new
+            maps, the same sequence for the same seed, and the global RNG is never read. Default 0.
 
     Example::
 
@@ -26,8 +28,9 @@ class RandomAttribution(Attribution):
         torch.Size([2, 1, 4, 4])
     """
 
-    def __init__(self, forward_func: Any):
+    def __init__(self, forward_func: Any, seed: int = 0):
         super().__init__(forward_func)
+        self.generator = torch.Generator().manual_seed(int(seed))
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -35,8 +38,8 @@ class RandomAttribution(Attribution):
 
     def attribute(self, inputs, target: Any = None, generator: torch.Generator | None = None):
         """Return uniform noise shaped like ``inputs`` (a tensor or a tuple of tensors), drawn from ``generator``
-        (default: a fresh generator seeded with 0, so the global RNG is never read)."""
-        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        (default: the instance's own seeded generator)."""
+        generator = generator if generator is not None else self.generator
         single = isinstance(inputs, torch.Tensor)
         tensors = (inputs,) if single else tuple(inputs)
         out = tuple(torch.rand(t.shape, generator=generator).to(device=t.device, dtype=t.dtype) for t in tensors)

@@ -282,6 +282,10 @@ class ExplanationCallback(*CALLBACK_BASES):
         probe_scan: for datasets other than ``TensorDataset``, how many items (in seeded random order) have their
             labels read to choose the balanced probe set. Default 4096.
 
+    Subclasses implement :meth:`run`; to change which epochs run, override :meth:`scheduled` (not :meth:`due`, which
+    adds the sanity-check and once-per-epoch rules). A subclass that overrides ``setup`` must call
+    ``super().setup(...)``: it resets the once-per-epoch guard for each fit / validate call.
+
     Raises:
         ValueError: a count below its minimum, or a malformed ``probe``.
     """

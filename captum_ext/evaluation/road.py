@@ -42,18 +42,6 @@ def _correct_after_removal(
     return [int(v) for v in hits.sum(dim=1)]
 
 
-def _channel_mean(dataloader: Iterable) -> torch.Tensor:
-    """Per-channel mean of every image the dataloader yields, in float64."""
-    total, count = None, 0
-    for batch in dataloader:
-        x = batch[0].detach().double()
-        total = x.sum(dim=(0, 2, 3)) if total is None else total + x.sum(dim=(0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    if total is None:
-        raise ValueError("Expected argument `dataloader` to yield at least one batch, but it yielded none.")
-    return (total / count).cpu()
-
-
 def road(
     model: nn.Module,
     dataloader: Iterable,
@@ -78,9 +66,9 @@ def road(
         explainer: an :class:`~captum_ext.Explainer` or a short name (copied, so the caller's is not advanced).
         fractions: Fractions of pixels removed. Default (0.1, 0.3, 0.5, 0.7, 0.9).
         order: ``"morf"`` (most relevant removed first) or ``"lerf"`` (least relevant first). Default ``"morf"``.
-        imputer: Fills removed pixels. Default ``NoisyLinearImputer(mean=m)`` with ``m`` the per-channel mean of
-            the dataloader's images (a fully removed image gets it), found in a first pass that only reads the
-            data; so ``dataloader`` must be re-iterable (a ``DataLoader`` is).
+        imputer: Fills removed pixels. Default ``NoisyLinearImputer()``, with a fully removed image (a fraction
+            that removes every pixel) filled with the per-channel mean of all the dataloader's images plus the
+            imputer's noise: those images are scored after the single pass, once the mean is known.
         seed: Seeds the tie-breaking jitter and the random ranking. Default 0.
         batch_size: Imputed images per forward pass. Default 512.
 
@@ -110,26 +98,43 @@ def road(
         raise ValueError(f"Expected argument `batch_size` to be a positive int, but got {batch_size!r}.")
     recipe = as_explainer(explainer)
     random = Explainer("random", seed=seed)
-    if imputer is None:
-        imputer = NoisyLinearImputer(mean=_channel_mean(dataloader))
+    default_fill = imputer is None
+    imputer = NoisyLinearImputer() if default_fill else imputer
     device = model_device(model)
     correct = {"explainer": [0] * len(fractions), "random": [0] * len(fractions)}
-    baseline = total = 0
+    baseline = total = pixels = 0
+    channel_sum: torch.Tensor | float = 0.0
+    blank: list[tuple[torch.Size, torch.Tensor, list[bool]]] = []  # batches whose fully removed images await the mean
     for batch in dataloader:
         x, y = batch[0].to(device), batch[1].to(device)
+        h, w = x.shape[-2:]
+        deferred = [default_fill and maps.pixel_count(f, h * w) == h * w for f in fractions]
+        scored = [f for f, later in zip(fractions, deferred) if not later]
         for name, source in (("explainer", recipe), ("random", random)):
             saliency = source.saliency(model, x, y, reduce="sum_abs")
             ranking = maps.rank_pixels(saliency, seed=seed)
             if order == "lerf":
                 ranking = ranking.flip(1)
             with torch.no_grad(), eval_mode(model):
-                hits = _correct_after_removal(model, x, y, ranking, fractions, imputer, batch_size)
-            correct[name] = [a + b for a, b in zip(correct[name], hits)]
+                hits = iter(_correct_after_removal(model, x, y, ranking, scored, imputer, batch_size) if scored else ())
+            correct[name] = [c + (0 if later else next(hits)) for c, later in zip(correct[name], deferred)]
+        if any(deferred):
+            blank.append((x.shape, y, deferred))
         with torch.no_grad(), eval_mode(model):
             baseline += int((model(x).argmax(dim=1) == y).sum())
+        channel_sum = channel_sum + x.detach().double().sum(dim=(0, 2, 3))
+        pixels += x.shape[0] * h * w
         total += int(y.numel())
     if total == 0:
         raise ValueError("Expected argument `dataloader` to yield at least one batch, but it yielded none.")
+    if blank:  # every pixel removed: the image is the dataset mean plus noise, whatever the ranking
+        fill = NoisyLinearImputer(mean=(channel_sum / pixels).float().cpu())
+        for shape, y, deferred in blank:
+            images = fill(torch.zeros(shape, device=device), torch.ones(shape[0], *shape[2:], dtype=torch.bool, device=device))
+            with torch.no_grad(), eval_mode(model):
+                hits = int((model(images).argmax(dim=1) == y).sum())
+            for name in correct:
+                correct[name] = [c + (hits if later else 0) for c, later in zip(correct[name], deferred)]
     return ROADResult(
         explainer=recipe.name,
         order=order,

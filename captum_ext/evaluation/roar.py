@@ -389,8 +389,9 @@ def roar(
         >>> from captum_ext.data import CleverHansDigits
         >>> from captum_ext.models import ClassifierModule, SmallCNN
         >>> quick = {{"max_epochs": 1, "limit_train_batches": 2}}  # a smoke run; see docs/roar.md for real settings
-        >>> result = roar(lambda: ClassifierModule(SmallCNN()), CleverHansDigits(), ["saliency"], fractions=(0.5,),
-        ...               repeats=1, trainer_kwargs=quick, cache_dir=tempfile.mkdtemp(), progress=False)
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     result = roar(lambda: ClassifierModule(SmallCNN()), CleverHansDigits(), ["saliency"], fractions=(0.5,),
+        ...                   repeats=1, trainer_kwargs=quick, cache_dir=cache, progress=False)
         >>> sorted(result.accuracy)
         ['random', 'saliency']
     """
@@ -424,8 +425,9 @@ def kar(
         >>> from captum_ext.data import CleverHansDigits
         >>> from captum_ext.models import ClassifierModule, SmallCNN
         >>> quick = {{"max_epochs": 1, "limit_train_batches": 2}}
-        >>> result = kar(lambda: ClassifierModule(SmallCNN()), CleverHansDigits(), ["saliency"], fractions=(0.1,),
-        ...              repeats=1, trainer_kwargs=quick, cache_dir=tempfile.mkdtemp(), progress=False)
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     result = kar(lambda: ClassifierModule(SmallCNN()), CleverHansDigits(), ["saliency"], fractions=(0.1,),
+        ...                  repeats=1, trainer_kwargs=quick, cache_dir=cache, progress=False)
         >>> result.keep, sorted(result.accuracy["saliency"])
         (True, [0.1])
     """
