@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from captum_ext._io import save_figure, write_text_atomic
-from captum_ext.config import ConfigError, FIELDS, field_help
+from captum_ext.config import FIELDS, ConfigError, field_help
 
 __all__ = ["main"]
 

@@ -23,7 +23,6 @@ import os
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -35,7 +34,7 @@ from captum_ext.callbacks import AttributionMonitor, EmbeddingProjector, FilterM
 from captum_ext.data import CleverHansDigits
 from captum_ext.evaluation import roar
 from captum_ext.features import ActivationMaximization, first_layer_filters
-from captum_ext.models import ClassifierModule, SmallCNN, TinyViT, fit_classifier, small_cnn_module
+from captum_ext.models import SmallCNN, TinyViT, fit_classifier, small_cnn_module
 from captum_ext.report import Report
 from captum_ext.sanity import model_randomization_test
 
@@ -64,17 +63,9 @@ def _train_monitored(datamodule: CleverHansDigits, out: Path, epochs: int, seed:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = SmallCNN()
-        trainer = pl.Trainer(
-            max_epochs=epochs,
-            logger=logger,
-            callbacks=monitors,
-            enable_checkpointing=False,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            accelerator="cpu",
-        )
-        trainer.fit(ClassifierModule(model), datamodule=datamodule)
-    return model.eval(), logger
+    fit_classifier(model, datamodule, max_epochs=epochs, seed=seed, logger=logger, callbacks=monitors,
+                   enable_progress_bar=progress)
+    return model, logger
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", seed: int = 0, fast: bool = False, progress: bool = True) -> dict:

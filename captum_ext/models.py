@@ -23,7 +23,16 @@ import torchmetrics
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
-__all__ = ["SmallCNN", "TinyViT", "ClassifierModule", "fit_classifier", "small_cnn_module"]
+__all__ = ["SmallCNN", "TinyViT", "ClassifierModule", "fit_classifier", "small_cnn_module", "QUIET_TRAINER_KWARGS"]
+
+#: The ``Trainer`` settings of every fit the package runs for you (no logger, checkpoints, bars or summaries);
+#: ``fit_classifier``, ``train_on_random_labels`` and ROAR's defaults start from them.
+QUIET_TRAINER_KWARGS: dict = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 
 
 class SmallCNN(nn.Sequential):
@@ -184,15 +193,7 @@ def fit_classifier(
         >>> model.training
         False
     """
-    settings = dict(
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    settings.update(trainer_kwargs)
+    settings = {**QUIET_TRAINER_KWARGS, "max_epochs": max_epochs, "accelerator": "cpu", **trainer_kwargs}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         pl.Trainer(**settings).fit(ClassifierModule(model, lr=lr), datamodule=datamodule)

@@ -162,7 +162,7 @@ def test_model_left_unchanged(model_guard):
 def test_errors_name_the_argument(batch):
     x, attr, target = batch
     model = _linear_model()
-    with pytest.raises(ValueError, match="Expected argument `steps` to be a positive int, but got 0"):
+    with pytest.raises(ValueError, match="Expected argument `steps` to be an int >= 1, but got 0"):
         DeletionAUC(steps=0)
     with pytest.raises(ValueError, match="Expected argument `reduce` to be one of"):
         AOPC(reduce="abs")

@@ -27,13 +27,7 @@ from captum_ext.models import SmallCNN
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run best on one thread: two OpenMP threads on a busy 2-core machine were 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
@@ -241,7 +235,7 @@ def test_activation_maximization_errors():
         ActivationMaximization("net", (1, 32, 32))
     with pytest.raises(ValueError, match=r"Expected argument `input_shape` to be \(C, H, W\) positive ints, but got \(2, 1, 32, 32\)"):
         ActivationMaximization(model, (2, 1, 32, 32))
-    with pytest.raises(ValueError, match="Expected argument `steps` to be an integer >= 1, but got 0"):
+    with pytest.raises(ValueError, match="Expected argument `steps` to be an int >= 1, but got 0"):
         ActivationMaximization(model, (1, 32, 32), steps=0)
     with pytest.raises(ValueError, match="Expected argument `l2` to be a number >= 0, but got -1"):
         ActivationMaximization(model, (1, 32, 32), l2=-1)
@@ -286,7 +280,7 @@ def test_first_layer_filters_tiles_are_the_scaled_weights(model_guard):
         first_layer_filters(model, layer="relu")
     with pytest.raises(ValueError, match="Expected the model to contain an nn.Conv2d"):
         first_layer_filters(nn.Sequential(nn.Linear(2, 2)))
-    with pytest.raises(ValueError, match="Expected argument `scale` to be an integer >= 1, but got 0"):
+    with pytest.raises(ValueError, match="Expected argument `scale` to be an int >= 1, but got 0"):
         first_layer_filters(model, scale=0)
 
 
@@ -414,7 +408,7 @@ def test_top_patches_pad_a_clipped_field_on_the_cut_side(model_guard):
 
 def test_top_patches_errors():
     model = _seeded_small_cnn()
-    with pytest.raises(ValueError, match="Expected argument `k` to be an integer >= 1, but got 0"):
+    with pytest.raises(ValueError, match="Expected argument `k` to be an int >= 1, but got 0"):
         top_activating_patches(model, "features.relu1", 0, [torch.zeros(1, 1, 32, 32)], k=0)
     with pytest.raises(ValueError, match=r"Expected argument `channel` to be < 8 \(channels of 'features.relu1'\), but got 8"):
         top_activating_patches(model, "features.relu1", 8, [torch.zeros(1, 1, 32, 32)])

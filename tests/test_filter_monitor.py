@@ -26,13 +26,7 @@ TRAIN_BATCHES = 3
 LAYERS = ["model.features.relu1", "model.features.relu3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run best on one thread: two OpenMP threads on a busy 2-core machine were 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit(datamodule, callbacks=(), logger=None, max_epochs=2):
@@ -132,7 +126,7 @@ def test_state_key_namespaces_and_arguments():
         FilterMonitor(class_images_every_n_epochs=-1)
     with pytest.raises(ValueError, match="Expected the keys of argument `activation_maximization` to be among 'steps'.*but got 'seed'"):
         FilterMonitor(activation_maximization={"seed": 3})
-    with pytest.raises(ValueError, match="Expected argument `steps` to be an integer >= 1, but got 0"):
+    with pytest.raises(ValueError, match="Expected argument `steps` to be an int >= 1, but got 0"):
         FilterMonitor(activation_maximization={"steps": 0})
     with pytest.raises(TypeError, match="Expected argument `feature_layers` to be a list of dotted module names or None, but got 'x'"):
         FilterMonitor(feature_layers="x")

@@ -292,7 +292,7 @@ def test_errors_name_the_argument(tmp_path):
         roar(lambda: nn.Linear(2, 2), data, ["saliency"], cache_dir=tmp_path)
     with pytest.raises(TypeError, match="Expected argument `executor` to be a concurrent.futures.Executor"):
         roar(make_pl, data, ["saliency"], executor="pool", cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="Expected argument `repeats` to be a positive int, but got 0"):
+    with pytest.raises(ValueError, match="Expected argument `repeats` to be an int >= 1, but got 0"):
         kar(make_pl, data, ["saliency"], repeats=0, cache_dir=tmp_path)
 
 

@@ -48,6 +48,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
 from captum_ext.audit.report import AuditReport
 from captum_ext.evaluation._common import model_device
@@ -239,8 +240,7 @@ class CleverHansAudit:
         for name, value in (("flip_images", flip_images), ("batch_size", batch_size), ("max_images", max_images)):
             if value is None and name == "max_images":
                 continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
+            check_int(name, value, 1)
         self.flip_images = int(flip_images)
         self.batch_size = int(batch_size)
         self.max_images = None if max_images is None else int(max_images)

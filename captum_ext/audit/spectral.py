@@ -38,6 +38,7 @@ from sklearn.cluster import KMeans
 from sklearn.manifold import TSNE
 from torch.nn import functional as F
 
+from captum_ext._checks import check_int
 from captum_ext._io import write_json_atomic
 from captum_ext.metrics.localisation import positive_map
 
@@ -125,12 +126,6 @@ class SprayResult:
         return fig
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"Expected argument `{name}` to be an int >= {minimum}, but got {value!r}.")
-    return int(value)
-
-
 def spray(
     maps: torch.Tensor,
     n_clusters: int | None = None,
@@ -176,7 +171,7 @@ def spray(
     k_nn = min(10, n - 1) if n_neighbors is None else n_neighbors
     if isinstance(k_nn, bool) or not isinstance(k_nn, numbers.Integral) or not 1 <= k_nn <= n - 1:
         raise ValueError(f"Expected argument `n_neighbors` to be an int in [1, {n - 1}] or None, but got {n_neighbors!r}.")
-    max_clusters = min(_check_int("max_clusters", max_clusters, 1), n - 1)
+    max_clusters = min(check_int("max_clusters", max_clusters, 1), n - 1)
     if n_clusters is not None and (
         isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or not 1 <= n_clusters <= n
     ):

@@ -56,6 +56,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from captum_ext import maps
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode, gradients_enabled
 
 try:  # the `lightning` package has its own, distinct Callback and logger classes
@@ -85,12 +86,6 @@ CALLBACK_BASES: tuple[type, ...] = (pl.Callback,) + (
 _TENSORBOARD_LOGGERS: tuple[type, ...] = (TensorBoardLogger,) + (
     (_LightningTensorBoardLogger,) if _LightningTensorBoardLogger is not None else ()
 )
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"Expected argument `{name}` to be an int >= {minimum}, but got {value!r}.")
-    return int(value)
 
 
 @contextlib.contextmanager
@@ -300,10 +295,10 @@ class ExplanationCallback(*CALLBACK_BASES):
         seed: int = 0,
         probe_scan: int = 4096,
     ):
-        self.every_n_epochs = _check_int("every_n_epochs", every_n_epochs, 1)
-        self.num_samples = _check_int("num_samples", num_samples, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.probe_scan = _check_int("probe_scan", probe_scan, 1)
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
+        self.num_samples = check_int("num_samples", num_samples, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.probe_scan = check_int("probe_scan", probe_scan, 1)
         if classes is not None:
             if not isinstance(classes, Sequence) or not all(isinstance(c, numbers.Integral) for c in classes):
                 raise ValueError(f"Expected argument `classes` to be a sequence of class indices or None, but got {classes!r}.")

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from torchvision.utils import make_grid
 from typing_extensions import override
 
+from captum_ext._checks import check_int
 from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval
 from captum_ext.features import ActivationMaximization, feature_maps, first_layer_filters
 from captum_ext.features.filters import first_conv_name
@@ -107,9 +108,7 @@ class FilterMonitor(ExplanationCallback):
             or not all(isinstance(n, str) for n in feature_layers)
         ):
             raise TypeError(f"Expected argument `feature_layers` to be a list of dotted module names or None, but got {feature_layers!r}.")
-        every = class_images_every_n_epochs
-        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
-            raise ValueError(f"Expected argument `class_images_every_n_epochs` to be an int >= 0, but got {every!r}.")
+        every = check_int("class_images_every_n_epochs", class_images_every_n_epochs, 0)
         if class_targets is not None and (
             not isinstance(class_targets, Sequence)
             or not class_targets
@@ -126,8 +125,7 @@ class FilterMonitor(ExplanationCallback):
                 f"but got {', '.join(map(repr, unknown))}."
             )
         ActivationMaximization(nn.Identity(), (1, 1, 1), **am_kwargs)  # check the settings now, not at the first epoch
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-            raise ValueError(f"Expected argument `scale` to be an int >= 1, but got {scale!r}.")
+        scale = check_int("scale", scale, 1)
         self.filter_layer = filter_layer
         self.feature_layers = None if feature_layers is None else list(feature_layers)
         self.class_images_every_n_epochs = int(every)

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from captum_ext import maps
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
 from captum_ext.callbacks.base import ExplanationCallback
 from captum_ext.explainer import forward_order, resolve_layer
@@ -108,8 +109,7 @@ class EmbeddingProjector(ExplanationCallback):
         )
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"Expected argument `layer` to be a dotted module name (str) or None, but got {layer!r}.")
-        if isinstance(thumbnail_size, bool) or not isinstance(thumbnail_size, int) or thumbnail_size < 4:
-            raise ValueError(f"Expected argument `thumbnail_size` to be an int >= 4, but got {thumbnail_size!r}.")
+        check_int("thumbnail_size", thumbnail_size, 4)
         self.layer = layer
         self.thumbnail_size = thumbnail_size
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from captum_ext._checks import check_int
 from captum_ext.callbacks.attribution import Target, check_target
 from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
@@ -110,8 +111,7 @@ class RandomizationMonitor(ExplanationCallback):
             )
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not -1 <= threshold <= 1:
             raise ValueError(f"Expected argument `threshold` to be a real number in [-1, 1], but got {threshold!r}.")
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
-            raise ValueError(f"Expected argument `patience` to be an int >= 1, but got {patience!r}.")
+        check_int("patience", patience, 1)
         self.explainer = as_explainer(explainer)
         self.random_explainer = copy.deepcopy(self.explainer)
         self.monitor = monitor

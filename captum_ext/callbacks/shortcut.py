@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from captum_ext import maps
+from captum_ext._checks import check_int
 from captum_ext.callbacks.attribution import check_target
 from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
@@ -91,8 +92,7 @@ class ShortcutMonitor(ExplanationCallback):
         check_region(region)
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold <= 0:
             raise ValueError(f"Expected argument `threshold` to be a positive real number, but got {threshold!r}.")
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
-            raise ValueError(f"Expected argument `patience` to be an int >= 1, but got {patience!r}.")
+        check_int("patience", patience, 1)
         if on_detect not in ("warn", "stop"):
             raise ValueError(f"Expected argument `on_detect` to be one of 'warn', 'stop', but got {on_detect!r}.")
         self.explainer = as_explainer(explainer)

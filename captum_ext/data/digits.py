@@ -16,6 +16,8 @@ from sklearn.datasets import load_digits
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from captum_ext._checks import check_int
+
 __all__ = ["CleverHansDigits"]
 
 Split = Literal["train", "val", "test"]
@@ -88,8 +90,7 @@ class CleverHansDigits(pl.LightningDataModule):
         for name, value in (("p_class", p_class), ("p_other", p_other)):
             if not isinstance(value, numbers.Real) or not 0 <= value <= 1:
                 raise ValueError(f"Expected argument `{name}` to be a probability in [0, 1], but got {value!r}.")
-        if not isinstance(tag_size, int) or tag_size < 1:
-            raise ValueError(f"Expected argument `tag_size` to be a positive int, but got {tag_size!r}.")
+        check_int("tag_size", tag_size, 1)
         if not isinstance(size, int) or size < tag_size + 2 or size < 8:
             raise ValueError(
                 f"Expected argument `size` to be an int >= max(8, tag_size + 2) = {max(8, tag_size + 2)} so the "

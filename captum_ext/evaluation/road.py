@@ -6,7 +6,6 @@ lets the unmodified model be evaluated on the perturbed images (Rong et al.'s ar
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from captum_ext import maps
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
 from captum_ext.evaluation._common import check_fractions, model_device
 from captum_ext.evaluation.results import ROADResult
@@ -94,8 +94,7 @@ def road(
     fractions = check_fractions(fractions)
     if order not in ("morf", "lerf"):
         raise ValueError(f"Expected argument `order` to be one of 'morf', 'lerf', but got {order!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"Expected argument `batch_size` to be a positive int, but got {batch_size!r}.")
+    check_int("batch_size", batch_size, 1)
     recipe = as_explainer(explainer)
     random = Explainer("random", seed=seed)
     default_fill = imputer is None

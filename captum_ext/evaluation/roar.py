@@ -28,23 +28,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from captum_ext import maps
+from captum_ext._checks import check_int
 from captum_ext.evaluation import cache
 from captum_ext.evaluation._common import accuracy, check_fractions
 from captum_ext.evaluation.results import ROARResult
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import MeanImputer
+from captum_ext.models import QUIET_TRAINER_KWARGS
 
 __all__ = ["roar", "kar", "RankedMaskDataset", "DEFAULT_TRAINER_KWARGS"]
 
 #: What ``trainer_kwargs=None`` means; a given ``trainer_kwargs`` is applied on top of these.
-DEFAULT_TRAINER_KWARGS: dict[str, Any] = {
-    "max_epochs": 5,
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-}
+DEFAULT_TRAINER_KWARGS: dict[str, Any] = {**QUIET_TRAINER_KWARGS, "max_epochs": 5, "num_sanity_val_steps": 0}
 
 _SPLITS = ("train", "val", "test")
 #: Part of every run's cache key; bumped when the same settings would give a different run (2: the imputer fills a
@@ -226,8 +221,7 @@ def _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model,
         raise ValueError("Expected argument `explainers` without the name 'random': the random ranking is always included.")
     if len(set(names)) != len(names):
         raise ValueError(f"Expected argument `explainers` to have unique names, but got {names}.")
-    if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 1:
-        raise ValueError(f"Expected argument `repeats` to be a positive int, but got {repeats!r}.")
+    check_int("repeats", repeats, 1)
     if trainer_kwargs is not None and not isinstance(trainer_kwargs, dict):
         raise TypeError(f"Expected argument `trainer_kwargs` to be a dict or None, but got {type(trainer_kwargs).__name__}.")
     if model is not None and not isinstance(model, nn.Module):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext.features._capture import capture_output
 
@@ -49,12 +50,6 @@ def _check_real(value: object, name: str, low: float = 0.0, strict: bool = False
         form = f"a number {'>' if strict else '>='} {low:g}"
         raise ValueError(f"Expected argument `{name}` to be {form}, but got {value!r}.")
     return float(value)
-
-
-def _check_int(value: object, name: str, low: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-        raise ValueError(f"Expected argument `{name}` to be an integer >= {low}, but got {value!r}.")
-    return int(value)
 
 
 def _as_index_list(value: object, name: str) -> list[int]:
@@ -155,15 +150,15 @@ class ActivationMaximization:
             value_range = (float(value_range[0]), float(value_range[1]))
         self.model = model
         self.input_shape: tuple[int, int, int] = tuple(int(s) for s in shape)  # type: ignore[assignment]
-        self.steps = _check_int(steps, "steps", 1)
+        self.steps = check_int("steps", steps, 1)
         self.lr = _check_real(lr, "lr", strict=True)
         self.l2 = _check_real(l2, "l2")
         self.tv = _check_real(tv, "tv")
-        self.jitter = _check_int(jitter, "jitter", 0)
-        self.blur_every = _check_int(blur_every, "blur_every", 0)
+        self.jitter = check_int("jitter", jitter, 0)
+        self.blur_every = check_int("blur_every", blur_every, 0)
         self.blur_sigma = _check_real(blur_sigma, "blur_sigma")
         self.value_range = value_range
-        self.seed = _check_int(seed, "seed", 0)
+        self.seed = check_int("seed", seed, 0)
 
     def __repr__(self) -> str:
         return (

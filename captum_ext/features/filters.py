@@ -13,17 +13,12 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.utils import make_grid
 
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
 from captum_ext.explainer import resolve_layer
 from captum_ext.features._capture import capture_output
 
 __all__ = ["first_layer_filters", "feature_maps", "first_conv_name"]
-
-
-def _check_scale(scale: int) -> int:
-    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
-        raise ValueError(f"Expected argument `scale` to be an integer >= 1, but got {scale!r}.")
-    return scale
 
 
 def _grid(tiles: torch.Tensor, scale: int, nrow: int | None) -> torch.Tensor:
@@ -70,7 +65,7 @@ def first_layer_filters(model: nn.Module, layer: str | None = None, scale: int =
         >>> first_layer_filters(SmallCNN()).shape   # 16 filters 3x3, scale 8: a 4 x 4 grid of 24-px tiles
         torch.Size([3, 101, 101])
     """
-    scale = _check_scale(scale)
+    scale = check_int("scale", scale, 1)
     conv = resolve_layer(model, first_conv_name(model) if layer is None else layer)
     if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"Expected argument `layer` to name an nn.Conv2d, but {layer!r} is a {type(conv).__name__}.")
@@ -112,7 +107,7 @@ def feature_maps(model: nn.Module, layer: str, inputs: torch.Tensor, scale: int 
         >>> feature_maps(SmallCNN(), "features.conv1", torch.rand(2, 1, 32, 32)).shape
         torch.Size([2, 3, 133, 133])
     """
-    scale = _check_scale(scale)
+    scale = check_int("scale", scale, 1)
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
         got = f"a tensor of shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"Expected argument `inputs` to be images (N, C, H, W), but got {got}.")

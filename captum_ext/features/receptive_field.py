@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext.features._capture import capture_output
 
@@ -57,8 +58,7 @@ def receptive_field(
     shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
     if len(shape) != 3 or not all(isinstance(s, numbers.Integral) and s > 0 for s in shape):
         raise ValueError(f"Expected argument `input_shape` to be (C, H, W) positive ints, but got {input_shape!r}.")
-    if not isinstance(probes, numbers.Integral) or probes < 1:
-        raise ValueError(f"Expected argument `probes` to be an integer >= 1, but got {probes!r}.")
+    check_int("probes", probes, 1)
     positions = [tuple(int(v) for v in u) for u in units] if isinstance(units, Sequence) else []
     if not positions or any(len(p) != 2 for p in positions):
         raise ValueError(f"Expected argument `units` to be a non-empty list of (i, j) positions, but got {units!r}.")

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.utils import make_grid
 
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
 from captum_ext._io import write_json_atomic
 from captum_ext.features._capture import batch_inputs, capture_output
@@ -163,8 +164,7 @@ def top_activating_patches(
         >>> result.patches.shape, result.receptive_field
         (torch.Size([4, 1, 8, 8]), (8, 8))
     """
-    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"Expected argument `k` to be an integer >= 1, but got {k!r}.")
+    check_int("k", k, 1)
     if not isinstance(channel, numbers.Integral) or isinstance(channel, bool) or channel < 0:
         raise ValueError(f"Expected argument `channel` to be a non-negative integer, but got {channel!r}.")
     best_values = torch.empty(0)

@@ -34,18 +34,13 @@ from torch import nn
 from torchmetrics import Metric
 
 from captum_ext import maps
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
 from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer
 
 __all__ = ["DeletionAUC", "InsertionAUC", "AOPC", "perturbation_curve", "trapezoid_auc", "aopc"]
 
 ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
-    return int(value)
 
 
 def _saliency(inputs: torch.Tensor, attributions: torch.Tensor, reduce: maps.Reduction) -> torch.Tensor:
@@ -115,8 +110,8 @@ def perturbation_curve(
         ValueError: mismatched shapes, a bad ``mode``, ``steps``, ``batch_size`` or ``reduce``.
         TypeError: ``imputer`` not callable.
     """
-    steps = _check_positive_int(steps, "steps")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    steps = check_int("steps", steps, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"Expected argument `mode` to be one of 'deletion', 'insertion', but got {mode!r}.")
     if reduce not in maps.REDUCTIONS:
@@ -182,8 +177,8 @@ class _PerturbationMetric(Metric):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.steps = _check_positive_int(steps, "steps")
-        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        self.steps = check_int("steps", steps, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         if imputer is not None and not callable(imputer):
             raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {imputer!r}.")
         if not isinstance(apply_softmax, bool):
@@ -197,7 +192,8 @@ class _PerturbationMetric(Metric):
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def _score(self, curve: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Per-image score of (N, steps + 1) curves: the area under each (AOPC overrides it)."""
+        return trapezoid_auc(curve)
 
     def update(
         self, forward_func: ForwardFunc, inputs: torch.Tensor, attributions: torch.Tensor, target: int | torch.Tensor
@@ -250,9 +246,6 @@ class DeletionAUC(_PerturbationMetric):
     higher_is_better = False
     _mode = "deletion"
 
-    def _score(self, curve: torch.Tensor) -> torch.Tensor:
-        return trapezoid_auc(curve)
-
 
 class InsertionAUC(_PerturbationMetric):
     """Area under the insertion curve: how fast the target probability rises as top-ranked pixels are restored.
@@ -273,9 +266,6 @@ class InsertionAUC(_PerturbationMetric):
 
     higher_is_better = True
     _mode = "insertion"
-
-    def _score(self, curve: torch.Tensor) -> torch.Tensor:
-        return trapezoid_auc(curve)
 
 
 class AOPC(_PerturbationMetric):

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
-from captum_ext.explainer import Explainer, Target, as_explainer
-from captum_ext.metrics.similarity import SIMILARITIES, SimilarityName, check_similarities
-from captum_ext.models import ClassifierModule
+from captum_ext.explainer import Explainer, Target
+from captum_ext.metrics.similarity import SIMILARITIES, SimilarityName
+from captum_ext.models import QUIET_TRAINER_KWARGS, ClassifierModule
 from captum_ext.sanity.randomization import (
     _check_common,
     _Comparer,
@@ -121,8 +122,7 @@ def train_on_random_labels(
         1
     """
     images, labels = _check_train_data(train_data)
-    if isinstance(max_epochs, bool) or not isinstance(max_epochs, numbers.Integral) or max_epochs < 1:
-        raise ValueError(f"Expected argument `max_epochs` to be a positive int, but got {max_epochs!r}.")
+    check_int("max_epochs", max_epochs, 1)
     if isinstance(target_accuracy, bool) or not isinstance(target_accuracy, numbers.Real) or not 0 < target_accuracy <= 1:
         raise ValueError(f"Expected argument `target_accuracy` to be a real number in (0, 1], but got {target_accuracy!r}.")
     permuted = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
@@ -137,16 +137,9 @@ def train_on_random_labels(
         generator=torch.Generator().manual_seed(seed),
     )
     stopper = _StopAtAccuracy(images, permuted, float(target_accuracy))
-    settings: dict[str, Any] = dict(
-        max_epochs=int(max_epochs),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
-    )
-    settings.update(trainer_kwargs)
+    settings: dict[str, Any] = {
+        **QUIET_TRAINER_KWARGS, "max_epochs": int(max_epochs), "accelerator": "cpu", "num_sanity_val_steps": 0, **trainer_kwargs
+    }
     settings["callbacks"] = [*settings.get("callbacks", []), stopper]
     devices = [images.device] if images.device.type == "cuda" else []
     random_model.train()
@@ -220,13 +213,7 @@ def data_randomization_test(
         >>> result.layers
         ['random labels']
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
-    metrics = check_similarities(similarity, "similarity")
-    if "spearman_abs" not in metrics:
-        metrics = ("spearman_abs", *metrics)
-    _check_common(inputs, threshold, seed, keep_maps)
-    explainer = as_explainer(explainer)
+    metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps)
     if (train_data is None) == (random_model is None):
         raise ValueError(
             "Expected exactly one of `train_data` (to train a random-label model) and `random_model` (one already "

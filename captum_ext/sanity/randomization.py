@@ -175,7 +175,17 @@ def _steps(order: list[str], layers: Sequence[str] | None) -> list[_Step]:
     return steps
 
 
-def _check_common(inputs: torch.Tensor, threshold: float, seed: int, keep_maps: int) -> None:
+def _check_common(
+    model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, similarity: Sequence[str], threshold: float,
+    seed: int, keep_maps: int,
+) -> tuple[tuple[str, ...], Explainer]:
+    """Validate the arguments both randomisation tests share; return the similarities (``"spearman_abs"``
+    always included: the verdicts use it) and the caller's explainer as a private copy."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
+    metrics = check_similarities(similarity, "similarity")
+    if "spearman_abs" not in metrics:
+        metrics = ("spearman_abs", *metrics)
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
         got = f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {got}.")
@@ -185,6 +195,7 @@ def _check_common(inputs: torch.Tensor, threshold: float, seed: int, keep_maps: 
         raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
     if isinstance(keep_maps, bool) or not isinstance(keep_maps, numbers.Integral) or keep_maps < 0:
         raise ValueError(f"Expected argument `keep_maps` to be a non-negative int, but got {keep_maps!r}.")
+    return metrics, as_explainer(explainer)
 
 
 class _Comparer:
@@ -306,15 +317,9 @@ def model_randomization_test(
         >>> len(result.similarity["spearman_abs"]), result.reproducible
         (4, True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
+    metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps)
     if mode not in ("cascading", "independent"):
         raise ValueError(f"Expected argument `mode` to be one of 'cascading', 'independent', but got {mode!r}.")
-    metrics = check_similarities(similarity, "similarity")
-    if "spearman_abs" not in metrics:
-        metrics = ("spearman_abs", *metrics)
-    _check_common(inputs, threshold, seed, keep_maps)
-    explainer = as_explainer(explainer)
 
     work = copy.deepcopy(model)
     for param in work.parameters():

@@ -10,8 +10,8 @@ from typing import Any, Literal
 import torch
 from matplotlib.figure import Figure
 
-from captum_ext._io import write_json_atomic
 from captum_ext import maps as map_utils
+from captum_ext._io import write_json_atomic
 
 __all__ = ["SanityResult"]
 
