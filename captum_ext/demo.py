@@ -33,17 +33,13 @@ from captum_ext.audit import CleverHansAudit
 from captum_ext.callbacks import AttributionMonitor, EmbeddingProjector, FilterMonitor, RandomizationMonitor, ShortcutMonitor
 from captum_ext.data import CleverHansDigits
 from captum_ext.evaluation import roar
+from captum_ext.evaluation._common import accuracy
 from captum_ext.features import ActivationMaximization, first_layer_filters
 from captum_ext.models import SmallCNN, TinyViT, fit_classifier, small_cnn_module
 from captum_ext.report import Report
 from captum_ext.sanity import model_randomization_test
 
 __all__ = ["run_demo", "print_summary"]
-
-
-def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
 
 
 def _stage(name: str) -> float:
@@ -94,9 +90,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", seed: int = 0, fast: bool = F
     tagged, y0 = data.shortcut_test_images(tagged=True)
     clean, _ = data.shortcut_test_images(tagged=False)
     summary.update(
-        test_accuracy=_accuracy(model, x, y),
-        shortcut_class_accuracy_tagged=_accuracy(model, tagged, y0),
-        shortcut_class_accuracy_untagged=_accuracy(model, clean, y0),
+        test_accuracy=accuracy(model, [(x, y)]),
+        shortcut_class_accuracy_tagged=accuracy(model, [(tagged, y0)]),
+        shortcut_class_accuracy_untagged=accuracy(model, [(clean, y0)]),
         tensorboard_logdir=str(out / "tensorboard"),
         tensorboard_version=logger.log_dir,
     )

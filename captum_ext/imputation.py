@@ -94,16 +94,18 @@ class ConstantImputer(Imputer):
         return torch.full_like(inputs, self.value)
 
 
-def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, C, H, W) with edge-replicate padding; kernel radius ceil(3 sigma)."""
+def gaussian_blur(inputs: torch.Tensor, sigma: float, padding: str = "replicate") -> torch.Tensor:
+    """Separable Gaussian blur of each channel of (N, C, H, W); kernel radius ceil(3 sigma) (for ``"reflect"``
+    padding at most the image side minus one). ``padding``: ``"replicate"`` (edges) or ``"reflect"``."""
     radius = max(1, math.ceil(3.0 * sigma))
+    if padding == "reflect":
+        radius = min(radius, inputs.shape[-1] - 1, inputs.shape[-2] - 1)
     x = torch.arange(-radius, radius + 1, dtype=inputs.dtype, device=inputs.device)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel = kernel / kernel.sum()
     c = inputs.shape[1]
-    out = F.pad(inputs, (0, 0, radius, radius), mode="replicate")
+    out = F.pad(inputs, (radius, radius, radius, radius), mode=padding)
     out = F.conv2d(out, kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    out = F.pad(out, (radius, radius, 0, 0), mode="replicate")
     return F.conv2d(out, kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
 

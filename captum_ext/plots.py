@@ -17,14 +17,11 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from captum_ext import maps as _maps  # noqa: E402
+from captum_ext import maps as _maps
 
 __all__ = ["overlay_grid", "curve_figure", "class_mean_figure", "figure_to_png", "figure_to_array"]
 

@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -205,6 +206,7 @@ def _timm_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
 
 
 # -- Hugging Face transformers -------------------------------------------------------------------------------
+@functools.cache
 def _hf_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """(backbone classes, attention classes) of the Hugging Face ViT family that imports: ViT, DeiT (CLS +
     distillation token); each family on its own, so a transformers without one still serves the other."""

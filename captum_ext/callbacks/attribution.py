@@ -9,7 +9,6 @@ states synced across ranks.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -136,7 +135,7 @@ class AttributionMonitor(ExplanationCallback):
             for metric_name, metric in self._metrics[explainer.name].items():
                 metric.to(pl_module.device).reset()
                 if not empty:
-                    metric.update(functools.partial(forward_in_eval, pl_module), inputs, attributions, target)
+                    metric.update(pl_module, inputs, attributions, target)  # run in eval mode without gradients
                 values[f"attribution/{explainer.name}/{metric_name}"] = synced_compute(metric)
             shard_maps = inputs.new_zeros(len(inputs), *inputs.shape[-2:]) if empty else maps.reduce_channels(attributions, self.reduce)
             self.maps[explainer.name] = self.gather(trainer, shard_maps, probe).cpu()

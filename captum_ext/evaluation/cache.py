@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from captum_ext import maps
+from captum_ext._io import atomic_path
 from captum_ext.evaluation._common import model_device
 from captum_ext.explainer import Explainer, canonical
 
@@ -100,37 +100,30 @@ def compute_rankings(
     when complete (temporary file + rename).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     device = model_device(model)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".npy")
-    try:
-        written, dtype = 0, None
-        with os.fdopen(fd, "wb") as handle, tqdm(
-            total=len(dataset), desc=description or f"ranking {explainer.name}", disable=not progress, leave=False
-        ) as bar:
-            for batch in _loader(dataset, batch_size):
-                x, y = batch[0].to(device), batch[1].to(device)
-                saliency = explainer.saliency(model, x, y, reduce="sum_abs")
-                ranking = maps.rank_pixels(saliency, seed=seed)
-                n, hw = ranking.shape
-                if dtype is None:  # the .npy header first, then the rows as they come (no memory map, no growth)
-                    dtype = np.dtype(np.int16 if hw <= np.iinfo(np.int16).max else np.int32)
-                    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                              "shape": (len(dataset), hw)}
-                    np.lib.format.write_array_header_1_0(handle, header)
-                positions = torch.empty_like(ranking)
-                positions.scatter_(1, ranking, torch.arange(hw, device=ranking.device).expand(n, -1))
-                handle.write(positions.cpu().numpy().astype(dtype).tobytes())
-                written += n
-                bar.update(n)
+    written, dtype = 0, None
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle, tqdm(
+        total=len(dataset), desc=description or f"ranking {explainer.name}", disable=not progress, leave=False
+    ) as bar:
+        for batch in _loader(dataset, batch_size):
+            x, y = batch[0].to(device), batch[1].to(device)
+            saliency = explainer.saliency(model, x, y, reduce="sum_abs")
+            ranking = maps.rank_pixels(saliency, seed=seed)
+            n, hw = ranking.shape
+            if dtype is None:  # the .npy header first, then the rows as they come (no memory map, no growth)
+                dtype = np.dtype(np.int16 if hw <= np.iinfo(np.int16).max else np.int32)
+                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                          "shape": (len(dataset), hw)}
+                np.lib.format.write_array_header_1_0(handle, header)
+            positions = torch.empty_like(ranking)
+            positions.scatter_(1, ranking, torch.arange(hw, device=ranking.device).expand(n, -1))
+            handle.write(positions.cpu().numpy().astype(dtype).tobytes())
+            written += n
+            bar.update(n)
         if written != len(dataset) or written == 0:
             raise ValueError(
                 f"Expected the dataset to yield len(dataset) = {len(dataset)} > 0 images, but it yielded {written}."
             )
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
 
 
@@ -168,15 +161,8 @@ def read_records(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """``torch.save`` the state dict to a temporary file and rename it into place."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:

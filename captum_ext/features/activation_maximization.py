@@ -9,19 +9,18 @@ result is the lesson of the method: the maximiser of a network is not a natural 
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext.features._capture import capture_output
+from captum_ext.imputation import gaussian_blur
 
-__all__ = ["ActivationMaximization", "total_variation", "gaussian_blur"]
+__all__ = ["ActivationMaximization", "total_variation"]
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
@@ -29,19 +28,6 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     dy = (images[:, :, 1:, :] - images[:, :, :-1, :]).abs().sum(dim=(1, 2, 3))
     dx = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().sum(dim=(1, 2, 3))
     return dy + dx
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur each channel of a (K, C, H, W) batch with a Gaussian of std ``sigma`` pixels (reflect padding)."""
-    radius = max(1, math.ceil(3 * sigma))
-    radius = min(radius, images.shape[-1] - 1, images.shape[-2] - 1)
-    t = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    rows = F.conv2d(padded, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
 
 
 def _check_real(value: object, name: str, low: float = 0.0, strict: bool = False) -> float:
@@ -270,7 +256,7 @@ class ActivationMaximization:
             optimiser.step()
             with torch.no_grad():
                 if self.blur_every and self.blur_sigma and (step + 1) % self.blur_every == 0:
-                    x.copy_(gaussian_blur(x, self.blur_sigma))
+                    x.copy_(gaussian_blur(x, self.blur_sigma, padding="reflect"))
                 if self.value_range is not None:
                     x.clamp_(*self.value_range)
             trace[step] = act.detach().float().cpu()

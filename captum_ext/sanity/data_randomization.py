@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
+from captum_ext.evaluation._common import accuracy
 from captum_ext.explainer import Explainer, Target
 from captum_ext.metrics.similarity import SIMILARITIES, SimilarityName
 from captum_ext.models import QUIET_TRAINER_KWARGS, ClassifierModule
@@ -38,13 +39,8 @@ from captum_ext.sanity.result import SanityResult
 __all__ = ["data_randomization_test", "train_on_random_labels"]
 
 
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
-    correct = 0
-    with torch.no_grad(), eval_mode(model):
-        for start in range(0, len(labels), batch_size):
-            logits = model(images[start : start + batch_size])
-            correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
-    return correct / len(labels)
+def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return accuracy(model, zip(images.split(512), labels.split(512)))
 
 
 class _StopAtAccuracy(pl.Callback):
