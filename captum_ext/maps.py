@@ -76,8 +76,10 @@ def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") 
 
 
 def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each map of a (N, ...) batch to [0, 1]; a constant map becomes all zeros."""
-    flat = maps.reshape(maps.shape[0], -1).float()
+    """Scale each map of a (N, ...) batch to [0, 1] (float64 stays float64, anything else becomes float32); a
+    constant map becomes all zeros."""
+    flat = maps.reshape(maps.shape[0], -1)
+    flat = flat if flat.dtype == torch.float64 else flat.float()
     lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
     span = hi - lo
     out = torch.where(span > 0, (flat - lo) / span.clamp(min=torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))

@@ -28,9 +28,7 @@ __all__ = ["overlay_grid", "curve_figure", "class_mean_figure", "figure_to_png",
 
 def _image(img: torch.Tensor) -> np.ndarray:
     """(C, H, W) in any range -> (H, W) or (H, W, 3) in [0, 1] for imshow."""
-    arr = img.detach().float().cpu()
-    lo, hi = float(arr.min()), float(arr.max())
-    arr = (arr - lo) / (hi - lo) if hi > lo else torch.zeros_like(arr)
+    arr = _maps.normalize_minmax(img.detach().float().cpu()[None])[0]
     return arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from torchvision.utils import make_grid
 from typing_extensions import override
 
+from captum_ext import maps
 from captum_ext._checks import check_int
 from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval
 from captum_ext.features import ActivationMaximization, feature_maps, first_layer_filters
@@ -170,10 +171,7 @@ class FilterMonitor(ExplanationCallback):
         if targets is None:
             targets = list(range(forward_in_eval(model, inputs[:1]).shape[1]))
         am = ActivationMaximization(model, tuple(inputs.shape[1:]), seed=self.seed, **self.activation_maximization)
-        images = am.visualize(target=targets).float().cpu()
-        flat = images.flatten(1)
-        lo, hi = flat.amin(1)[:, None, None, None], flat.amax(1)[:, None, None, None]
-        images = (images - lo) / (hi - lo).clamp(min=1e-12)
+        images = maps.normalize_minmax(am.visualize(target=targets).float().cpu())
         side = max(1, 96 // max(images.shape[-2:]))
         images = torch.nn.functional.interpolate(images, scale_factor=side, mode="nearest") if side > 1 else images
         return make_grid(images, nrow=min(len(images), 10), padding=2, pad_value=1.0)

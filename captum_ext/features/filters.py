@@ -17,6 +17,7 @@ from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
 from captum_ext.explainer import resolve_layer
 from captum_ext.features._capture import capture_output
+from captum_ext.maps import normalize_minmax
 
 __all__ = ["first_layer_filters", "feature_maps", "first_conv_name"]
 
@@ -116,7 +117,5 @@ def feature_maps(model: nn.Module, layer: str, inputs: torch.Tensor, scale: int 
     maps = outputs[-1].detach().float().cpu()
     if maps.dim() != 4:
         raise ValueError(f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(maps.shape)}.")
-    flat = maps.flatten(1)
-    lo, hi = flat.amin(1), flat.amax(1)
-    maps = (maps - lo[:, None, None, None]) / (hi - lo).clamp(min=1e-12)[:, None, None, None]
+    maps = normalize_minmax(maps)
     return torch.stack([_grid(m[:, None], scale, nrow) for m in maps])

@@ -24,6 +24,7 @@ from captum_ext._context import eval_mode
 from captum_ext._io import write_json_atomic
 from captum_ext.features._capture import batch_inputs, capture_output
 from captum_ext.features.receptive_field import receptive_field
+from captum_ext.maps import normalize_minmax
 
 __all__ = ["TopPatches", "top_activating_patches"]
 
@@ -75,10 +76,7 @@ class TopPatches:
 
     def grid(self, nrow: int | None = None, scale: int = 4) -> torch.Tensor:
         """The patches as one image grid (3, H, W), each patch min-max scaled and upsampled by ``scale``."""
-        tiles = self.patches.float()
-        flat = tiles.flatten(1)
-        lo, hi = flat.amin(1)[:, None, None, None], flat.amax(1)[:, None, None, None]
-        tiles = (tiles - lo) / (hi - lo).clamp(min=1e-12)
+        tiles = normalize_minmax(self.patches.float())
         tiles = torch.nn.functional.interpolate(tiles, scale_factor=scale, mode="nearest")
         return make_grid(tiles, nrow=nrow or math.ceil(math.sqrt(len(tiles))), padding=1, pad_value=1.0)
 
@@ -93,11 +91,10 @@ class TopPatches:
             ax.axis("off")
         for n, ax in enumerate(axes.flat[:k]):
             patch = self.patches[n].float()
-            image = patch[0] if patch.shape[0] == 1 else patch.permute(1, 2, 0)
             if patch.shape[0] == 1:
-                ax.imshow(image.numpy(), cmap="gray")
+                ax.imshow(patch[0].numpy(), cmap="gray")
             else:
-                ax.imshow(((image - image.min()) / (image.max() - image.min()).clamp(min=1e-12)).numpy())
+                ax.imshow(normalize_minmax(patch[None])[0].permute(1, 2, 0).numpy())
             ax.set_title(f"#{n + 1} {float(self.activations[n]):.2g}\nimg {int(self.indices[n])}", fontsize=7)
         rf = f"{self.receptive_field[0]}x{self.receptive_field[1]}"
         fig.suptitle(f"{self.layer} channel {self.channel}: top {k} patches (receptive field {rf})", fontsize=9)

@@ -39,6 +39,8 @@ import torch
 from torch.nn import functional as F
 from torchmetrics import Metric
 
+from captum_ext.maps import normalize_minmax
+
 __all__ = [
     "SimilarityName",
     "SIMILARITIES",
@@ -126,11 +128,7 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _unit_abs(maps: torch.Tensor) -> torch.Tensor:
     """|map| scaled to [0, 1] per map (float64); a constant map becomes all zeros."""
-    flat = maps.abs().reshape(maps.shape[0], -1).double()
-    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    span = hi - lo
-    out = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(flat))
-    return out.reshape(maps.shape)
+    return normalize_minmax(maps.abs().double())
 
 
 def spearman_similarity(maps_a: torch.Tensor, maps_b: torch.Tensor, absolute: bool = True) -> torch.Tensor:
