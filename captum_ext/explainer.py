@@ -399,8 +399,7 @@ class Explainer:
         self, model: nn.Module, inputs: torch.Tensor, target: Target = None, reduce: maps.Reduction = "sum_abs"
     ) -> torch.Tensor:
         """The channel-reduced (N, H, W) map every metric uses (see :func:`captum_ext.maps.reduce_channels`)."""
-        if reduce not in maps.REDUCTIONS:
-            raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, maps.REDUCTIONS))}, but got {reduce!r}.")
+        maps.check_reduction(reduce)  # before the attribution pass, not after it
         return maps.reduce_channels(self.attribute(model, inputs, target), reduce)
 
     def __repr__(self) -> str:

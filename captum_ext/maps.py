@@ -26,6 +26,7 @@ from torch.nn import functional as F
 __all__ = [
     "Reduction",
     "REDUCTIONS",
+    "check_reduction",
     "reduce_channels",
     "upsample",
     "normalize_minmax",
@@ -46,6 +47,13 @@ def _check_rank(maps: torch.Tensor, rank: int, name: str, form: str) -> None:
         raise ValueError(f"Expected argument `{name}` to be a {rank}-d tensor {form}, but got {got}.")
 
 
+def check_reduction(reduce: object) -> Reduction:
+    """``reduce`` if it is one of :data:`REDUCTIONS`, else a ValueError naming the argument and the choices."""
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, REDUCTIONS))}, but got {reduce!r}.")
+    return reduce
+
+
 def reduce_channels(attributions: torch.Tensor, reduce: Reduction = "sum_abs") -> torch.Tensor:
     """Reduce (N, C, H, W) attributions to (N, H, W) maps.
 
@@ -53,15 +61,14 @@ def reduce_channels(attributions: torch.Tensor, reduce: Reduction = "sum_abs") -
     ``"positive"``: sum of max(a, 0), the positive evidence (audits); ``"max_abs"``: max of |a|.
     """
     _check_rank(attributions, 4, "attributions", "(N, C, H, W)")
+    check_reduction(reduce)
     if reduce == "sum_abs":
         return attributions.abs().sum(1)
     if reduce == "sum":
         return attributions.sum(1)
     if reduce == "positive":
         return attributions.clamp(min=0).sum(1)
-    if reduce == "max_abs":
-        return attributions.abs().amax(1)
-    raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, REDUCTIONS))}, but got {reduce!r}.")
+    return attributions.abs().amax(1)  # "max_abs"
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:

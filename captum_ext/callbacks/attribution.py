@@ -107,8 +107,7 @@ class AttributionMonitor(ExplanationCallback):
             raise ValueError(
                 f"Expected argument `metrics` to hold distinct names from {', '.join(map(repr, METRICS))}, but got {list(metrics)!r}."
             )
-        if reduce not in maps.REDUCTIONS:
-            raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, maps.REDUCTIONS))}, but got {reduce!r}.")
+        maps.check_reduction(reduce)
         if metric_kwargs is not None and not isinstance(metric_kwargs, Mapping):
             raise TypeError(f"Expected argument `metric_kwargs` to be a mapping or None, but got {type(metric_kwargs).__name__}.")
         self.metric_names = list(metrics)

@@ -114,8 +114,7 @@ def perturbation_curve(
     batch_size = check_int("batch_size", batch_size, 1)
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"Expected argument `mode` to be one of 'deletion', 'insertion', but got {mode!r}.")
-    if reduce not in maps.REDUCTIONS:
-        raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, maps.REDUCTIONS))}, but got {reduce!r}.")
+    maps.check_reduction(reduce)
     if imputer is None:
         imputer = ConstantImputer(0.0) if mode == "deletion" else BlurImputer(5.0)
     if not callable(imputer):
@@ -183,8 +182,7 @@ class _PerturbationMetric(Metric):
             raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {imputer!r}.")
         if not isinstance(apply_softmax, bool):
             raise TypeError(f"Expected argument `apply_softmax` to be a bool, but got {apply_softmax!r}.")
-        if reduce not in maps.REDUCTIONS:
-            raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, maps.REDUCTIONS))}, but got {reduce!r}.")
+        maps.check_reduction(reduce)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
         self.imputer, self.apply_softmax, self.reduce, self.seed = imputer, apply_softmax, reduce, int(seed)
