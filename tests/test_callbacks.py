@@ -32,7 +32,7 @@ from captum_ext.callbacks import AttributionMonitor, EmbeddingProjector, Randomi
 from captum_ext.callbacks.base import ExplanationCallback, balanced_indices, preserved_rng, shard_positions
 from captum_ext.callbacks.randomization import randomized_copy
 from captum_ext.metrics import DeletionAUC, InsertionAUC
-from captum_ext.models import ClassifierModule, SmallCNN
+from captum_ext.models import ClassifierModule, SmallCNN, TinyViT
 
 EPOCHS, BATCHES = 2, 8  # the tensorboard fits train 8 of the 17 batches of 64 per epoch
 
@@ -100,9 +100,15 @@ def test_preserved_rng_restores_every_stream():
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
 
 
-def test_randomized_copy_leaves_model_and_rng_alone(model_guard):
+@pytest.mark.parametrize("architecture", [SmallCNN, TinyViT])
+def test_randomized_copy_leaves_model_and_rng_alone(architecture, model_guard):
+    """Every parameter is re-drawn (a ViT's attention, out_proj included), reproducibly, on a copy."""
     torch.manual_seed(0)
-    model = model_guard(SmallCNN())
+    model = architecture()
+    with torch.no_grad():  # as if trained: no parameter equals what its initialiser draws (LayerNorm's ones)
+        for p in model.parameters():
+            p.add_(0.5)
+    model = model_guard(model)
     state = torch.random.get_rng_state()
     a, b = randomized_copy(model, seed=5), randomized_copy(model, seed=5)
     assert torch.equal(torch.random.get_rng_state(), state)

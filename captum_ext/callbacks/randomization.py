@@ -34,11 +34,13 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     """A deep copy of ``model`` with every parameter re-initialised (``model`` itself is not touched).
 
     Each module that owns parameters is re-drawn by :func:`captum_ext.sanity.randomization.randomize_layer` (its
-    own initialiser; ``nn.MultiheadAttention`` and bare parameters included) from a seed derived from ``seed`` and
-    its position, inside ``torch.random.fork_rng``, so the global RNG is not advanced.
+    own initialiser; an ``nn.MultiheadAttention`` once, with its ``out_proj``; bare parameters included) from a seed
+    derived from ``seed`` and its position, inside ``torch.random.fork_rng``, so the global RNG is not advanced.
     """
     clone = copy.deepcopy(model)
-    owners = [m for m in clone.modules() if any(True for _ in m.parameters(recurse=False))]
+    # an nn.MultiheadAttention is one layer with its out_proj, as in the sanity checks' parameter_layers
+    inside_attention = {id(m) for a in clone.modules() if isinstance(a, nn.MultiheadAttention) for m in a.modules() if m is not a}
+    owners = [m for m in clone.modules() if id(m) not in inside_attention and any(True for _ in m.parameters(recurse=False))]
     for index, module in enumerate(owners):
         randomize_layer(module, seed=seed * 1_000_003 + index)
     return clone
