@@ -31,6 +31,7 @@ __all__ = [
     "upsample",
     "normalize_minmax",
     "normalize_percentile",
+    "normalize_sum",
     "rank_pixels",
     "top_k_mask",
     "mask_from_ranking",
@@ -91,6 +92,21 @@ def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
     span = hi - lo
     out = torch.where(span > 0, (flat - lo) / span.clamp(min=torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
     return out.reshape(maps.shape)
+
+
+def normalize_sum(maps: torch.Tensor) -> torch.Tensor:
+    """Divide each non-negative map of a (N, ...) batch by its sum (a distribution over pixels); an all-zero map
+    stays zero. Keeps the dtype.
+
+    Example::
+
+        >>> normalize_sum(torch.tensor([[[1.0, 3.0]], [[0.0, 0.0]]]))
+        tensor([[[0.2500, 0.7500]],
+        <BLANKLINE>
+                [[0.0000, 0.0000]]])
+    """
+    total = maps.reshape(maps.shape[0], -1).sum(1).reshape(-1, *[1] * (maps.dim() - 1))
+    return torch.where(total > 0, maps / total.clamp(min=torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
 
 
 def normalize_percentile(maps: torch.Tensor, q: float = 99.0) -> torch.Tensor:

@@ -54,6 +54,7 @@ from captum_ext.audit.report import AuditReport
 from captum_ext.evaluation._common import model_device
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import Imputer, MeanImputer
+from captum_ext.maps import normalize_sum
 from captum_ext.metrics.localisation import (
     check_region,
     pointing_game,
@@ -262,9 +263,7 @@ class CleverHansAudit:
             chunk = slice(start, start + self.batch_size)
             attributions = self.explainer.attribute(model, x[chunk].to(device), target[chunk].to(device))
             out.append(positive_map(attributions).cpu())
-        positive = torch.cat(out).double()
-        total = positive.flatten(1).sum(1)[:, None, None]
-        return torch.where(total > 0, positive / total.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(positive))
+        return normalize_sum(torch.cat(out).double())
 
     # -- evidence -------------------------------------------------------------------------------------------
     @staticmethod

@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from captum_ext._checks import check_int
 from captum_ext._io import write_json_atomic
+from captum_ext.maps import normalize_sum
 from captum_ext.metrics.localisation import positive_map
 
 __all__ = ["spray", "SprayResult"]
@@ -177,8 +178,7 @@ def spray(
     ):
         raise ValueError(f"Expected argument `n_clusters` to be an int in [1, {n}] or None, but got {n_clusters!r}.")
 
-    total = positive.flatten(1).sum(1)[:, None, None]
-    normalised = torch.where(total > 0, positive / total.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(positive))
+    normalised = normalize_sum(positive)
     pooled = F.adaptive_avg_pool2d(normalised[:, None], tuple(int(s) for s in size)).flatten(1)
     features = pooled.numpy()
 
