@@ -10,10 +10,12 @@ Short names and their defaults (everything can be overridden by keyword):
 ==========================  ====================================================================================
 ``"saliency"``              ``captum.attr.Saliency`` with ``abs=False``: the signed gradient (Simonyan 2014).
 ``"input_x_gradient"``      ``captum.attr.InputXGradient``.
-``"integrated_gradients"``  ``captum.attr.IntegratedGradients``, zero baseline, Captum's 50 steps.
+``"integrated_gradients"``  ``captum.attr.IntegratedGradients``, zero baseline, Captum's 50 steps, chunked
+                            (``internal_batch_size``, see below).
 ``"guided_backprop"``       ``captum.attr.GuidedBackprop``.
 ``"gradcam"``               ``captum.attr.LayerGradCam`` with ReLU, upsampled bilinearly to the input and
-                            repeated over channels; ``layer`` defaults to the last ``nn.Conv2d`` in forward order.
+                            repeated over channels; ``layer`` defaults to :func:`default_cam_layer`, the output of
+                            the last block that still has spatial extent (``layer4`` of a ResNet).
 ``"guided_gradcam"``        ``captum.attr.GuidedGradCam`` with bilinear upsampling; same default layer.
 ``"smoothgrad"``            ``NoiseTunnel(Saliency)``, 16 samples, noise std 0.15 x the batch's input range
 ``"smoothgrad_sq"``         (Smilkov 2017's recommendation, not Captum's 1.0); seeded, see ``seed``.
@@ -25,6 +27,16 @@ Short names and their defaults (everything can be overridden by keyword):
 ``"gradient_rollout"``      :class:`captum_ext.attr.GradientRollout` (ViTs).
 ``"random"``                :class:`captum_ext.attr.random_map.RandomAttribution`: a seeded random map.
 ==========================  ====================================================================================
+
+Memory: the multi-sample methods are chunked by default so that no forward / backward pass holds more than
+``max(N, 16 * 3 * 224 * 224 / (C * H * W))`` images (16 at 224 px RGB, one gradient pass on a ResNet-50 batch of
+16): IntegratedGradients' ``internal_batch_size``, NoiseTunnel's ``nt_samples_batch_size`` and Occlusion's
+``perturbations_per_eval`` (4 x as many images: no backward pass). An out-of-memory error names the setting to
+lower.
+
+The model's output is read by :func:`captum_ext.model_output.logits` (a tensor, ``.logits``, a dict's ``"logits"``,
+a tuple's first element, or your ``output_fn=``). Inputs, model outputs and maps are checked finite; a map that is
+constant (all zero, typically) is reported with a warning naming the likely cause.
 
 Maps are always computed in eval mode (each module's mode is restored afterwards), with gradients enabled even
 inside ``torch.no_grad`` / ``torch.inference_mode``, on a clone of the inputs. ``target=None`` means the model's
@@ -47,10 +59,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import inspect
 import json
 import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,10 +72,22 @@ from captum import attr as captum_attr
 from torch import nn
 
 from captum_ext import maps
+from captum_ext._checks import check_finite, check_int, check_real, class_targets
 from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext.attr.random_map import RandomAttribution
+from captum_ext.model_output import OutputFn, check_output_fn, with_logits
 
-__all__ = ["Explainer", "METHODS", "as_explainer", "canonical", "forward_order", "resolve_layer", "last_conv_layer"]
+__all__ = [
+    "Explainer",
+    "METHODS",
+    "as_explainer",
+    "canonical",
+    "forward_order",
+    "resolve_layer",
+    "last_conv_layer",
+    "default_cam_layer",
+    "images_per_pass",
+]
 
 Target = int | list | tuple | torch.Tensor | None
 
@@ -72,15 +97,48 @@ class _Method:
     """How a short name builds its Captum attribution and which attribute kwargs it adds by default."""
 
     build: Callable[[nn.Module, nn.Module | None, dict], captum_attr.Attribution]
+    #: () -> (class whose __init__ takes ``init_kwargs``, classes whose ``attribute`` takes the attribute kwargs)
+    classes: Callable[[], tuple[type, tuple[type, ...]]]
     layer: bool = False
     stochastic: bool = False
     defaults: Callable[[torch.Tensor], dict] = field(default=lambda x: {})
 
 
+def _captum(name: str, *more: str) -> Callable[[], tuple[type, tuple[type, ...]]]:
+    """The ``classes`` of a method built from ``captum.attr.<name>`` (wrapped by ``more``, e.g. NoiseTunnel)."""
+    return lambda: (getattr(captum_attr, name), tuple(getattr(captum_attr, n) for n in (name, *more)))
+
+
+def _ours(module: str, name: str) -> Callable[[], tuple[type, tuple[type, ...]]]:
+    def classes() -> tuple[type, tuple[type, ...]]:
+        cls = getattr(importlib.import_module(module), name)  # imported late: rollout imports this module
+        return cls, (cls,)
+
+    return classes
+
+
+#: Input values one gradient pass may hold by default: a batch of 16 RGB images at 224 px.
+PASS_VALUES = 16 * 3 * 224 * 224
+
+
+def images_per_pass(x: torch.Tensor) -> int:
+    """How many images like ``x[0]`` one chunked forward / backward pass holds by default: at least the batch,
+    otherwise :data:`PASS_VALUES` worth of input values (16 at 224 px RGB, 2,352 digits of 32 px).
+
+    Example::
+
+        >>> images_per_pass(torch.zeros(4, 3, 224, 224)), images_per_pass(torch.zeros(64, 3, 224, 224))
+        (16, 64)
+    """
+    return max(x.shape[0], PASS_VALUES // max(1, x[0].numel()))
+
+
 def _noise_defaults(nt_type: str) -> Callable[[torch.Tensor], dict]:
     def defaults(x: torch.Tensor) -> dict:
         spread = float(x.detach().max() - x.detach().min()) or 1.0
-        return {"nt_type": nt_type, "nt_samples": 16, "stdevs": 0.15 * spread, "abs": False}
+        samples = 16
+        chunk = min(samples, max(1, images_per_pass(x) // x.shape[0]))
+        return {"nt_type": nt_type, "nt_samples": samples, "nt_samples_batch_size": chunk, "stdevs": 0.15 * spread, "abs": False}
 
     return defaults
 
@@ -93,8 +151,18 @@ def _occlusion_defaults(x: torch.Tensor) -> dict:
         "sliding_window_shapes": (c, *side),
         "strides": stride,
         "baselines": x.mean(dim=(0, 2, 3)),
-        "perturbations_per_eval": 32,
+        "perturbations_per_eval": max(1, 4 * images_per_pass(x) // x.shape[0]),
     }
+
+
+#: The attribute keyword that bounds each chunked method's memory, named in out-of-memory errors.
+_CHUNK_SETTING = {
+    "integrated_gradients": "internal_batch_size",
+    "smoothgrad": "nt_samples_batch_size",
+    "smoothgrad_sq": "nt_samples_batch_size",
+    "vargrad": "nt_samples_batch_size",
+    "occlusion": "perturbations_per_eval",
+}
 
 
 def _rollout(class_name: str) -> Callable[[nn.Module, nn.Module | None, dict], captum_attr.Attribution]:
@@ -106,38 +174,72 @@ def _rollout(class_name: str) -> Callable[[nn.Module, nn.Module | None, dict], c
 
 
 METHODS: dict[str, _Method] = {
-    "saliency": _Method(lambda m, l, k: captum_attr.Saliency(m, **k), defaults=lambda x: {"abs": False}),
-    "input_x_gradient": _Method(lambda m, l, k: captum_attr.InputXGradient(m, **k)),
-    "integrated_gradients": _Method(lambda m, l, k: captum_attr.IntegratedGradients(m, **k)),
-    "guided_backprop": _Method(lambda m, l, k: captum_attr.GuidedBackprop(m, **k)),
+    "saliency": _Method(
+        lambda m, l, k: captum_attr.Saliency(m, **k), _captum("Saliency"), defaults=lambda x: {"abs": False}
+    ),
+    "input_x_gradient": _Method(lambda m, l, k: captum_attr.InputXGradient(m, **k), _captum("InputXGradient")),
+    "integrated_gradients": _Method(
+        lambda m, l, k: captum_attr.IntegratedGradients(m, **k),
+        _captum("IntegratedGradients"),
+        defaults=lambda x: {"internal_batch_size": images_per_pass(x)},
+    ),
+    "guided_backprop": _Method(lambda m, l, k: captum_attr.GuidedBackprop(m, **k), _captum("GuidedBackprop")),
     "gradcam": _Method(
-        lambda m, l, k: captum_attr.LayerGradCam(m, l, **k), layer=True, defaults=lambda x: {"relu_attributions": True}
+        lambda m, l, k: captum_attr.LayerGradCam(m, l, **k),
+        _captum("LayerGradCam"),
+        layer=True,
+        defaults=lambda x: {"relu_attributions": True},
     ),
     "guided_gradcam": _Method(
         lambda m, l, k: captum_attr.GuidedGradCam(m, l, **k),
+        _captum("GuidedGradCam"),
         layer=True,
         defaults=lambda x: {"interpolate_mode": "bilinear"},
     ),
-    "smoothgrad": _Method(
-        lambda m, l, k: captum_attr.NoiseTunnel(captum_attr.Saliency(m, **k)),
-        stochastic=True,
-        defaults=_noise_defaults("smoothgrad"),
+    **{
+        name: _Method(
+            lambda m, l, k: captum_attr.NoiseTunnel(captum_attr.Saliency(m, **k)),
+            _captum("Saliency", "NoiseTunnel"),
+            stochastic=True,
+            defaults=_noise_defaults(name),
+        )
+        for name in ("smoothgrad", "smoothgrad_sq", "vargrad")
+    },
+    "occlusion": _Method(lambda m, l, k: captum_attr.Occlusion(m, **k), _captum("Occlusion"), defaults=_occlusion_defaults),
+    "rollout": _Method(_rollout("AttentionRollout"), _ours("captum_ext.attr.rollout", "AttentionRollout")),
+    "gradient_rollout": _Method(_rollout("GradientRollout"), _ours("captum_ext.attr.rollout", "GradientRollout")),
+    "random": _Method(
+        lambda m, l, k: RandomAttribution(m, **k), lambda: (RandomAttribution, (RandomAttribution,)), stochastic=True
     ),
-    "smoothgrad_sq": _Method(
-        lambda m, l, k: captum_attr.NoiseTunnel(captum_attr.Saliency(m, **k)),
-        stochastic=True,
-        defaults=_noise_defaults("smoothgrad_sq"),
-    ),
-    "vargrad": _Method(
-        lambda m, l, k: captum_attr.NoiseTunnel(captum_attr.Saliency(m, **k)),
-        stochastic=True,
-        defaults=_noise_defaults("vargrad"),
-    ),
-    "occlusion": _Method(lambda m, l, k: captum_attr.Occlusion(m, **k), defaults=_occlusion_defaults),
-    "rollout": _Method(_rollout("AttentionRollout")),
-    "gradient_rollout": _Method(_rollout("GradientRollout")),
-    "random": _Method(lambda m, l, k: RandomAttribution(m, **k), stochastic=True),
 }
+
+#: Keyword arguments the Explainer itself passes (or must not be given): never taken from ``attribute_kwargs``.
+_RESERVED = {"self", "inputs", "target", "return_convergence_delta", "forward_func", "model", "layer", "attribution_method"}
+
+
+def _keywords(function: Callable) -> tuple[set[str], bool]:
+    """(named parameters, whether it takes ``**kwargs``) of ``function``."""
+    parameters = inspect.signature(function).parameters.values()
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return named, any(p.kind == p.VAR_KEYWORD for p in parameters)
+
+
+def _check_keywords(name: str, argument: str, given: dict, functions: Sequence[Callable], open_ended: bool) -> None:
+    """Every key of ``given`` must be a parameter of one of ``functions`` (unless one takes ``**kwargs`` and
+    ``open_ended``); otherwise a TypeError naming the unknown keys and the accepted ones."""
+    accepted: set[str] = set()
+    for function in functions:
+        named, var_keyword = _keywords(function)
+        if var_keyword and open_ended:
+            return
+        accepted |= named
+    accepted -= _RESERVED
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise TypeError(
+            f"Expected the keyword arguments of `{argument}` for {name!r} to be among {', '.join(sorted(accepted)) or 'none'}, "
+            f"but got {', '.join(map(repr, unknown))}."
+        )
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -188,6 +290,55 @@ def last_conv_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     if not order:
         raise ValueError("Expected the model to contain an nn.Conv2d for this layer method; pass `layer=` explicitly.")
     return order[-1]
+
+
+_NOT_BLOCKS = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.modules.pooling._AvgPoolNd,
+               nn.modules.pooling._MaxPoolNd, nn.Identity, nn.Dropout, nn.Dropout2d)
+
+
+def default_cam_layer(model: nn.Module, inputs: torch.Tensor) -> str:
+    """Grad-CAM's default layer: the module whose (N, C, h, w) output, with ``h * w > 1``, is the last one a forward
+    pass completes (pooling, identity and dropout modules skipped). That is the block output users and
+    pytorch-grad-cam take: ``layer4`` of a torchvision ResNet (after the residual add and the ReLU, not
+    ``layer4.1.conv2``), ``features`` of a VGG, DenseNet or EfficientNet.
+
+    Found by a one-sample probe forward (hooks removed afterwards, also on error).
+
+    Raises:
+        ValueError: the model has no spatial feature map, or its last one is a patch embedding followed by tokens
+            (a ViT: Grad-CAM would explain the patch projection; use ``"gradient_rollout"`` or ``"rollout"``, or pass
+            ``layer=`` with a ``reshape_transform`` of your own).
+
+    Example::
+
+        >>> import torch, torchvision
+        >>> default_cam_layer(torchvision.models.resnet18(weights=None), torch.zeros(1, 3, 64, 64))
+        'layer4'
+    """
+    names = {id(module): name for name, module in model.named_modules() if name}
+    finished: list[tuple[str, int, bool]] = []  # (name, output rank, spatial) in completion order
+
+    def record(module: nn.Module, args: tuple, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            finished.append((names[id(module)], out.dim(), out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1))
+
+    handles = [m.register_forward_hook(record) for m in model.modules() if id(m) in names and not isinstance(m, _NOT_BLOCKS)]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(inputs[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    last = max((i for i, (_, _, spatial) in enumerate(finished) if spatial), default=None)
+    if last is None:
+        raise ValueError("Expected the model to have a spatial (N, C, h, w) feature map for Grad-CAM; pass `layer=` explicitly.")
+    if any(rank == 3 for _, rank, _ in finished[last + 1 :]):
+        raise ValueError(
+            f"The model's last spatial feature map ({finished[last][0]!r}) is followed by token sequences: it is a patch "
+            "embedding (a ViT), and Grad-CAM there explains the patch projection, not the model. Use "
+            "Explainer('gradient_rollout') or Explainer('rollout'), or pass `layer=` and a `reshape_transform` yourself."
+        )
+    return finished[last][0]
 
 
 def canonical(value: Any) -> Any:
@@ -257,6 +408,15 @@ class Explainer:
             raise ValueError(
                 f"The 'random' explainer takes no attribute keyword arguments, but got {sorted(attribute_kwargs)}."
             )
+        if isinstance(method, str):
+            init_class, attribute_classes = METHODS[method].classes()
+            open_ended = False  # NoiseTunnel's **kwargs go to Saliency, whose keywords are listed
+        else:
+            init_class, attribute_classes, open_ended = method, (method,), True
+        label = method if isinstance(method, str) else method.__name__
+        _check_keywords(label, "init_kwargs", dict(init_kwargs or {}), [init_class.__init__], open_ended)
+        _check_keywords(label, "attribute", attribute_kwargs, [c.attribute for c in attribute_classes], open_ended)
+        _check_counts(attribute_kwargs)
         if not isinstance(seed, numbers.Integral):
             raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
         self.method = method
@@ -290,20 +450,25 @@ class Explainer:
         if self.layer is not None:
             return self.layer
         if inputs is None:
-            raise ValueError(f"The layer method {self.name!r} needs `layer=` (or inputs to find the last conv layer).")
-        return last_conv_layer(model, inputs)
+            raise ValueError(f"The layer method {self.name!r} needs `layer=` (or inputs to find its default layer).")
+        return default_cam_layer(model, inputs)
 
-    def build(self, model: nn.Module, inputs: torch.Tensor | None = None) -> captum_attr.Attribution:
-        """The Captum ``Attribution`` for ``model`` (layer resolved by name on this model)."""
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
+    def build(
+        self, model: nn.Module, inputs: torch.Tensor | None = None, output_fn: OutputFn | None = None
+    ) -> captum_attr.Attribution:
+        """The Captum ``Attribution`` for ``model`` (layer resolved by name on this model).
+
+        Captum is handed ``model`` wrapped in a :class:`~captum_ext.model_output.LogitsModel`, so a model that returns
+        a tuple, a dict or a Hugging Face output works; ``output_fn`` overrides the output rule.
+        """
+        forward = with_logits(model, output_fn)
         layer_name = self._layer_name(model, inputs)
         layer = resolve_layer(model, layer_name) if layer_name is not None else None
         if self._spec is not None:
-            return self._spec.build(model, layer, dict(self.init_kwargs))
+            return self._spec.build(forward, layer, dict(self.init_kwargs))
         if layer is not None:
-            return self.method(model, layer, **self.init_kwargs)
-        return self.method(model, **self.init_kwargs)
+            return self.method(forward, layer, **self.init_kwargs)
+        return self.method(forward, **self.init_kwargs)
 
     def config(self) -> dict:
         """A JSON-able description of the recipe (method, layer, every kwarg, seed): what fingerprints hash."""
@@ -321,28 +486,39 @@ class Explainer:
         return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()
 
     # -- maps -----------------------------------------------------------------------------------------------
-    def attribute(self, model: nn.Module, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: Target = None, *, output_fn: OutputFn | None = None
+    ) -> torch.Tensor:
         """Attributions shaped like ``inputs`` (N, C, H, W); layer maps are upsampled and repeated over channels.
 
         Args:
             model: the classifier, left unchanged (mode, weights, gradients, hooks).
-            inputs: (N, C, H, W) float tensor.
+            inputs: (N, C, H, W) float tensor, finite, of the model's dtype and device.
             target: class index, per-sample indices (list or (N,) tensor), or None for the predicted class.
+            output_fn: maps the model's output to (N, classes) scores. Default the package's output rule
+                (:func:`captum_ext.model_output.logits`).
 
         Returns:
             Detached float tensor of ``inputs``' shape.
+
+        Raises:
+            ValueError: malformed or non-finite ``inputs``; a ``target`` outside the model's classes; a model output
+                or map that is not finite.
+            TypeError: ``model`` not an ``nn.Module``, an output the rule cannot read, a non-integer ``target``.
+            RuntimeError: out of memory, with the setting to lower.
         """
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
-            got = f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {got}.")
+        _check_inputs(model, inputs)
+        check_output_fn(output_fn)
+        forward = with_logits(model, output_fn)
         with gradients_enabled(), eval_mode(model):
             x = inputs.detach().clone().requires_grad_()
-            target = self._target(model, x, target)
-            attribution = self.build(model, x)
+            target = self._target(forward, x, target)
+            attribution = self.build(model, x, output_fn)
             kwargs = self._spec.defaults(x) if self._spec is not None else {}
             kwargs.update(self.attribute_kwargs)
             if self.method == "occlusion":
                 kwargs["baselines"] = self._occlusion_baseline(kwargs["baselines"], x)
+                _check_window(kwargs["sliding_window_shapes"], tuple(x.shape[1:]))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
                 out = self._run(attribution, x, target, kwargs)
@@ -351,7 +527,29 @@ class Explainer:
             out = maps.upsample(out, x.shape[-2:])
         if out.shape != x.shape:
             out = out.expand(x.shape[0], x.shape[1], *out.shape[-2:]).contiguous()
+        check_finite(f"{self.name} maps", out, "The gradients overflowed or the model produces NaN for these inputs.")
+        self._warn_constant(out)
         return out
+
+    def _warn_constant(self, out: torch.Tensor) -> None:
+        """Warn when every map of the batch is constant: the attribution then says nothing about these inputs. (A few
+        all-zero Grad-CAM maps among others are Grad-CAM's own answer, "no positive evidence at this layer".)"""
+        flat = out.reshape(out.shape[0], -1)
+        if self.method == "random" or not bool((flat.amax(1) == flat.amin(1)).all()):
+            return
+        zero = bool((flat == 0).all())
+        cause = (
+            "the target scores do not depend on the input: an untrained head initialised to zero (torchvision's ViT "
+            "heads are), dead ReLUs, or a Grad-CAM layer with no positive evidence"
+            if zero
+            else "the attribution is blind to the input (a layer map of spatial size 1?)"
+        )
+        warnings.warn(
+            f"Explainer {self.name!r}: all {len(flat)} maps are {'all zero' if zero else 'constant'}; likely cause: "
+            f"{cause}. Metrics and verdicts on such maps mean nothing.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _run(self, attribution: captum_attr.Attribution, x: torch.Tensor, target: Any, kwargs: dict) -> torch.Tensor:
         # Every method runs seeded inside fork_rng: a user-given Captum class may sample (Lime, KernelShap, ...)
@@ -361,9 +559,20 @@ class Explainer:
         if self.method == "random":
             return attribution.attribute(x, target=target, generator=torch.Generator().manual_seed(call_seed))
         devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(call_seed)
-            return attribution.attribute(x, target=target, **kwargs)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(call_seed)
+                return attribution.attribute(x, target=target, **kwargs)
+        except RuntimeError as error:
+            if "out of memory" not in str(error) and "can't allocate memory" not in str(error):
+                raise
+            setting = _CHUNK_SETTING.get(self.method) if isinstance(self.method, str) else None
+            advice = (
+                f"lower `{setting}=` (now {kwargs.get(setting)!r}) or the batch size"
+                if setting
+                else "explain fewer images per call"
+            )
+            raise type(error)(f"Explainer {self.name!r} ran out of memory on {tuple(x.shape)} inputs; {advice}. ({error})") from error
 
     @staticmethod
     def _occlusion_baseline(baselines: Any, x: torch.Tensor) -> Any:
@@ -376,37 +585,76 @@ class Explainer:
         return baselines
 
     @staticmethod
-    def _target(model: nn.Module, x: torch.Tensor, target: Target) -> Any:
-        n = x.shape[0]
+    def _target(forward: nn.Module, x: torch.Tensor, target: Target) -> torch.Tensor:
+        """(N,) class indices: the prediction for None, else ``target`` checked against the model's class count
+        (learnt from a one-image forward, which also checks that the output can be read and is finite)."""
+        with torch.no_grad():
+            scores = forward(x if target is None else x[:1])
+        if scores.dim() != 2:
+            raise TypeError(
+                f"Expected the model's scores to be an (N, classes) tensor, but got shape {tuple(scores.shape)}; pass "
+                "`output_fn=` to select them."
+            )
+        check_finite("model outputs", scores, "The model produces NaN or Inf for these finite inputs.")
         if target is None:
-            with torch.no_grad():
-                return model(x).argmax(dim=1)
-        if isinstance(target, torch.Tensor):
-            if target.dim() == 0:
-                return int(target)
-            if target.shape != (n,):
-                raise ValueError(f"Expected argument `target` to be an int or have shape ({n},), but got {tuple(target.shape)}.")
-            return target.to(x.device).long()
-        if isinstance(target, (list, tuple)):
-            if len(target) != n:
-                raise ValueError(f"Expected argument `target` to have one entry per input ({n}), but got {len(target)}.")
-            return torch.as_tensor(target, device=x.device).long()
-        if isinstance(target, numbers.Integral):
-            return int(target)
-        raise TypeError(f"Expected argument `target` to be an int, a sequence, a tensor or None, but got {target!r}.")
+            return scores.argmax(dim=1)
+        return class_targets(target, x.shape[0], scores.shape[1], x.device)
 
     def saliency(
-        self, model: nn.Module, inputs: torch.Tensor, target: Target = None, reduce: maps.Reduction = "sum_abs"
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        target: Target = None,
+        reduce: maps.Reduction = "sum_abs",
+        *,
+        output_fn: OutputFn | None = None,
     ) -> torch.Tensor:
         """The channel-reduced (N, H, W) map every metric uses (see :func:`captum_ext.maps.reduce_channels`)."""
         maps.check_reduction(reduce)  # before the attribution pass, not after it
-        return maps.reduce_channels(self.attribute(model, inputs, target), reduce)
+        return maps.reduce_channels(self.attribute(model, inputs, target, output_fn=output_fn), reduce)
 
     def __repr__(self) -> str:
         method = self.method if isinstance(self.method, str) else self.method.__name__
         extras = "".join(f", {k}={v!r}" for k, v in self.attribute_kwargs.items())
         layer = f", layer={self.layer!r}" if self.layer else ""
         return f"Explainer({method!r}{layer}, name={self.name!r}{extras})"
+
+
+def _check_inputs(model: nn.Module, inputs: object) -> None:
+    """A float, finite (N >= 1, C, H, W) tensor with the model's dtype and device, else an error saying what to fix."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point() or inputs.shape[0] == 0:
+        got = f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor with N >= 1, but got {got}.")
+    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if parameter is not None and (parameter.dtype, parameter.device) != (inputs.dtype, inputs.device):
+        raise ValueError(
+            f"Expected argument `inputs` to have the model's dtype and device ({parameter.dtype}, {parameter.device}), "
+            f"but got ({inputs.dtype}, {inputs.device}); convert with `inputs.to(model_parameter)`."
+        )
+    check_finite("inputs", inputs)
+
+
+def _check_window(window: Any, image: tuple[int, ...]) -> None:
+    """Occlusion's window: (C, h, w) ints, each between 1 and the image's size."""
+    shape = tuple(window) if isinstance(window, (tuple, list)) else None
+    if shape is None or len(shape) != len(image) or not all(
+        isinstance(w, numbers.Integral) and 1 <= w <= s for w, s in zip(shape, image)
+    ):
+        raise ValueError(
+            f"Expected argument `sliding_window_shapes` to be a (C, h, w) tuple of ints within the image's {image}, "
+            f"but got {window!r}."
+        )
+
+
+def _check_counts(kwargs: dict) -> None:
+    """The sample counts and chunk sizes of the multi-sample methods are ints >= 1; noise scales finite and >= 0."""
+    for key in ("n_steps", "nt_samples", "internal_batch_size", "nt_samples_batch_size", "perturbations_per_eval"):
+        if kwargs.get(key) is not None:
+            check_int(key, kwargs[key], 1)
+    if isinstance(kwargs.get("stdevs"), numbers.Real):
+        check_real("stdevs", kwargs["stdevs"], 0.0)
 
 
 def as_explainer(value: Explainer | str, argument: str = "explainer") -> Explainer:

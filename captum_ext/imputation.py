@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
+from captum_ext._checks import check_finite, check_int, check_real
 from captum_ext._multigrid import solve_neighbour_average
 
 __all__ = ["Imputer", "MeanImputer", "ConstantImputer", "BlurImputer", "NoiseImputer", "NoisyLinearImputer", "gaussian_blur"]
@@ -44,6 +45,7 @@ def _check(inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             f"Expected argument `mask` of shape (H, W) = {(h, w)}, (N, H, W) = {(n, h, w)} or (N, C, H, W) = "
             f"{(n, c, h, w)} to match `inputs`, but got {tuple(mask.shape)}."
         )
+    check_finite("inputs", inputs, "A non-finite kept pixel would spread into the filled ones.")
     return allowed[tuple(mask.shape)].to(inputs.device).expand(n, c, h, w)
 
 
@@ -86,9 +88,7 @@ class ConstantImputer(Imputer):
     """Fill with one constant (default 0: "black", Petsiuk's deletion substrate)."""
 
     def __init__(self, value: float = 0.0):
-        if not isinstance(value, numbers.Real):
-            raise ValueError(f"Expected argument `value` to be a real number, but got {value!r}.")
-        self.value = float(value)
+        self.value = check_real("value", value)
 
     def fill(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.full_like(inputs, self.value)
@@ -117,11 +117,16 @@ class BlurImputer(Imputer):
     """
 
     def __init__(self, sigma: float = 5.0):
-        if not isinstance(sigma, numbers.Real) or sigma <= 0:
-            raise ValueError(f"Expected argument `sigma` to be a positive real number, but got {sigma!r}.")
-        self.sigma = float(sigma)
+        self.sigma = check_real("sigma", sigma, 0.0, low_open=True)
 
     def fill(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        side = max(inputs.shape[-2:])
+        if 3.0 * self.sigma > 4 * side:
+            raise ValueError(
+                f"Expected argument `sigma` to give a kernel radius (3 sigma) of at most 4 x the image side ({4 * side} "
+                f"px for {tuple(inputs.shape[-2:])} images), but got sigma={self.sigma}: a blur that wide is the image's "
+                "mean colour; use MeanImputer."
+            )
         return gaussian_blur(inputs, self.sigma)
 
 
@@ -133,11 +138,9 @@ class NoiseImputer(Imputer):
     """
 
     def __init__(self, mean: float = 0.0, std: float = 1.0, seed: int = 0):
-        if not isinstance(std, numbers.Real) or std < 0:
-            raise ValueError(f"Expected argument `std` to be a non-negative real number, but got {std!r}.")
-        if not isinstance(mean, numbers.Real):
-            raise ValueError(f"Expected argument `mean` to be a real number, but got {mean!r}.")
-        self.mean, self.std, self.seed = float(mean), float(std), int(seed)
+        self.std = check_real("std", std, 0.0)
+        self.mean = check_real("mean", mean)
+        self.seed = check_int("seed", seed, 0)
 
     def fill(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed)
@@ -188,10 +191,8 @@ class NoisyLinearImputer(Imputer):
         tol: float = 1e-6,
         max_iter: int | None = 200,
     ):
-        if not isinstance(noise, numbers.Real) or noise < 0:
-            raise ValueError(f"Expected argument `noise` to be a non-negative real number, but got {noise!r}.")
-        if not isinstance(tol, numbers.Real) or tol <= 0:
-            raise ValueError(f"Expected argument `tol` to be a positive real number, but got {tol!r}.")
+        noise = check_real("noise", noise, 0.0)
+        tol = check_real("tol", tol, 0.0, low_open=True)
         max_iter = 200 if max_iter is None else max_iter
         if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
             raise ValueError(f"Expected argument `max_iter` to be a positive int or None, but got {max_iter!r}.")

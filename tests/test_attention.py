@@ -400,11 +400,11 @@ def test_timm_dynamic_size_non_square(model_guard):
     assert [block.attn.fused_attn for block in model.blocks] == fused
 
 
-def test_timm_swin_is_not_mistaken_for_a_vit():
+def test_timm_swin_is_refused_with_the_reason():
     swin = pytest.importorskip("timm.models.swin_transformer")
     model = seeded(lambda: swin.SwinTransformer(img_size=32, patch_size=2, in_chans=1, window_size=4, embed_dim=16,
                                                 depths=(1, 1), num_heads=(1, 2), num_classes=3))
-    with pytest.raises(ValueError, match=r"recognisable attention.*SwinTransformer.*register_adapter"):
+    with pytest.raises(ValueError, match=r"does not apply to SwinTransformer.*local \(shifted\) windows and merge patches"):
         attention_maps(model, torch.rand(1, 1, 32, 32))
 
 

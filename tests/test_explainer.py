@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torch.nn import functional as F
 
 from captum_ext import Explainer
 from captum_ext._context import eval_mode
 from captum_ext.attr import RandomAttribution
-from captum_ext.explainer import METHODS, forward_order, last_conv_layer
+from captum_ext.explainer import METHODS, default_cam_layer, forward_order, last_conv_layer
 from captum_ext.features._capture import capture_output
 
 GRADIENT_METHODS = [m for m in METHODS if m not in ("rollout", "gradient_rollout")]
@@ -52,12 +54,32 @@ def test_gradcam_equals_its_formula(trained_cnn, batch, model_guard):
     torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-7)
 
 
-def test_gradcam_default_layer_is_last_conv_in_forward_order(trained_cnn, batch):
+def test_gradcam_default_layer_is_the_last_spatial_block_output(trained_cnn, batch):
     x, y = batch
     assert last_conv_layer(trained_cnn, x) == "features.conv3"
-    default = Explainer("gradcam").attribute(trained_cnn, x, target=y)
-    explicit = Explainer("gradcam", layer="features.conv3").attribute(trained_cnn, x, target=y)
+    assert default_cam_layer(trained_cnn, x) == "features"  # after relu3, as pytorch-grad-cam's target layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # some post-ReLU maps have no positive evidence
+        default = Explainer("gradcam").attribute(trained_cnn, x, target=y)
+        explicit = Explainer("gradcam", layer="features").attribute(trained_cnn, x, target=y)
     torch.testing.assert_close(default, explicit)
+
+
+@pytest.mark.parametrize(
+    ("builder", "expected"),
+    [("resnet18", "layer4"), ("resnet50", "layer4"), ("vgg11", "features"), ("densenet121", "features"),
+     ("efficientnet_b0", "features"), ("convnext_tiny", "features")],
+)
+def test_gradcam_default_layer_on_torchvision_cnns_is_the_block_output(builder, expected):
+    """Not the last conv (``layer4.1.conv2`` of a ResNet sits before bn2, the residual add and the ReLU)."""
+    model = getattr(torchvision.models, builder)(weights=None)
+    assert default_cam_layer(model, torch.zeros(1, 3, 64, 64)) == expected
+
+
+def test_gradcam_never_defaults_to_a_vit_patch_embedding():
+    vit = torchvision.models.vit_b_16(weights=None, image_size=32)
+    with pytest.raises(ValueError, match=r"'conv_proj'.*patch embedding.*gradient_rollout"):
+        Explainer("gradcam").attribute(vit, torch.rand(1, 3, 32, 32), target=0)
 
 
 def test_integrated_gradients_equals_riemann_sum(trained_cnn, batch):
@@ -85,7 +107,9 @@ def test_noise_tunnel_methods_on_a_linear_model_give_known_answers():
     expected = w[target]
     torch.testing.assert_close(Explainer("smoothgrad").attribute(model, x, target), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(Explainer("smoothgrad_sq").attribute(model, x, target), expected**2, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(Explainer("vargrad").attribute(model, x, target), torch.zeros_like(x), atol=1e-6, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # VarGrad of a linear model is zero everywhere: warned
+        torch.testing.assert_close(Explainer("vargrad").attribute(model, x, target), torch.zeros_like(x), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "occlusion", "input_x_gradient"])
@@ -98,7 +122,8 @@ def test_a_model_that_ignores_its_input_gets_an_all_zero_map(method):
         def forward(self, x):
             return self.bias.expand(x.shape[0], -1) + 0 * x.sum(dim=(1, 2, 3))[:, None]
 
-    attributions = Explainer(method).attribute(Constant(), torch.rand(2, 1, 8, 8), target=1)
+    with pytest.warns(RuntimeWarning, match=r"all 2 maps are all zero; likely cause: the target scores do not depend"):
+        attributions = Explainer(method).attribute(Constant(), torch.rand(2, 1, 8, 8), target=1)
     assert torch.count_nonzero(attributions) == 0
 
 
@@ -133,8 +158,8 @@ def test_every_method_leaves_the_model_unchanged(method, trained_cnn, batch, mod
     model.features.conv1.weight.grad = torch.ones_like(model.features.conv1.weight)
     model.classifier.bias.requires_grad_(False)
     model_guard(model)
-    attributions = Explainer(method).attribute(model, x[:2], target=y[:2])
-    assert attributions.shape == x[:2].shape
+    attributions = Explainer(method).attribute(model, x[:4], target=y[:4])
+    assert attributions.shape == x[:4].shape
     assert torch.isfinite(attributions).all() and attributions.abs().sum() > 0
 
 
@@ -196,7 +221,7 @@ def test_captum_class_and_pickle_round_trip(trained_cnn, batch):
     x, y = batch
     by_class = Explainer(Saliency, abs=False).attribute(trained_cnn, x, y)
     torch.testing.assert_close(by_class, Explainer("saliency").attribute(trained_cnn, x, y))
-    layer = Explainer(LayerGradCam, layer="features.conv3", relu_attributions=True)
+    layer = Explainer(LayerGradCam, layer="features", relu_attributions=True)
     restored = pickle.loads(pickle.dumps(layer))
     torch.testing.assert_close(restored.attribute(trained_cnn, x, y), Explainer("gradcam").attribute(trained_cnn, x, y))
 
@@ -227,7 +252,7 @@ def test_bad_inputs_and_targets_raise_clear_errors(trained_cnn, batch):
     x, y = batch
     with pytest.raises(ValueError, match=r"`inputs` to be a float \(N, C, H, W\) tensor.*shape \(1, 32, 32\)"):
         Explainer("saliency").attribute(trained_cnn, x[0], 0)
-    with pytest.raises(ValueError, match="`target` to have one entry per input"):
+    with pytest.raises(ValueError, match=r"`target` to be an int or hold one index per input \(8,\), but got shape \(2,\)"):
         Explainer("saliency").attribute(trained_cnn, x, [0, 1])
     with pytest.raises(ValueError, match="Expected argument `reduce`"):
         Explainer("saliency").saliency(trained_cnn, x, y, reduce="abs")

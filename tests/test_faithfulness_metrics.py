@@ -170,7 +170,9 @@ def test_errors_name_the_argument(batch):
         InsertionAUC(imputer="blur")
     with pytest.raises(ValueError, match=r"Expected argument `attributions` of shape .* but got \(7, 5\)"):
         DeletionAUC().update(model, x, attr[:, 0, :, 0], target)
-    with pytest.raises(ValueError, match="Expected argument `target` to be an int or an \\(7,\\) integer tensor"):
+    with pytest.raises(TypeError, match=r"`target` to hold integer class indices, but got a tensor of torch.float32"):
         DeletionAUC().update(model, x, attr, target.float())
+    with pytest.raises(ValueError, match=r"`target` to hold class indices in \[0, \d+\), but got 99 at position 0"):
+        DeletionAUC().update(model, x, attr, torch.full_like(target, 99))
     with pytest.raises(ValueError, match="Expected argument `mode` to be one of 'deletion', 'insertion'"):
         perturbation_curve(model, x, attr, target, mode="morf")

@@ -237,9 +237,9 @@ def test_activation_maximization_errors():
         ActivationMaximization(model, (2, 1, 32, 32))
     with pytest.raises(ValueError, match="Expected argument `steps` to be an int >= 1, but got 0"):
         ActivationMaximization(model, (1, 32, 32), steps=0)
-    with pytest.raises(ValueError, match="Expected argument `l2` to be a number >= 0, but got -1"):
+    with pytest.raises(ValueError, match="Expected argument `l2` to be a non-negative real number, but got -1"):
         ActivationMaximization(model, (1, 32, 32), l2=-1)
-    with pytest.raises(ValueError, match="Expected argument `lr` to be a number > 0, but got 0"):
+    with pytest.raises(ValueError, match="Expected argument `lr` to be a positive real number, but got 0"):
         ActivationMaximization(model, (1, 32, 32), lr=0)
     with pytest.raises(ValueError, match=r"Expected argument `value_range` to be None or \(lo, hi\) with lo < hi, but got \(1, 0\)"):
         ActivationMaximization(model, (1, 32, 32), value_range=(1, 0))

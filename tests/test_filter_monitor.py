@@ -99,8 +99,12 @@ def test_logged_images_equal_the_features_functions(run, digits):
     assert np.abs(_decoded(acc.Images("activation_maximization/classes")[-1]) - _as_uint8(expected)).max() <= 1
 
 
-def test_no_tensorboard_warns_once_and_computes_nothing(digits, tmp_path):
-    monitor = FilterMonitor(filter_layer="model.nope")  # would raise if it ran
+def test_no_tensorboard_warns_once_and_computes_nothing(digits, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("computed a filter grid with no TensorBoard to write it to")
+
+    monkeypatch.setattr("captum_ext.callbacks.filters.first_layer_filters", fail)
+    monitor = FilterMonitor()
     with pytest.warns(UserWarning, match="images and figures are written only to a TensorBoardLogger") as record:
         torch.manual_seed(0)
         module = ClassifierModule(SmallCNN())

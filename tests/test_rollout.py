@@ -283,9 +283,9 @@ def test_errors_name_the_argument(vit, images):
         RawAttention(vit, head=4).attribute(images)
     with pytest.raises(TypeError, match="`token` to be 'cls' or an int token index, but got 'patch'"):
         RawAttention(vit, token="patch")
-    with pytest.raises(ValueError, match=r"`target` to be an int or hold one int per input, shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"`target` to be an int or hold one index per input \(3,\), but got shape \(2,\)"):
         GradientRollout(vit).attribute(images, target=[1, 2])
-    with pytest.raises(ValueError, match=r"`target` to hold class indices in \[0, 10\), but got \[-1, 12\]"):
+    with pytest.raises(ValueError, match=r"`target` to hold class indices in \[0, 10\), but got -1 at position 1"):
         GradientRollout(vit).attribute(images, target=[3, -1, 12])
     with pytest.raises(ValueError, match=r"`inputs` to be a float \(N, C, H, W\) tensor, but got shape \(1, 32, 32\)"):
         AttentionRollout(vit).attribute(images[0])

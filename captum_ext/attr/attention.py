@@ -6,7 +6,9 @@ tried in order (your own first, see :func:`register_adapter`):
 ==================  ==================================================================================
 ``"torchvision"``   ``torchvision.models.VisionTransformer`` (also inside a wrapper such as a
                     LightningModule); its ``nn.MultiheadAttention`` blocks are switched to an explicit path.
-``"timm"``          timm ``VisionTransformer``: ``fused_attn`` is switched off for the call and restored.
+``"timm"``          timm ``VisionTransformer`` and ``Eva`` (EVA-02): ``fused_attn`` is switched off for the call
+                    and restored. Models that average their patch tokens (``global_pool="avg"``, e.g. with
+                    register tokens and no CLS) are read out as the mean of the patch rows.
 ``"transformers"``  Hugging Face ``ViTModel`` / ``DeiTModel`` and their ``...ForImageClassification`` heads
                     (DeiT's distillation token is a second prefix token): eager attention for the call.
 ``"multihead"``     any model built from ``nn.MultiheadAttention`` with an ``nn.Conv2d`` patch embedding
@@ -16,8 +18,10 @@ tried in order (your own first, see :func:`register_adapter`):
 Every adapter hands over the very probability tensor the block multiplies its values with, so gradients
 with respect to it (gradient rollout) are the block's own. Nothing is assumed about the token layout: the patch
 grid is the output size of the patch-embedding convolution during the forward, and the number of prefix tokens
-(CLS, distillation, registers) is the token count minus the grid's size. A model whose token count changes
-between blocks (Swin's windows and patch merging) is refused with an error, since rollout needs one token set.
+(CLS, distillation, registers) is the token count minus the grid's size. Which token the classifier reads is the
+adapter's ``readout``: ``"cls"`` (token 0) or ``"mean"`` (the mean over the patch tokens, for models that pool
+them). A Swin-like model (windowed attention, patch merging between stages) is refused with an error saying why:
+rollout multiplies T x T matrices over one token set that every block attends over, which Swin does not have.
 Every switch and hook is undone when the ``with`` block ends, also on error.
 
 Example::
@@ -74,12 +78,15 @@ class AttentionAdapter:
         explicit_attention: ``explicit_attention(model, sink)``, a context manager under which every attention
             block of ``model`` computes its probabilities explicitly and passes the (B, heads, T, T) tensor it
             multiplies its values with to ``sink``, in forward order; everything is restored on exit.
+        readout: ``readout(model) -> "cls" | "mean"``: whether the classifier reads the CLS token (token 0) or the
+            mean of the patch tokens; may raise a ValueError for a pooling rollout cannot follow. Default CLS.
     """
 
     name: str
     matches: Callable[[nn.Module], bool]
     patch_embedding: Callable[[nn.Module], nn.Module]
     explicit_attention: Callable[[nn.Module, Sink], contextlib.AbstractContextManager[None]]
+    readout: Callable[[nn.Module], str] = lambda model: "cls"
 
 
 # -- nn.MultiheadAttention: an explicit forward, swapped in for the call --------------------------------------
@@ -180,17 +187,31 @@ def _torchvision_vit(model: nn.Module) -> nn.Module | None:
 # -- timm -----------------------------------------------------------------------------------------------------
 def _timm_vit(model: nn.Module) -> nn.Module | None:
     try:
+        from timm.models.eva import Eva
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:
         return None
-    return next((m for m in model.modules() if isinstance(m, VisionTransformer)), None)
+    return next((m for m in model.modules() if isinstance(m, (VisionTransformer, Eva))), None)
+
+
+def _timm_readout(model: nn.Module) -> str:
+    vit = _timm_vit(model)
+    pool = getattr(vit, "global_pool", "token")
+    if pool == "token" and getattr(vit, "cls_token", None) is not None:
+        return "cls"
+    if pool == "avg":
+        return "mean"
+    raise ValueError(
+        f"Expected a timm ViT that reads its CLS token (global_pool='token') or averages its patch tokens "
+        f"(global_pool='avg'), but this {type(vit).__name__} uses global_pool={pool!r}: rollout has no output token "
+        "to follow there. Use a gradient method (Explainer('saliency'), 'integrated_gradients') instead."
+    )
 
 
 @contextlib.contextmanager
 def _timm_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
-    from timm.layers import Attention
-
-    modules = [m for m in _timm_vit(model).modules() if isinstance(m, Attention)]
+    # timm's Attention and EvaAttention share the switch and the dropout module the probabilities pass through
+    modules = [m for m in _timm_vit(model).modules() if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)]
     fused = [m.fused_attn for m in modules]
     handles = []
     try:
@@ -260,6 +281,7 @@ ADAPTERS: list[AttentionAdapter] = [
         matches=lambda model: _timm_vit(model) is not None,
         patch_embedding=lambda model: _timm_vit(model).patch_embed.proj,
         explicit_attention=_timm_explicit,
+        readout=_timm_readout,
     ),
     AttentionAdapter(
         "transformers",
@@ -315,6 +337,14 @@ def find_adapter(model: nn.Module) -> AttentionAdapter:
     for adapter in ADAPTERS:
         if adapter.matches(model):
             return adapter
+    windowed = next((type(m).__name__ for m in model.modules() if "Swin" in type(m).__name__ or "Window" in type(m).__name__), None)
+    if windowed is not None:
+        raise ValueError(
+            f"Attention rollout does not apply to {type(model).__name__} ({windowed}): its blocks attend within local "
+            "(shifted) windows and merge patches between stages, so no token attends over the whole image and the "
+            "token set changes, while rollout multiplies T x T attention matrices over one fixed token set. Use "
+            "Explainer('gradcam', layer=<a stage>) with a reshape of its (N, H, W, C) output, or a gradient method."
+        )
     raise ValueError(
         f"Expected a model with recognisable attention (torchvision, timm or Hugging Face ViT, or "
         f"nn.MultiheadAttention blocks), but got {type(model).__name__}, in which no adapter found any. "
@@ -328,11 +358,13 @@ class AttentionCapture:
 
     Attributes:
         adapter: The adapter used.
+        readout: ``"cls"`` or ``"mean"``: the token the classifier reads (see :class:`AttentionAdapter`).
         grid: (gh, gw), the patch grid seen at the patch embedding's output, or None before the forward.
         shapes: The (B, heads, T, T) shape of each captured block, in forward order.
     """
 
     adapter: AttentionAdapter
+    readout: str = "cls"
     grid: tuple[int, int] | None = None
     shapes: list[torch.Size] = field(default_factory=list)
 
@@ -395,7 +427,7 @@ def capture_attention(model: nn.Module, sink: Callable[[int, torch.Tensor], None
         ValueError: no adapter recognises the model, or the token set changes between blocks.
     """
     adapter = find_adapter(model)
-    capture = AttentionCapture(adapter)
+    capture = AttentionCapture(adapter, readout=adapter.readout(model))
 
     def on_attention(attn: torch.Tensor) -> None:
         capture._check(attn)

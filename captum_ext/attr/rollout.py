@@ -37,8 +37,10 @@ from captum.attr import Attribution
 from torch import nn
 
 from captum_ext import maps
+from captum_ext._checks import class_targets
 from captum_ext._context import gradients_enabled
 from captum_ext.attr.attention import capture_attention
+from captum_ext.model_output import logits
 
 __all__ = [
     "AttentionRollout",
@@ -164,6 +166,16 @@ def _require_cls(grid: tuple[int, int], prefix: int) -> None:
         raise ValueError(f"Expected a CLS token before the {grid[0]}x{grid[1]} patch tokens, but found none.")
 
 
+def _output_row(matrix: torch.Tensor, readout: str, grid: tuple[int, int], prefix: int) -> torch.Tensor:
+    """(N, T) row of the token the classifier reads: the CLS token's (token 0), or for a model that averages its
+    patch tokens (``readout == "mean"``: timm ``global_pool="avg"``, e.g. with registers and no CLS) the mean of the
+    patch tokens' rows, since its output is the mean of those tokens."""
+    if readout == "mean":
+        return matrix[:, prefix:].mean(1)
+    _require_cls(grid, prefix)
+    return matrix[:, 0]
+
+
 def _require_block(start_layer: int, blocks: int) -> None:
     if start_layer >= blocks:
         raise ValueError(f"Expected argument `start_layer` to be below the model's {blocks} blocks, but got {start_layer}.")
@@ -211,39 +223,16 @@ def _resolve_layer(layer: int, count: int, name: str) -> int:
 
 
 def _logits(output: Any) -> torch.Tensor:
-    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise TypeError(
-            "Expected the model to return (N, classes) logits (a tensor or an output with `.logits`), but got "
-            f"{type(output).__name__}" + (f" of shape {tuple(logits.shape)}." if isinstance(logits, torch.Tensor) else ".")
-        )
-    return logits
+    scores = logits(output)
+    if scores.dim() != 2:
+        raise TypeError(f"Expected the model's scores to be an (N, classes) tensor, but got shape {tuple(scores.shape)}.")
+    return scores
 
 
-def _target_index(target: Target, logits: torch.Tensor) -> torch.Tensor:
-    n, classes = logits.shape
+def _target_index(target: Target, scores: torch.Tensor) -> torch.Tensor:
     if target is None:
-        return logits.argmax(dim=1)
-    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
-        index = torch.full((n,), int(target), dtype=torch.long, device=logits.device)
-    elif isinstance(target, torch.Tensor) and target.dim() == 0:
-        index = torch.full((n,), int(target), dtype=torch.long, device=logits.device)
-    elif isinstance(target, (torch.Tensor, list, tuple)):
-        index = torch.as_tensor(target, device=logits.device)
-        if index.shape != (n,) or index.is_floating_point():
-            raise ValueError(
-                f"Expected argument `target` to be an int or hold one int per input, shape ({n},), but got "
-                f"{tuple(index.shape)} of {index.dtype}."
-            )
-        index = index.to(torch.long, copy=True)  # a normal tensor even if `target` was made in inference mode
-    else:
-        raise TypeError(f"Expected argument `target` to be an int, a sequence or tensor of ints, or None, but got {target!r}.")
-    outside = (index < 0) | (index >= classes)
-    if bool(outside.any()):
-        raise ValueError(
-            f"Expected argument `target` to hold class indices in [0, {classes}), but got {index[outside].unique().tolist()}."
-        )
-    return index
+        return scores.argmax(dim=1)
+    return class_targets(target, scores.shape[0], scores.shape[1], scores.device)
 
 
 # -- the attributions --------------------------------------------------------------------------------------------
@@ -311,9 +300,9 @@ class AttentionRollout(Attribution):
         with torch.no_grad(), capture_attention(self.forward_func, sink) as capture:
             self.forward_func(x)
         grid, prefix = capture.layout(x.shape[0])
-        _require_cls(grid, prefix)
         _require_block(self.start_layer, len(capture.shapes))
-        return _shape_like(_token_grid(state["rollout"][:, 0], grid), x, single, return_grid)
+        row = _output_row(state["rollout"], capture.readout, grid, prefix)
+        return _shape_like(_token_grid(row, grid), x, single, return_grid)
 
 
 class GradientRollout(Attribution):
@@ -371,16 +360,16 @@ class GradientRollout(Attribution):
         with gradients_enabled():
             x = x.detach().clone().requires_grad_()
             with capture_attention(self.forward_func, lambda index, attention: attentions.append(attention)) as capture:
-                logits = _logits(self.forward_func(x))
+                scores = _logits(self.forward_func(x))
             grid, prefix = capture.layout(x.shape[0])
             _require_block(self.start_layer, len(attentions))
-            _require_cls(grid, prefix)
-            index = _target_index(target, logits)
-            score = logits.gather(1, index[:, None]).sum()
+            index = _target_index(target, scores)
+            score = scores.gather(1, index[:, None]).sum()
             used = attentions[self.start_layer :]
             gradients = torch.autograd.grad(score, used, allow_unused=True, materialize_grads=True)
         rollout = gradient_rollout([a.detach() for a in used], gradients)
-        return _shape_like(_token_grid(rollout[:, 0], grid), x.detach(), single, return_grid)
+        row = _output_row(rollout, capture.readout, grid, prefix)
+        return _shape_like(_token_grid(row, grid), x.detach(), single, return_grid)
 
 
 class RawAttention(Attribution):
@@ -394,7 +383,8 @@ class RawAttention(Attribution):
         layer: block index in forward order (negative counts from the end), or None for the mean over blocks.
             Default -1 (the last block).
         head: head index, or None for the mean over heads. Default None.
-        token: ``"cls"`` (token 0) or the index of the attending token in the full sequence (prefix tokens
+        token: ``"cls"`` (the token the classifier reads: token 0, or the mean of the patch tokens' rows for a
+            model that pools them) or the index of the attending token in the full sequence (prefix tokens
             first). Default ``"cls"``.
 
     Raises:
@@ -438,25 +428,22 @@ class RawAttention(Attribution):
             ValueError: bad inputs; no recognisable attention; ``layer``, ``head`` or ``token`` out of range.
         """
         x, single = _unpack(inputs)
-        rows: list[torch.Tensor] = []
-        token = 0 if self.token == "cls" else int(self.token)
+        blocks: list[torch.Tensor] = []  # (N, T, T) per block, heads averaged or one head selected
 
         def sink(index: int, attention: torch.Tensor) -> None:
             heads, tokens = attention.shape[1], attention.shape[-1]
             if self.head is not None and not -heads <= self.head < heads:
                 raise ValueError(f"Expected argument `head` to index one of the model's {heads} heads, but got {self.head}.")
-            if not -tokens <= token < tokens:
+            if self.token != "cls" and not -tokens <= int(self.token) < tokens:
                 raise ValueError(f"Expected argument `token` to index one of the {tokens} tokens, but got {self.token!r}.")
-            row = attention[:, :, token].float()
-            rows.append(row.mean(1) if self.head is None else row[:, self.head])
+            blocks.append(attention.float().mean(1) if self.head is None else attention[:, self.head].float())
 
         with torch.no_grad(), capture_attention(self.forward_func, sink) as capture:
             self.forward_func(x)
         grid, prefix = capture.layout(x.shape[0])
-        if self.token == "cls":
-            _require_cls(grid, prefix)
         if self.layer is None:
-            row = torch.stack(rows).mean(0)
+            matrix = torch.stack(blocks).mean(0)
         else:
-            row = rows[_resolve_layer(int(self.layer), len(rows), "layer")]
+            matrix = blocks[_resolve_layer(int(self.layer), len(blocks), "layer")]
+        row = _output_row(matrix, capture.readout, grid, prefix) if self.token == "cls" else matrix[:, int(self.token)]
         return _shape_like(_token_grid(row, grid), x, single, return_grid)

@@ -39,6 +39,7 @@ audit does not know the training mean; pass ``MeanImputer(datamodule.train_mean)
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -48,12 +49,14 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_finite, check_int, check_real
 from captum_ext._context import eval_mode
 from captum_ext.audit.report import AuditReport
-from captum_ext.evaluation._common import model_device
+from captum_ext.batches import Unpack, check_unpack, unpack_batch
+from captum_ext.evaluation._common import model_device, predict
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import Imputer, MeanImputer
+from captum_ext.model_output import OutputFn, check_output_fn
 from captum_ext.maps import normalize_sum
 from captum_ext.metrics.localisation import (
     check_region,
@@ -108,15 +111,13 @@ def mask_to_box(mask: torch.Tensor) -> Box:
 
 
 def _positive_real(name: str, value: Any, upper: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0 or (upper is not None and value > upper):
-        bound = f" in (0, {upper}]" if upper is not None else ""
-        raise ValueError(f"Expected argument `{name}` to be a positive real number{bound}, but got {value!r}.")
-    return float(value)
+    return check_real(name, value, 0.0, math.inf if upper is None else upper, low_open=True)
 
 
-def _collect(data: Any, max_images: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, C, H, W) and labels (N,) from an (images, labels) pair or an iterable of (images, labels, ...)."""
-    expected = "an (images, labels) pair of tensors or an iterable (DataLoader) of (images, labels, ...) batches"
+def _collect(data: Any, max_images: int | None, unpack: Unpack | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, C, H, W) and labels (N,) from an (images, labels) pair or an iterable of batches (tuples, dicts with
+    the usual keys, or whatever ``unpack`` reads)."""
+    expected = "an (images, labels) pair of tensors or an iterable (DataLoader) of (images, labels) batches"
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         batches: Iterable = [data]
     elif isinstance(data, Iterable) and not isinstance(data, (torch.Tensor, str)):
@@ -125,15 +126,14 @@ def _collect(data: Any, max_images: int | None) -> tuple[torch.Tensor, torch.Ten
         raise TypeError(f"Expected argument `data` to be {expected}, but got {type(data).__name__}.")
     xs, ys, count = [], [], 0
     for batch in batches:
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise TypeError(f"Expected argument `data` to be {expected}, but got a batch of type {type(batch).__name__}.")
-        x, y = batch[0], batch[1]
+        x, y = unpack_batch(batch, unpack)
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
             got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"Expected the images in `data` to be a float (N, C, H, W) tensor, but got {got}.")
         y = torch.as_tensor(y)
         if y.shape != (x.shape[0],):
             raise ValueError(f"Expected the labels in `data` to have shape ({x.shape[0]},), but got {tuple(y.shape)}.")
+        check_finite("images in `data`", x)
         xs.append(x.detach())
         ys.append(y.detach().long())
         count += x.shape[0]
@@ -171,6 +171,8 @@ class CleverHansAudit:
             them, no randomness), which bounds the cost at ``classes x flip_images`` forward passes. Default 200.
         batch_size: images per attribution / forward call. Default 128.
         max_images: audit at most this many images (the first ones). Default all.
+        output_fn: maps the model's output to (N, classes) scores. Default the package's output rule.
+        unpack: maps a batch of ``data`` to ``(images, labels)``. Default the package's batch rule.
 
     Raises:
         TypeError: a region that is neither a bool tensor nor a box, a bad explainer.
@@ -203,6 +205,8 @@ class CleverHansAudit:
         flip_images: int = 200,
         batch_size: int = 128,
         max_images: int | None = None,
+        output_fn: OutputFn | None = None,
+        unpack: Unpack | None = None,
     ):
         self.explainer = as_explainer(explainer)
         if region is not None and not isinstance(region, (torch.Tensor, tuple, list)):
@@ -245,6 +249,8 @@ class CleverHansAudit:
         self.flip_images = int(flip_images)
         self.batch_size = int(batch_size)
         self.max_images = None if max_images is None else int(max_images)
+        self.output_fn = check_output_fn(output_fn)
+        self.unpack = check_unpack(unpack)
 
     # -- model calls ----------------------------------------------------------------------------------------
     def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +258,7 @@ class CleverHansAudit:
         out = []
         with torch.no_grad(), eval_mode(model):
             for start in range(0, len(x), self.batch_size):
-                out.append(model(x[start : start + self.batch_size].to(device)).argmax(1).cpu())
+                out.append(predict(model, x[start : start + self.batch_size].to(device), self.output_fn).cpu())
         return torch.cat(out)
 
     def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -261,7 +267,7 @@ class CleverHansAudit:
         out = []
         for start in range(0, len(x), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            attributions = self.explainer.attribute(model, x[chunk].to(device), target[chunk].to(device))
+            attributions = self.explainer.attribute(model, x[chunk].to(device), target[chunk].to(device), output_fn=self.output_fn)
             out.append(positive_map(attributions).cpu())
         return normalize_sum(torch.cat(out).double())
 
@@ -347,7 +353,7 @@ class CleverHansAudit:
         for name, value in (("model", model), ("control", control)):
             if value is not None and not isinstance(value, nn.Module):
                 raise TypeError(f"Expected argument `{name}` to be an nn.Module, but got {type(value).__name__}.")
-        x, y = _collect(data, self.max_images)
+        x, y = _collect(data, self.max_images, self.unpack)
         size = tuple(x.shape[-2:])
         given = None
         if isinstance(self.region, torch.Tensor):

@@ -17,9 +17,11 @@ import torch
 from torch.utils.data import Dataset
 
 from captum_ext import maps
-from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval, overlay_grid, synced_compute
+from captum_ext.batches import Unpack
+from captum_ext.callbacks.base import ExplanationCallback, overlay_grid, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics.faithfulness import AOPC, DeletionAUC, InsertionAUC
+from captum_ext.model_output import OutputFn
 
 __all__ = ["AttributionMonitor", "METRICS", "check_target"]
 
@@ -54,7 +56,7 @@ class AttributionMonitor(ExplanationCallback):
         metric_kwargs: keyword arguments for every metric's constructor (``steps``, ``imputer``, ...). Default
             ``{"steps": 8}``: half the metrics' own default, since a per-epoch trend on a few probe images needs no
             finer curve, and it keeps a check within ~1.5x the bare attribution time (``benchmarks/callbacks.py``).
-        probe, classes, seed, probe_scan: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
+        probe, classes, seed, probe_scan, output_fn, unpack: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
 
     Attributes:
         maps: ``{explainer name: (N, H, W) maps}`` of the whole probe set at the last check (every rank).
@@ -90,9 +92,12 @@ class AttributionMonitor(ExplanationCallback):
         classes: Sequence[int] | None = None,
         seed: int = 0,
         probe_scan: int = 4096,
+        output_fn: OutputFn | None = None,
+        unpack: Unpack | None = None,
     ):
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan
+            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
+            output_fn=output_fn, unpack=unpack,
         )
         if isinstance(explainers, (str, Explainer)):
             explainers = [explainers]
@@ -117,20 +122,23 @@ class AttributionMonitor(ExplanationCallback):
         self.reduce = reduce
         self.maps: dict[str, torch.Tensor] = {}
         self._metrics = {
-            e.name: {m: METRICS[m](**self.metric_kwargs) for m in self.metric_names} for e in self.explainers
+            e.name: {m: METRICS[m](**{"output_fn": self.output_fn, **self.metric_kwargs}) for m in self.metric_names} for e in self.explainers
         }
 
     def _state_key_fields(self) -> dict[str, Any]:
         return {"explainers": [e.name for e in self.explainers], "num_samples": self.num_samples, "seed": self.seed}
 
+    def explainers_used(self) -> list[Explainer]:
+        return self.explainers
+
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         probe = self.probe(trainer, pl_module)
         inputs, labels = probe.shard()
         empty = len(inputs) == 0
-        target = labels if self.target == "label" or empty else forward_in_eval(pl_module, inputs).argmax(1)
+        target = labels if self.target == "label" or empty else self.predict(pl_module, inputs)
         values: dict[str, torch.Tensor] = {}
         for explainer in self.explainers:
-            attributions = None if empty else explainer.attribute(pl_module, inputs, target)
+            attributions = None if empty else self.attribute(explainer, pl_module, inputs, target)
             for metric_name, metric in self._metrics[explainer.name].items():
                 metric.to(pl_module.device).reset()
                 if not empty:

@@ -41,6 +41,7 @@ import math
 import numbers
 import random
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,9 @@ from typing_extensions import override
 from captum_ext import maps
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode, gradients_enabled
+from captum_ext.batches import Unpack, check_unpack, unpack_batch
+from captum_ext.explainer import Explainer, as_explainer
+from captum_ext.model_output import OutputFn, check_output_fn, logits
 
 try:  # the `lightning` package has its own, distinct Callback and logger classes
     import lightning.pytorch as _lightning_pytorch
@@ -176,21 +180,55 @@ class ProbeSet:
         return ProbeSet(self.inputs.to(device), self.labels.to(device), self.indices, self.rank, self.world_size)
 
 
-def _unpack(item: Any) -> tuple[torch.Tensor, int]:
-    if isinstance(item, (tuple, list)) and len(item) >= 2:
-        image, label = item[0], item[1]
-        if isinstance(image, torch.Tensor) and image.dim() == 3:
-            return image, int(label)
-    raise TypeError(
-        "Expected the validation dataset to yield (image (C, H, W) tensor, label, ...) items; pass the probe images "
-        f"explicitly with `probe=(inputs, labels)`, but got an item of type {type(item).__name__}."
-    )
+def _unpack(item: Any, unpack: Unpack | None) -> tuple[torch.Tensor, int]:
+    image, label = unpack_batch(item, unpack)
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        got = f"a tensor of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
+        raise TypeError(
+            f"Expected the validation dataset's items to hold a (C, H, W) image tensor, but got {got}; pass `unpack=` "
+            "(item -> (image, label)) or the probe images with `probe=(inputs, labels)`."
+        )
+    if isinstance(label, torch.Tensor) and label.numel() != 1:
+        raise TypeError(f"Expected each item's label to be a class index, but got a tensor of shape {tuple(label.shape)}.")
+    return image, int(label)
+
+
+#: Items already read from a validation dataset, per trainer and dataset: the callbacks of one trainer share them,
+#: so three callbacks scan the labels once, not three times.
+_READ_ITEMS: weakref.WeakKeyDictionary[Any, dict[tuple, tuple[Dataset, dict[int, tuple[torch.Tensor, int]]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shared_items(trainer: Any, dataset: Dataset, unpack: Unpack | None) -> dict[int, tuple[torch.Tensor, int]]:
+    """The cache of ``dataset``'s items (unpacked by ``unpack``) shared by every callback of ``trainer``."""
+    per_dataset = _READ_ITEMS.setdefault(trainer, {})
+    entry = per_dataset.get((id(dataset), unpack))
+    if entry is None or entry[0] is not dataset:
+        entry = per_dataset[(id(dataset), unpack)] = (dataset, {})
+    return entry[1]
 
 
 def _select_probe(
-    dataset: Dataset, num_samples: int, seed: int, classes: Sequence[int] | None, scan: int, fixed: list[int] | None
+    dataset: Dataset,
+    num_samples: int,
+    seed: int,
+    classes: Sequence[int] | None,
+    scan: int,
+    fixed: list[int] | None,
+    unpack: Unpack | None = None,
+    cache: dict[int, tuple[torch.Tensor, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read labels of up to ``scan`` items in seeded random order, choose a balanced probe, load its images."""
+    """Read labels of up to ``scan`` items in seeded random order, choose a balanced probe, load its images.
+
+    Items already in ``cache`` (index -> unpacked item) are not read again; every item read is added to it."""
+    cache = {} if cache is None else cache
+
+    def item(index: int) -> tuple[torch.Tensor, int]:
+        if index not in cache:
+            cache[index] = _unpack(dataset[index], unpack)
+        return cache[index]
+
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         raise TypeError(
             "Expected a map-style validation dataset (with __len__ and __getitem__) to draw the probe set from; "
@@ -203,13 +241,13 @@ def _select_probe(
         else:
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(seed) + 1))
             candidates = order[:scan]
-            labels = torch.tensor([_unpack(dataset[int(i)])[1] for i in candidates], dtype=torch.long)
+            labels = torch.tensor([item(int(i))[1] for i in candidates], dtype=torch.long)
         chosen = candidates[balanced_indices(labels, num_samples, seed, classes)]
     else:
         chosen = torch.tensor(fixed, dtype=torch.long)
     if len(chosen) == 0:
         raise ValueError(f"The probe set is empty: no validation images of the classes {classes!r}.")
-    items = [_unpack(dataset[int(i)]) for i in chosen]
+    items = [item(int(i)) for i in chosen]
     inputs = torch.stack([image.detach().float().cpu() for image, _ in items]).clone()
     labels = torch.tensor([label for _, label in items], dtype=torch.long)
     return inputs, labels, chosen
@@ -225,10 +263,11 @@ def synced_compute(metric: Metric) -> Any:
         return metric.compute()
 
 
-def forward_in_eval(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Logits of ``model`` in eval mode without gradients (each module's mode restored)."""
+def forward_in_eval(model: nn.Module, inputs: torch.Tensor, output_fn: OutputFn | None = None) -> torch.Tensor:
+    """Logits of ``model`` (read by the package's output rule) in eval mode without gradients (each module's mode
+    restored)."""
     with torch.no_grad(), eval_mode(model):
-        return model(inputs)
+        return logits(model(inputs), output_fn)
 
 
 def overlay(images: torch.Tensor, saliency: torch.Tensor, alpha: float = 0.5, cmap: str = "inferno") -> torch.Tensor:
@@ -276,6 +315,10 @@ class ExplanationCallback(*CALLBACK_BASES):
         seed: seeds the probe selection and every random step of the callback. Default 0.
         probe_scan: for datasets other than ``TensorDataset``, how many items (in seeded random order) have their
             labels read to choose the balanced probe set. Default 4096.
+        output_fn: maps the module's output to (N, classes) scores. Default the package's output rule
+            (:func:`captum_ext.model_output.logits`: a tensor, ``.logits``, a dict's ``"logits"``, a tuple's first).
+        unpack: maps a validation item to ``(image, label)``. Default the package's batch rule
+            (:func:`captum_ext.batches.unpack_batch`: tuples, dicts with ``image`` / ``pixel_values`` / ... keys).
 
     Subclasses implement :meth:`run`; to change which epochs run, override :meth:`scheduled` (not :meth:`due`, which
     adds the sanity-check and once-per-epoch rules). A subclass that overrides ``setup`` must call
@@ -294,7 +337,11 @@ class ExplanationCallback(*CALLBACK_BASES):
         classes: Sequence[int] | None = None,
         seed: int = 0,
         probe_scan: int = 4096,
+        output_fn: OutputFn | None = None,
+        unpack: Unpack | None = None,
     ):
+        self.output_fn = check_output_fn(output_fn)
+        self.unpack = check_unpack(unpack)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.num_samples = check_int("num_samples", num_samples, 1)
         self.seed = check_int("seed", seed, 0)
@@ -356,6 +403,33 @@ class ExplanationCallback(*CALLBACK_BASES):
         """The callback's work for one epoch (gradients enabled, RNG isolated); subclasses implement it."""
         raise NotImplementedError
 
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Fail before the first training step: choose the probe set and :meth:`dry_run` the callback on one probe
+        image, so a misconfiguration (an unreadable batch or output, a wrong layer name, a region of the wrong size)
+        costs seconds, not an epoch. RNG isolated and the module's modes restored: the run is unchanged."""
+        loaders = trainer.val_dataloaders
+        if self._probe_source is None and (loaders is None or loaders == []):
+            self.warn_once(
+                "no-validation", f"{type(self).__name__}: the fit has no validation data and no `probe=`; it will not run."
+            )
+            return
+        with preserved_rng([pl_module.device]), gradients_enabled():
+            probe = self.probe(trainer, pl_module)
+            self.dry_run(pl_module, probe.inputs[:1], probe.labels[:1])
+
+    def dry_run(self, pl_module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Run the callback's model-facing steps on one image without logging anything (see :meth:`on_train_start`):
+        the output rule, and each of :meth:`explainers` on a private copy (their call counters stay untouched).
+        Subclasses with more to check (layers, regions) extend it."""
+        self.predict(pl_module, inputs)
+        for explainer in self.explainers_used():
+            self.attribute(as_explainer(explainer), pl_module, inputs, labels)
+
+    def explainers_used(self) -> list[Explainer]:
+        """The explainers this callback calls (for the dry run); none by default."""
+        return []
+
     # -- probe set --------------------------------------------------------------------------------------------
     def probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ProbeSet:
         """The probe set on ``pl_module``'s device, selected on first use (same indices on every rank)."""
@@ -367,12 +441,21 @@ class ExplanationCallback(*CALLBACK_BASES):
                 if loader is None:
                     raise ValueError(f"{type(self).__name__} needs validation data or `probe=` to choose its probe images.")
                 source = loader.dataset
+            cache = _shared_items(trainer, source, self.unpack) if self._probe_source is None else None
             inputs, labels, indices = _select_probe(
-                source, self.num_samples, self.seed, self.classes, self.probe_scan, self._probe_indices
+                source, self.num_samples, self.seed, self.classes, self.probe_scan, self._probe_indices, self.unpack, cache
             )
             self._probe_indices = indices.tolist()
             self._probe = ProbeSet(inputs, labels, indices, trainer.global_rank, trainer.world_size)
         return self._probe.to(pl_module.device)
+
+    def predict(self, pl_module: pl.LightningModule, inputs: torch.Tensor) -> torch.Tensor:
+        """(N,) predicted classes of ``inputs`` (eval mode, no gradients, ``output_fn`` applied)."""
+        return forward_in_eval(pl_module, inputs, self.output_fn).argmax(1)
+
+    def attribute(self, explainer: Explainer, model: nn.Module, inputs: torch.Tensor, target: Any) -> torch.Tensor:
+        """``explainer``'s attributions of ``inputs`` on ``model``, with the callback's ``output_fn``."""
+        return explainer.attribute(model, inputs, target, output_fn=self.output_fn)
 
     @property
     def probe_set(self) -> ProbeSet | None:

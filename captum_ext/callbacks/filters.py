@@ -21,10 +21,13 @@ from torchvision.utils import make_grid
 from typing_extensions import override
 
 from captum_ext import maps
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, class_targets
+from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval
 from captum_ext.features import ActivationMaximization, feature_maps, first_layer_filters
+from captum_ext.explainer import resolve_layer
 from captum_ext.features.filters import first_conv_name
+from captum_ext.model_output import OutputFn
 
 __all__ = ["FilterMonitor"]
 
@@ -59,7 +62,7 @@ class FilterMonitor(ExplanationCallback):
             (``steps``, ``lr``, ``l2``, ``tv``, ``jitter``, ``blur_every``, ``blur_sigma``, ``value_range``);
             ``input_shape`` is the probe images' and ``seed`` is ``seed``. Default none (its defaults).
         scale: nearest upsampling of every filter tile. Default 8.
-        probe, classes, seed, probe_scan: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
+        probe, classes, seed, probe_scan, output_fn, unpack: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
 
     Raises:
         ValueError: a bad count, an unknown key or a bad value in ``activation_maximization``, or (at the first run)
@@ -97,9 +100,12 @@ class FilterMonitor(ExplanationCallback):
         classes: Sequence[int] | None = None,
         seed: int = 0,
         probe_scan: int = 4096,
+        output_fn: OutputFn | None = None,
+        unpack: Unpack | None = None,
     ):
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan
+            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
+            output_fn=output_fn, unpack=unpack,
         )
         if filter_layer is not None and not isinstance(filter_layer, str):
             raise TypeError(f"Expected argument `filter_layer` to be a dotted module name (str) or None, but got {filter_layer!r}.")
@@ -166,10 +172,17 @@ class FilterMonitor(ExplanationCallback):
         if self._classes_due(trainer):
             self.log_image(trainer, "activation_maximization/classes", self._class_images(pl_module, probe.inputs))
 
+    def dry_run(self, pl_module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        for layer in [self.filter_layer or first_conv_name(pl_module), *(self.feature_layers or [])]:
+            resolve_layer(pl_module, layer)
+        if self.class_targets is not None:
+            classes = forward_in_eval(pl_module, inputs, self.output_fn).shape[1]
+            class_targets(self.class_targets, len(self.class_targets), classes, name="class_targets")
+
     def _class_images(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         targets = self.class_targets
         if targets is None:
-            targets = list(range(forward_in_eval(model, inputs[:1]).shape[1]))
+            targets = list(range(forward_in_eval(model, inputs[:1], self.output_fn).shape[1]))
         am = ActivationMaximization(model, tuple(inputs.shape[1:]), seed=self.seed, **self.activation_maximization)
         images = maps.normalize_minmax(am.visualize(target=targets).float().cpu())
         side = max(1, 96 // max(images.shape[-2:]))

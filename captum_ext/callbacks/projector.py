@@ -19,9 +19,11 @@ from torch.utils.data import Dataset
 from captum_ext import maps
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
+from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback
 from captum_ext.explainer import forward_order, resolve_layer
 from captum_ext.features._capture import capture_output
+from captum_ext.model_output import OutputFn
 
 __all__ = ["EmbeddingProjector", "last_linear_layer", "capture_activations", "pca"]
 
@@ -74,7 +76,7 @@ class EmbeddingProjector(ExplanationCallback):
         every_n_epochs: Default 1.
         max_samples: probe images, balanced over classes. Default 256.
         thumbnail_size: side of the projector's thumbnails (images are downsampled if larger). Default 32.
-        probe, classes, seed, probe_scan: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
+        probe, classes, seed, probe_scan, output_fn, unpack: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
 
     Raises:
         ValueError: an invalid count, or (at the first epoch) a layer that is not in the model.
@@ -103,9 +105,13 @@ class EmbeddingProjector(ExplanationCallback):
         classes: Sequence[int] | None = None,
         seed: int = 0,
         probe_scan: int = 4096,
+        output_fn: OutputFn | None = None,
+        unpack: Unpack | None = None,
     ):
+        check_int("max_samples", max_samples, 1)  # named as the user named it, before the base checks num_samples
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=max_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan
+            every_n_epochs=every_n_epochs, num_samples=max_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
+            output_fn=output_fn, unpack=unpack,
         )
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"Expected argument `layer` to be a dotted module name (str) or None, but got {layer!r}.")
@@ -115,6 +121,10 @@ class EmbeddingProjector(ExplanationCallback):
 
     def _state_key_fields(self) -> dict:
         return {"layer": self.layer, "num_samples": self.num_samples, "seed": self.seed}
+
+    def dry_run(self, pl_module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        classifier = last_linear_layer(pl_module, inputs)
+        capture_activations(pl_module, self.layer or classifier, inputs, use_input=self.layer is None)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         probe = self.probe(trainer, pl_module)

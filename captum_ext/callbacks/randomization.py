@@ -21,10 +21,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from captum_ext._checks import check_int
+from captum_ext.batches import Unpack
 from captum_ext.callbacks.attribution import Target, check_target
-from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval, synced_compute
+from captum_ext.callbacks.base import ExplanationCallback, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics.similarity import MapSimilarity, SimilarityName, check_similarities
+from captum_ext.model_output import OutputFn
 from captum_ext.sanity.randomization import randomize_layer
 
 __all__ = ["RandomizationMonitor", "randomized_copy"]
@@ -63,7 +65,7 @@ class RandomizationMonitor(ExplanationCallback):
         patience: consecutive failing checks before the warning (given once). Default 2.
         target: explain the true ``"label"`` or the trained model's ``"prediction"`` (also used for the randomised
             model, so both maps explain the same class). Default ``"label"``.
-        probe, classes, seed, probe_scan: see :class:`~captum_ext.callbacks.base.ExplanationCallback`; ``seed``
+        probe, classes, seed, probe_scan, output_fn, unpack: see :class:`~captum_ext.callbacks.base.ExplanationCallback`; ``seed``
             also seeds the randomisation (the same random weights every check).
 
     Attributes:
@@ -101,9 +103,12 @@ class RandomizationMonitor(ExplanationCallback):
         classes: Sequence[int] | None = None,
         seed: int = 0,
         probe_scan: int = 4096,
+        output_fn: OutputFn | None = None,
+        unpack: Unpack | None = None,
     ):
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan
+            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
+            output_fn=output_fn, unpack=unpack,
         )
         self.similarity = check_similarities(similarity, "similarity")
         if monitor not in self.similarity:
@@ -128,16 +133,19 @@ class RandomizationMonitor(ExplanationCallback):
     def _state_key_fields(self) -> dict[str, Any]:
         return {"explainer": self.explainer.name, "num_samples": self.num_samples, "seed": self.seed}
 
+    def explainers_used(self) -> list[Explainer]:
+        return [self.explainer]
+
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         probe = self.probe(trainer, pl_module)
         inputs, labels = probe.shard()
         metric = self._metric.to(pl_module.device)
         metric.reset()
         if len(inputs):
-            target = labels if self.target == "label" else forward_in_eval(pl_module, inputs).argmax(1)
+            target = labels if self.target == "label" else self.predict(pl_module, inputs)
             randomized = randomized_copy(pl_module, self.seed)
-            trained = self.explainer.attribute(pl_module, inputs, target)
-            baseline = self.random_explainer.attribute(randomized, inputs, target)
+            trained = self.attribute(self.explainer, pl_module, inputs, target)
+            baseline = self.attribute(self.random_explainer, randomized, inputs, target)
             del randomized
             metric.update(trained, baseline)  # (N, C, H, W): sum_abs for spearman_abs / SSIM / HOG, sum for spearman
         self.similarities = {name: float(value) for name, value in synced_compute(metric).items()}

@@ -11,20 +11,22 @@ so all ranks stop together).
 from __future__ import annotations
 
 import hashlib
-import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from captum_ext import maps
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_real
+from captum_ext.batches import Unpack
 from captum_ext.callbacks.attribution import check_target
-from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval, synced_compute
+from captum_ext.callbacks.base import ExplanationCallback, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics.localisation import RelevanceMass, check_region
+from captum_ext.model_output import OutputFn
 
 __all__ = ["ShortcutMonitor"]
 
@@ -47,7 +49,7 @@ class ShortcutMonitor(ExplanationCallback):
         num_samples: probe images, balanced over the classes. Default 100.
         every_n_epochs: Default 1.
         target: explain the true ``"label"`` or the ``"prediction"``. Default ``"label"``.
-        probe, seed, probe_scan: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
+        probe, seed, probe_scan, output_fn, unpack: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
 
     Attributes:
         ratios: ``{class: ratio}`` of the last check.
@@ -85,13 +87,15 @@ class ShortcutMonitor(ExplanationCallback):
         probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
         seed: int = 0,
         probe_scan: int = 4096,
+        output_fn: OutputFn | None = None,
+        unpack: Unpack | None = None,
     ):
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan
+            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
+            output_fn=output_fn, unpack=unpack,
         )
         check_region(region)
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold <= 0:
-            raise ValueError(f"Expected argument `threshold` to be a positive real number, but got {threshold!r}.")
+        check_real("threshold", threshold, 0.0, low_open=True)
         check_int("patience", patience, 1)
         if on_detect not in ("warn", "stop"):
             raise ValueError(f"Expected argument `on_detect` to be one of 'warn', 'stop', but got {on_detect!r}.")
@@ -110,13 +114,20 @@ class ShortcutMonitor(ExplanationCallback):
         region = hashlib.sha256(self.region.numpy().tobytes() + str(tuple(self.region.shape)).encode()).hexdigest()[:12]
         return {"explainer": self.explainer.name, "region": region, "classes": self.classes, "threshold": self.threshold}
 
+    def explainers_used(self) -> list[Explainer]:
+        return [self.explainer]
+
+    def dry_run(self, pl_module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        check_region(self.region, tuple(inputs.shape[-2:]))
+        super().dry_run(pl_module, inputs, labels)
+
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         probe = self.probe(trainer, pl_module)
         inputs, labels = probe.shard()
         positive = None
         if len(inputs):
-            target = labels if self.target == "label" else forward_in_eval(pl_module, inputs).argmax(1)
-            positive = maps.reduce_channels(self.explainer.attribute(pl_module, inputs, target), "positive")
+            target = labels if self.target == "label" else self.predict(pl_module, inputs)
+            positive = maps.reduce_channels(self.attribute(self.explainer, pl_module, inputs, target), "positive")
         area_share = float(self.region.float().mean())
         newly_detected = []
         for cls in sorted(set(probe.labels.tolist())):

@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_real
 
 __all__ = ["CleverHansDigits"]
 
@@ -85,8 +85,7 @@ class CleverHansDigits(pl.LightningDataModule):
     ):
         super().__init__()
         for name, value in (("amplitude", amplitude), ("noise", noise), ("tag_value", tag_value)):
-            if not isinstance(value, numbers.Real) or value < 0:
-                raise ValueError(f"Expected argument `{name}` to be a non-negative real number, but got {value!r}.")
+            check_real(name, value, 0.0)
         for name, value in (("p_class", p_class), ("p_other", p_other)):
             if not isinstance(value, numbers.Real) or not 0 <= value <= 1:
                 raise ValueError(f"Expected argument `{name}` to be a probability in [0, 1], but got {value!r}.")

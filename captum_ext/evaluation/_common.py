@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from captum_ext._context import eval_mode
+from captum_ext.batches import Unpack, unpack_batch
+from captum_ext.model_output import OutputFn, logits
 
-__all__ = ["check_fractions", "model_device", "accuracy"]
+__all__ = ["check_fractions", "model_device", "predict", "accuracy"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -20,14 +22,21 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def accuracy(model: nn.Module, batches: Iterable) -> float:
-    """Share of ``(inputs, labels, ...)`` batches whose argmax prediction equals the label; eval mode, no grad."""
+def predict(model: nn.Module, inputs: torch.Tensor, output_fn: OutputFn | None = None) -> torch.Tensor:
+    """(N,) argmax class of the model's scores (read by the package's output rule); call it under ``no_grad``."""
+    return logits(model(inputs), output_fn).argmax(dim=1)
+
+
+def accuracy(model: nn.Module, batches: Iterable, output_fn: OutputFn | None = None, unpack: Unpack | None = None) -> float:
+    """Share of the batches' images (read by :func:`captum_ext.batches.unpack_batch`) whose argmax prediction equals
+    the label; eval mode, no grad."""
     device = model_device(model)
     correct = total = 0
     with torch.no_grad(), eval_mode(model):
         for batch in batches:
-            x, y = batch[0].to(device), batch[1].to(device)
-            correct += int((model(x).argmax(dim=1) == y).sum())
+            x, y = unpack_batch(batch, unpack)
+            x, y = x.to(device), torch.as_tensor(y).to(device)
+            correct += int((predict(model, x, output_fn) == y).sum())
             total += int(y.numel())
     return correct / total if total else float("nan")
 

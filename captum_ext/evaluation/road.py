@@ -15,10 +15,12 @@ from torch import nn
 from captum_ext import maps
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
-from captum_ext.evaluation._common import check_fractions, model_device
+from captum_ext.batches import Unpack, check_unpack, unpack_batch
+from captum_ext.evaluation._common import check_fractions, model_device, predict
 from captum_ext.evaluation.results import ROADResult
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import NoisyLinearImputer
+from captum_ext.model_output import OutputFn, check_output_fn
 
 __all__ = ["road"]
 
@@ -31,13 +33,14 @@ def _correct_after_removal(
     fractions: list[float],
     imputer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     batch_size: int,
+    output_fn: OutputFn | None,
 ) -> list[int]:
     """Correct predictions per fraction after removing the first ``fraction`` of ``ranking``'s pixels; all
     fractions of the batch are imputed in one call."""
     n, c, h, w = x.shape
     masks = torch.cat([maps.mask_from_ranking(ranking, f, (h, w)) for f in fractions])
     images = imputer(x.repeat(len(fractions), 1, 1, 1), masks)
-    preds = torch.cat([model(images[i : i + batch_size]).argmax(dim=1) for i in range(0, images.shape[0], batch_size)])
+    preds = torch.cat([predict(model, images[i : i + batch_size], output_fn) for i in range(0, images.shape[0], batch_size)])
     hits = (preds == y.repeat(len(fractions))).reshape(len(fractions), n)
     return [int(v) for v in hits.sum(dim=1)]
 
@@ -51,6 +54,8 @@ def road(
     imputer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     seed: int = 0,
     batch_size: int = 512,
+    output_fn: OutputFn | None = None,
+    unpack: Unpack | None = None,
 ) -> ROADResult:
     """How fast does accuracy fall when an explainer's top pixels are removed and noisily interpolated?
 
@@ -62,7 +67,8 @@ def road(
 
     Args:
         model: the classifier, left unchanged (run in eval mode without gradients for the accuracies).
-        dataloader: yields ``(inputs (N, C, H, W), labels (N,), ...)`` batches, e.g. a ``DataLoader``.
+        dataloader: yields batches of (N, C, H, W) images and (N,) labels, e.g. a ``DataLoader``: tuples, or dicts
+            with the usual keys (see :func:`captum_ext.batches.unpack_batch`).
         explainer: an :class:`~captum_ext.Explainer` or a short name (copied, so the caller's is not advanced).
         fractions: Fractions of pixels removed. Default (0.1, 0.3, 0.5, 0.7, 0.9).
         order: ``"morf"`` (most relevant removed first) or ``"lerf"`` (least relevant first). Default ``"morf"``.
@@ -71,6 +77,8 @@ def road(
             imputer's noise: those images are scored after the single pass, once the mean is known.
         seed: Seeds the tie-breaking jitter and the random ranking. Default 0.
         batch_size: Imputed images per forward pass. Default 512.
+        output_fn: maps the model's output to (N, classes) scores. Default the package's output rule.
+        unpack: maps a batch to ``(images, labels)``. Default the package's batch rule.
 
     Returns:
         :class:`ROADResult` with per-fraction accuracies for the explainer and the random ranking.
@@ -95,6 +103,8 @@ def road(
     if order not in ("morf", "lerf"):
         raise ValueError(f"Expected argument `order` to be one of 'morf', 'lerf', but got {order!r}.")
     check_int("batch_size", batch_size, 1)
+    check_output_fn(output_fn)
+    check_unpack(unpack)
     recipe = as_explainer(explainer)
     random = Explainer("random", seed=seed)
     default_fill = imputer is None
@@ -105,22 +115,23 @@ def road(
     channel_sum: torch.Tensor | float = 0.0
     blank: list[tuple[torch.Size, torch.Tensor, list[bool]]] = []  # batches whose fully removed images await the mean
     for batch in dataloader:
-        x, y = batch[0].to(device), batch[1].to(device)
+        x, y = unpack_batch(batch, unpack)
+        x, y = x.to(device), torch.as_tensor(y).to(device)
         h, w = x.shape[-2:]
         deferred = [default_fill and maps.pixel_count(f, h * w) == h * w for f in fractions]
         scored = [f for f, later in zip(fractions, deferred) if not later]
         for name, source in (("explainer", recipe), ("random", random)):
-            saliency = source.saliency(model, x, y, reduce="sum_abs")
+            saliency = source.saliency(model, x, y, reduce="sum_abs", output_fn=output_fn)
             ranking = maps.rank_pixels(saliency, seed=seed)
             if order == "lerf":
                 ranking = ranking.flip(1)
             with torch.no_grad(), eval_mode(model):
-                hits = iter(_correct_after_removal(model, x, y, ranking, scored, imputer, batch_size) if scored else ())
+                hits = iter(_correct_after_removal(model, x, y, ranking, scored, imputer, batch_size, output_fn) if scored else ())
             correct[name] = [c + (0 if later else next(hits)) for c, later in zip(correct[name], deferred)]
         if any(deferred):
             blank.append((x.shape, y, deferred))
         with torch.no_grad(), eval_mode(model):
-            baseline += int((model(x).argmax(dim=1) == y).sum())
+            baseline += int((predict(model, x, output_fn) == y).sum())
         channel_sum = channel_sum + x.detach().double().sum(dim=(0, 2, 3))
         pixels += x.shape[0] * h * w
         total += int(y.numel())
@@ -131,7 +142,7 @@ def road(
         for shape, y, deferred in blank:
             images = fill(torch.zeros(shape, device=device), torch.ones(shape[0], *shape[2:], dtype=torch.bool, device=device))
             with torch.no_grad(), eval_mode(model):
-                hits = int((model(images).argmax(dim=1) == y).sum())
+                hits = int((predict(model, images, output_fn) == y).sum())
             for name in correct:
                 correct[name] = [c + (hits if later else 0) for c, later in zip(correct[name], deferred)]
     return ROADResult(

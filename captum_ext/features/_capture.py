@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
 
+from captum_ext.batches import IMAGE_KEYS
 from captum_ext.explainer import resolve_layer
 
 __all__ = ["capture_output", "batch_inputs"]
@@ -36,8 +37,11 @@ def capture_output(model: nn.Module, layer: str, use_input: bool = False) -> Ite
 
 
 def batch_inputs(batch: object, name: str = "dataloader") -> torch.Tensor:
-    """The input images of a dataloader batch: the batch itself if a tensor, else its first element."""
+    """The input images of a dataloader batch: the batch itself if a tensor, else its first element, else a dict's
+    image entry (the keys of :data:`captum_ext.batches.IMAGE_KEYS`)."""
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if isinstance(batch, Mapping):
+        x = next((batch[key] for key in IMAGE_KEYS if key in batch), batch)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         got = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(

@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_real
 from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext.features._capture import capture_output
 from captum_ext.imputation import gaussian_blur
+from captum_ext.model_output import logits as read_logits
 
 __all__ = ["ActivationMaximization", "total_variation"]
 
@@ -28,14 +29,6 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     dy = (images[:, :, 1:, :] - images[:, :, :-1, :]).abs().sum(dim=(1, 2, 3))
     dx = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().sum(dim=(1, 2, 3))
     return dy + dx
-
-
-def _check_real(value: object, name: str, low: float = 0.0, strict: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not ok or (value <= low if strict else value < low):
-        form = f"a number {'>' if strict else '>='} {low:g}"
-        raise ValueError(f"Expected argument `{name}` to be {form}, but got {value!r}.")
-    return float(value)
 
 
 def _as_index_list(value: object, name: str) -> list[int]:
@@ -137,12 +130,12 @@ class ActivationMaximization:
         self.model = model
         self.input_shape: tuple[int, int, int] = tuple(int(s) for s in shape)  # type: ignore[assignment]
         self.steps = check_int("steps", steps, 1)
-        self.lr = _check_real(lr, "lr", strict=True)
-        self.l2 = _check_real(l2, "l2")
-        self.tv = _check_real(tv, "tv")
+        self.lr = check_real("lr", lr, 0.0, low_open=True)
+        self.l2 = check_real("l2", l2, 0.0)
+        self.tv = check_real("tv", tv, 0.0)
         self.jitter = check_int("jitter", jitter, 0)
         self.blur_every = check_int("blur_every", blur_every, 0)
-        self.blur_sigma = _check_real(blur_sigma, "blur_sigma")
+        self.blur_sigma = check_real("blur_sigma", blur_sigma, 0.0)
         self.value_range = value_range
         self.seed = check_int("seed", seed, 0)
 
@@ -201,8 +194,8 @@ class ActivationMaximization:
         return (images, trace) if return_trace else images
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        logits = read_logits(self.model(x))
+        if logits.dim() != 2:
             got = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"Expected the model to return logits (K, classes) for argument `target`, but got {got}.")
         return logits

@@ -34,9 +34,10 @@ from torch import nn
 from torchmetrics import Metric
 
 from captum_ext import maps
-from captum_ext._checks import check_int
+from captum_ext._checks import check_finite, check_int, class_targets
 from captum_ext._context import eval_mode
 from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer
+from captum_ext.model_output import OutputFn, check_output_fn, logits
 
 __all__ = ["DeletionAUC", "InsertionAUC", "AOPC", "perturbation_curve", "trapezoid_auc", "aopc"]
 
@@ -50,23 +51,15 @@ def _saliency(inputs: torch.Tensor, attributions: torch.Tensor, reduce: maps.Red
     n, _, h, w = inputs.shape
     if not isinstance(attributions, torch.Tensor):
         raise TypeError(f"Expected argument `attributions` to be a tensor, but got {type(attributions).__name__}.")
+    check_finite("inputs", inputs)
     if attributions.shape == inputs.shape:
-        return maps.reduce_channels(attributions.detach().float(), reduce)
+        return check_finite("attributions", maps.reduce_channels(attributions.detach().float(), reduce))
     if attributions.shape == (n, h, w):
-        return attributions.detach().float()
+        return check_finite("attributions", attributions.detach().float())
     raise ValueError(
         f"Expected argument `attributions` of shape (N, C, H, W) = {tuple(inputs.shape)} or (N, H, W) = {(n, h, w)}, "
         f"but got {tuple(attributions.shape)}."
     )
-
-
-def _target(target: int | torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
-    if isinstance(target, numbers.Integral) and not isinstance(target, bool):
-        return torch.full((n,), int(target), dtype=torch.long, device=device)
-    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape in ((), (n,)):
-        return target.to(device=device, dtype=torch.long).expand(n)
-    got = f"a tensor of shape {tuple(target.shape)}, dtype {target.dtype}" if isinstance(target, torch.Tensor) else repr(target)
-    raise ValueError(f"Expected argument `target` to be an int or an ({n},) integer tensor, but got {got}.")
 
 
 def perturbation_curve(
@@ -81,6 +74,7 @@ def perturbation_curve(
     reduce: maps.Reduction = "sum_abs",
     batch_size: int = 512,
     seed: int = 0,
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """The deletion or insertion curve of each image: the target's score after each of ``steps`` steps.
 
@@ -101,6 +95,8 @@ def perturbation_curve(
         reduce: Channel reduction for (N, C, H, W) attributions. Default ``"sum_abs"``.
         batch_size: Perturbed images per forward pass. Default 512.
         seed: Seeds the tie-breaking jitter of the ranking. Default 0.
+        output_fn: maps the model's output to (B, K) scores. Default the package's output rule
+            (:func:`captum_ext.model_output.logits`: a tensor, ``.logits``, a dict's ``"logits"``, a tuple's first).
 
     Returns:
         (N, steps + 1) float tensor; column ``k`` is the score at fraction ``k / steps`` (column 0 the
@@ -119,9 +115,10 @@ def perturbation_curve(
         imputer = ConstantImputer(0.0) if mode == "deletion" else BlurImputer(5.0)
     if not callable(imputer):
         raise TypeError(f"Expected argument `imputer` to be an Imputer (callable (inputs, mask)), but got {imputer!r}.")
+    check_output_fn(output_fn)
     saliency = _saliency(inputs, attributions, reduce)
     n, c, h, w = inputs.shape
-    targets = _target(target, n, inputs.device)
+    targets = class_targets(target, n, None, inputs.device)
     ranking = maps.rank_pixels(saliency.to(inputs.device), seed=seed)
     position = torch.empty_like(ranking)
     position.scatter_(1, ranking, torch.arange(h * w, device=ranking.device).expand(n, -1))
@@ -140,7 +137,9 @@ def perturbation_curve(
             labels = targets[start : start + m].repeat_interleave(steps + 1)
             scores = []
             for lo in range(0, perturbed.shape[0], batch_size):
-                out = forward_func(perturbed[lo : lo + batch_size])
+                out = logits(forward_func(perturbed[lo : lo + batch_size]), output_fn)
+                if lo == 0 and start == 0:
+                    class_targets(targets, n, out.shape[1])  # every target within the model's classes
                 if apply_softmax:
                     out = torch.softmax(out, dim=1)
                 scores.append(out.gather(1, labels[lo : lo + batch_size, None])[:, 0].float())
@@ -173,6 +172,7 @@ class _PerturbationMetric(Metric):
         reduce: maps.Reduction = "sum_abs",
         batch_size: int = 512,
         seed: int = 0,
+        output_fn: OutputFn | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -186,6 +186,7 @@ class _PerturbationMetric(Metric):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
         self.imputer, self.apply_softmax, self.reduce, self.seed = imputer, apply_softmax, reduce, int(seed)
+        self.output_fn = check_output_fn(output_fn)
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
@@ -200,6 +201,7 @@ class _PerturbationMetric(Metric):
         curve = perturbation_curve(
             forward_func, inputs, attributions, target, steps=self.steps, mode=self._mode, imputer=self.imputer,
             apply_softmax=self.apply_softmax, reduce=self.reduce, batch_size=self.batch_size, seed=self.seed,
+            output_fn=self.output_fn,
         )
         scores = self._score(curve)
         self.total += scores.double().sum().to(self.total.device)
@@ -222,6 +224,7 @@ class DeletionAUC(_PerturbationMetric):
         reduce: Channel reduction of (N, C, H, W) attributions. Default ``"sum_abs"``.
         batch_size: Perturbed images per forward pass. Default 512.
         seed: Seeds the tie-breaking of the ranking. Default 0.
+        output_fn: maps the model's output to scores. Default the package's output rule.
         **kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ...).
 
     Returns:

@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
-from captum_ext.evaluation._common import accuracy
+from captum_ext.evaluation._common import accuracy, predict
 from captum_ext.explainer import Explainer, Target
 from captum_ext.metrics.similarity import SIMILARITIES, SimilarityName
+from captum_ext.model_output import OutputFn
 from captum_ext.models import QUIET_TRAINER_KWARGS, ClassifierModule
 from captum_ext.sanity.randomization import (
     _check_common,
@@ -164,6 +165,7 @@ def data_randomization_test(
     lr: float = 3e-3,
     batch_size: int = 16,
     keep_maps: int = 4,
+    output_fn: OutputFn | None = None,
     **trainer_kwargs: Any,
 ) -> SanityResult:
     """Does the explanation depend on the labels? (Adebayo et al., NeurIPS 2018, data randomisation test.)
@@ -188,6 +190,7 @@ def data_randomization_test(
         recompute_target: explain the random-label model's own prediction instead. Default False.
         lr, batch_size: Adam's learning rate (default 3e-3) and the batch size (default 16).
         keep_maps: probe images whose maps are kept for the map grid. Default 4.
+        output_fn: maps the model's output to (N, classes) scores. Default the package's output rule.
         **trainer_kwargs: passed to ``pytorch_lightning.Trainer``.
 
     Returns:
@@ -209,7 +212,7 @@ def data_randomization_test(
         >>> result.layers
         ['random labels']
     """
-    metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps)
+    metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps, output_fn)
     if (train_data is None) == (random_model is None):
         raise ValueError(
             "Expected exactly one of `train_data` (to train a random-label model) and `random_model` (one already "
@@ -224,15 +227,15 @@ def data_randomization_test(
     elif not isinstance(random_model, nn.Module):
         raise TypeError(f"Expected argument `random_model` to be an nn.Module or None, but got {type(random_model).__name__}.")
     with torch.no_grad(), eval_mode(model):
-        fixed_target = model(inputs).argmax(dim=1) if target is None else target
-    original = explainer.attribute(model, inputs, fixed_target)
+        fixed_target = predict(model, inputs, output_fn) if target is None else target
+    original = explainer.attribute(model, inputs, fixed_target, output_fn=output_fn)
     comparer = _Comparer(original, metrics)
-    noise_floor = _noise_floor(explainer, model, inputs, fixed_target, comparer)
+    noise_floor = _noise_floor(explainer, model, inputs, fixed_target, comparer, output_fn)
     step_target = fixed_target
     if recompute_target:
         with torch.no_grad(), eval_mode(random_model):
-            step_target = random_model(inputs).argmax(dim=1)
-    attribution = explainer.attribute(random_model, inputs, step_target)
+            step_target = predict(random_model, inputs, output_fn)
+    attribution = explainer.attribute(random_model, inputs, step_target, output_fn=output_fn)
     means, stds = _summaries(comparer.per_image(attribution, "random-label model"))
     k = min(int(keep_maps), inputs.shape[0])
     return SanityResult(

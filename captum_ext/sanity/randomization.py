@@ -35,7 +35,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from captum_ext._checks import check_finite
 from captum_ext._context import eval_mode
+from captum_ext.evaluation._common import predict
+from captum_ext.model_output import OutputFn, check_output_fn
 from captum_ext.explainer import Explainer, Target, as_explainer, forward_order
 from captum_ext.metrics.similarity import (
     SIMILARITIES,
@@ -177,7 +180,7 @@ def _steps(order: list[str], layers: Sequence[str] | None) -> list[_Step]:
 
 def _check_common(
     model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, similarity: Sequence[str], threshold: float,
-    seed: int, keep_maps: int,
+    seed: int, keep_maps: int, output_fn: OutputFn | None = None,
 ) -> tuple[tuple[str, ...], Explainer]:
     """Validate the arguments both randomisation tests share; return the similarities (``"spearman_abs"``
     always included: the verdicts use it) and the caller's explainer as a private copy."""
@@ -189,6 +192,8 @@ def _check_common(
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
         got = f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {got}.")
+    check_finite("inputs", inputs)
+    check_output_fn(output_fn)
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not -1 <= threshold <= 1:
         raise ValueError(f"Expected argument `threshold` to be a real number in [-1, 1], but got {threshold!r}.")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -232,7 +237,9 @@ class _Comparer:
 NOISE_FLOOR_IMAGES = 16
 
 
-def _noise_floor(explainer: Explainer, model: nn.Module, inputs: torch.Tensor, target: Target, comparer: _Comparer) -> dict[str, float]:
+def _noise_floor(
+    explainer: Explainer, model: nn.Module, inputs: torch.Tensor, target: Target, comparer: _Comparer, output_fn: OutputFn | None
+) -> dict[str, float]:
     """Mean similarity of a second explanation pass over the first :data:`NOISE_FLOOR_IMAGES` probe images to the
     first pass: what the explainer's own randomness leaves of a map when nothing in the model changed."""
     n = min(NOISE_FLOOR_IMAGES, inputs.shape[0])
@@ -240,7 +247,7 @@ def _noise_floor(explainer: Explainer, model: nn.Module, inputs: torch.Tensor, t
         target = target[:n]
     elif isinstance(target, (list, tuple)):
         target = list(target)[:n]
-    means, _ = _summaries(comparer.per_image(explainer.attribute(model, inputs[:n], target), "second pass"))
+    means, _ = _summaries(comparer.per_image(explainer.attribute(model, inputs[:n], target, output_fn=output_fn), "second pass"))
     return means
 
 
@@ -264,6 +271,7 @@ def model_randomization_test(
     recompute_target: bool = False,
     reset_running_stats: bool = False,
     keep_maps: int = 4,
+    output_fn: OutputFn | None = None,
 ) -> SanityResult:
     """Does the explanation depend on the learned weights? (Adebayo et al., NeurIPS 2018, model-parameter test.)
 
@@ -296,6 +304,7 @@ def model_randomization_test(
             Adebayo's reference code does). Default False.
         reset_running_stats: also reset BatchNorm running statistics when randomising. Default False.
         keep_maps: how many probe images' maps to keep in the result for the map grid. Default 4.
+        output_fn: maps the model's output to (N, classes) scores. Default the package's output rule.
 
     Returns:
         :class:`SanityResult` with ``layers`` (one per step), ``similarity`` (L entries per metric),
@@ -317,7 +326,7 @@ def model_randomization_test(
         >>> len(result.similarity["spearman_abs"]), result.reproducible
         (4, True)
     """
-    metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps)
+    metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps, output_fn)
     if mode not in ("cascading", "independent"):
         raise ValueError(f"Expected argument `mode` to be one of 'cascading', 'independent', but got {mode!r}.")
 
@@ -331,11 +340,11 @@ def model_randomization_test(
     fixed_target = target
     if target is None:
         with torch.no_grad(), eval_mode(work):
-            fixed_target = work(inputs).argmax(dim=1)
+            fixed_target = predict(work, inputs, output_fn)
 
-    original = explainer.attribute(work, inputs, fixed_target)
+    original = explainer.attribute(work, inputs, fixed_target, output_fn=output_fn)
     comparer = _Comparer(original, metrics)
-    noise_floor = _noise_floor(explainer, work, inputs, fixed_target, comparer)
+    noise_floor = _noise_floor(explainer, work, inputs, fixed_target, comparer, output_fn)
 
     k = min(int(keep_maps), inputs.shape[0])
     kept = [comparer.abs0[:k]]
@@ -350,8 +359,8 @@ def model_randomization_test(
         step_target = fixed_target
         if recompute_target:
             with torch.no_grad(), eval_mode(work):
-                step_target = work(inputs).argmax(dim=1)
-        attribution = explainer.attribute(work, inputs, step_target)
+                step_target = predict(work, inputs, output_fn)
+        attribution = explainer.attribute(work, inputs, step_target, output_fn=output_fn)
         means, stds = _summaries(comparer.per_image(attribution, f"after randomising {step.label}"))
         for m in metrics:
             similarity_mean[m].append(means[m])
