@@ -45,8 +45,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _out(config: dict, command: str) -> Path:
+    """The output folder; created by the first result written (a failed run leaves no empty folder)."""
     out = Path(config.get("out") or f"runs/{command}")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"Expected field `out` to be a folder, but {str(out)!r} is a file.")
     return out
 
 

@@ -103,7 +103,56 @@ def load_config(path: str | Path, command: str) -> dict[str, Any]:
             f"Unknown config field(s) {', '.join(map(repr, unknown))} for `{command}`; expected some of "
             f"{', '.join(map(repr, FIELDS[command]))}."
         )
+    for field, value in data.items():
+        if value is not None and field in _CHECKS:
+            _CHECKS[field](field, value)
     return data
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def _expect(ok: bool, field: str, form: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"Expected field `{field}` to be {form}, but got {value!r}.")
+
+
+def _text(field: str, value: Any) -> None:
+    _expect(isinstance(value, str) and bool(value.strip()), field, "a non-empty string", value)
+
+
+def _trainer_kwargs(field: str, value: Any) -> None:
+    _expect(isinstance(value, dict), field, "a mapping", value)
+    for key in ("max_epochs", "min_epochs", "max_steps"):  # Lightning would only assert on these, after building
+        if value.get(key) is not None:
+            _expect(_is_int(value[key], -1), f"{field}.{key}", "an int", value[key])
+
+
+#: The type and range of every typed field, checked by :func:`load_config` before anything runs.
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    **{f: _text for f in ("datamodule", "model", "module_factory", "out", "cache_dir", "checkpoint")},
+    **{f: lambda f_, v: _expect(isinstance(v, dict), f_, "a mapping", v) for f in ("datamodule_kwargs", "model_kwargs")},
+    "trainer_kwargs": _trainer_kwargs,
+    "seed": lambda f, v: _expect(_is_int(v, 0), f, "an int >= 0", v),
+    "repeats": lambda f, v: _expect(_is_int(v, 1), f, "an int >= 1", v),
+    "train_epochs": lambda f, v: _expect(_is_int(v, 1), f, "an int >= 1", v),
+    "num_samples": lambda f, v: _expect(_is_int(v, 1), f, "an int >= 1", v),
+    "keep": lambda f, v: _expect(isinstance(v, bool), f, "true or false", v),
+    "mode": lambda f, v: _expect(v in ("cascading", "independent"), f, "one of 'cascading', 'independent'", v),
+    "threshold": lambda f, v: _expect(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and -1 <= v <= 1, f, "a number in [-1, 1]", v
+    ),
+    "fractions": lambda f, v: _expect(
+        isinstance(v, list) and bool(v) and all(isinstance(x, numbers.Real) and not isinstance(x, bool) and 0 < x < 1 for x in v),
+        f, "a non-empty list of numbers in (0, 1)", v,
+    ),
+    "classes": lambda f, v: _expect(isinstance(v, list) and bool(v) and all(_is_int(c, 0) for c in v), f, "a list of class indices", v),
+    "region": lambda f, v: _expect(
+        isinstance(v, list) and len(v) == 4 and all(_is_int(c, 0) for c in v), f, "a box [x0, y0, x1, y1] of ints or null", v
+    ),
+    "explainers": lambda f, v: _expect(isinstance(v, list) and bool(v), f, "a non-empty list", v),
+}
 
 
 def import_object(path: Any, field: str) -> Any:
@@ -155,7 +204,18 @@ def build_explainer(spec: Any, field: str = "explainers") -> Explainer:
 def build_datamodule(config: dict) -> Any:
     """Instantiate the config's data module and run its ``setup``."""
     factory = import_object(config.get("datamodule"), "datamodule")
-    datamodule = factory(**_mapping(config, "datamodule_kwargs"))
+    if not callable(factory):
+        raise ConfigError(f"Expected field `datamodule` to name a LightningDataModule class or factory, but got {factory!r}.")
+    try:
+        datamodule = factory(**_mapping(config, "datamodule_kwargs"))
+    except TypeError as err:
+        raise ConfigError(f"Field `datamodule_kwargs`: {err}") from None
+    missing = [name for name in ("setup", "train_dataloader", "test_dataloader") if not callable(getattr(datamodule, name, None))]
+    if missing:
+        raise ConfigError(
+            f"Expected field `datamodule` to build a LightningDataModule (with setup, train_dataloader and "
+            f"test_dataloader), but {type(datamodule).__name__} has no {', '.join(missing)}."
+        )
     datamodule.setup("fit")
     return datamodule
 
@@ -175,7 +235,13 @@ def build_model(config: dict, datamodule: Any) -> nn.Module:
             state = torch.load(config["checkpoint"], map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as err:
             raise ConfigError(f"Field `checkpoint`: cannot load {config['checkpoint']!r} ({err}).") from None
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"Field `checkpoint`: {config['checkpoint']!r} does not fit the model of field `model` ({first})."
+            ) from None
     epochs = config.get("train_epochs")
     if epochs is not None:
         if not isinstance(epochs, numbers.Integral) or epochs < 1:

@@ -465,3 +465,29 @@ def test_randomization_monitor_warns_for_a_map_independent_of_the_model(digits):
     assert monitor.similarities["spearman_abs"] == pytest.approx(1.0)
     assert monitor.failed
     assert sum("hardly depend on the learned weights" in str(w.message) for w in caught) == 1
+
+
+def test_a_resumed_fit_logs_what_an_uninterrupted_fit_logs(digits, tmp_path):
+    """Issue #14: the SmoothGrad draws continue from the checkpointed call counter, and the digits' shuffle depends
+    on the epoch only, so stopping after epoch 2 and resuming gives epoch 3 bitwise as an uninterrupted fit."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    def fit(name, max_epochs, ckpt_path=None):
+        monitor = AttributionMonitor(["smoothgrad"], num_samples=8, metrics=("deletion_auc",), metric_kwargs={"steps": 4})
+        saver = ModelCheckpoint(dirpath=tmp_path / name, save_last=True, save_top_k=0)
+        torch.manual_seed(0)
+        module = ClassifierModule(SmallCNN())
+        trainer = _trainer(max_epochs=max_epochs, limit_train_batches=3, callbacks=[monitor, saver],
+                           enable_checkpointing=True)
+        trainer.fit(module, datamodule=digits, ckpt_path=ckpt_path)
+        return trainer, module, monitor
+
+    whole, whole_module, whole_monitor = fit("whole", 3)
+    fit("part", 2)
+    resumed, resumed_module, resumed_monitor = fit("resumed", 3, ckpt_path=tmp_path / "part" / "last.ckpt")
+    for key, value in whole_module.state_dict().items():
+        assert torch.equal(resumed_module.state_dict()[key], value), key
+    assert resumed_monitor.explainers[0]._calls == whole_monitor.explainers[0]._calls == 3
+    torch.testing.assert_close(resumed_monitor.maps["smoothgrad"], whole_monitor.maps["smoothgrad"], rtol=0, atol=0)
+    key = "attribution/smoothgrad/deletion_auc"
+    assert float(resumed.callback_metrics[key]) == float(whole.callback_metrics[key])

@@ -12,6 +12,9 @@ from captum_ext.cli import main
 from captum_ext.evaluation import ROARResult
 
 
+SANITY = {"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits", "explainers": ["saliency"]}
+
+
 def _write(tmp_path, config):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -82,13 +85,63 @@ def test_audit_config_round_trip_flags_the_planted_class(tmp_path):
           "explainers": ["grad_cam"]}, r"Expected argument `method` .* but got 'grad_cam'"),
         ({"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
           "datamodule_kwargs": {"p_class": 2}, "explainers": ["saliency"]}, r"`p_class` to be a probability"),
+        # issue #14: every field's type is checked before anything runs
+        ({**SANITY, "seed": "abc"}, r"field `seed` to be an int >= 0, but got 'abc'"),
+        ({**SANITY, "mode": "bogus"}, r"field `mode` to be one of 'cascading', 'independent', but got 'bogus'"),
+        ({**SANITY, "threshold": "high"}, r"field `threshold` to be a number in \[-1, 1\]"),
+        ({**SANITY, "num_samples": 0}, r"field `num_samples` to be an int >= 1"),
+        ({**SANITY, "train_epochs": "two"}, r"field `train_epochs` to be an int >= 1, but got 'two'"),
+        ({**SANITY, "model_kwargs": [1]}, r"field `model_kwargs` to be a mapping"),
+        ({**SANITY, "explainers": "saliency"}, r"field `explainers` to be a non-empty list"),
+        ({**SANITY, "datamodule": "captum_ext.models:SmallCNN"}, r"field `datamodule` to build a LightningDataModule"),
+        ({**SANITY, "explainers": [{"method": "saliency", "kwargs": {"bogus": 1}}]}, r"Field `explainers`: .*'bogus'"),
     ],
 )
 def test_bad_configs_exit_2_with_a_one_line_error(tmp_path, capsys, config, message):
+    config = {**config, "out": str(tmp_path / "never")}
     assert main(["sanity", "--config", _write(tmp_path, config)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
+    assert not (tmp_path / "never").exists()  # a failed run writes nothing
+
+
+@pytest.mark.parametrize(
+    "command, config, message",
+    [
+        ("roar", {"module_factory": "captum_ext.models:small_cnn_module", "datamodule": "captum_ext.data:CleverHansDigits",
+                  "explainers": ["saliency"], "trainer_kwargs": {"max_epochs": "two"}},
+         r"field `trainer_kwargs.max_epochs` to be an int, but got 'two'"),
+        ("roar", {"module_factory": "captum_ext.models:small_cnn_module", "datamodule": "captum_ext.data:CleverHansDigits",
+                  "explainers": ["saliency"], "fractions": [0.5, 1.5]}, r"field `fractions` to be a non-empty list"),
+        ("roar", {"module_factory": "captum_ext.models:small_cnn_module", "datamodule": "captum_ext.data:CleverHansDigits",
+                  "explainers": ["saliency"], "keep": "yes"}, r"field `keep` to be true or false"),
+        ("audit", {"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
+                   "region": [1, 2, 3]}, r"field `region` to be a box"),
+        ("audit", {"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
+                   "classes": ["zero"]}, r"field `classes` to be a list of class indices"),
+    ],
+)
+def test_bad_fields_of_every_command_exit_2_before_anything_runs(tmp_path, capsys, command, config, message):
+    config = {**config, "out": str(tmp_path / "never")}
+    assert main([command, "--config", _write(tmp_path, config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_checkpoint_of_another_architecture_names_the_field(tmp_path, capsys):
+    import torch
+
+    from captum_ext.models import TinyViT
+
+    torch.save(TinyViT().state_dict(), tmp_path / "vit.pt")
+    config = {**SANITY, "checkpoint": str(tmp_path / "vit.pt"), "out": str(tmp_path / "never")}
+    assert main(["sanity", "--config", _write(tmp_path, config)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"Field `checkpoint`: .*vit.pt' does not fit the model of field `model`", err), err
+    assert not (tmp_path / "never").exists()
 
 
 def test_missing_config_file_exits_2(tmp_path, capsys):

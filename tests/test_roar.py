@@ -320,3 +320,26 @@ def test_rankings_stream_to_npy_loaded_without_pickle(tmp_path):
     with pytest.raises(IndexError):
         compute_rankings(model, Explainer("saliency"), Short(images, labels), tmp_path / "s.npy", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.npy"]  # nothing half-written remains
+
+
+def test_a_torn_results_line_swallows_nothing_and_stale_temporaries_go(tmp_path):
+    """Issue #14: a writer killed mid-line must not take the next record with it; interrupted atomic writes left
+    behind are removed once nobody has touched them for an hour."""
+    import os
+    import time
+
+    from captum_ext.evaluation import cache
+
+    results = tmp_path / "results.jsonl"
+    cache.append_record(results, {"key": "a", "accuracy": 0.5})
+    with open(results, "ab") as handle:
+        handle.write(b'{"key": "b", "accur')  # killed here
+    cache.append_record(results, {"key": "c", "accuracy": 0.75})
+    assert [r["key"] for r in cache.read_records(results)] == ["a", "c"]
+    stale, fresh = tmp_path / ".rank_x.npy.abc.tmp", tmp_path / ".rank_y.npy.def.tmp"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"being written")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    assert cache.remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and fresh.exists() and results.exists()

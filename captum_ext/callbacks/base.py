@@ -427,7 +427,8 @@ class ExplanationCallback(*CALLBACK_BASES):
             self.attribute(as_explainer(explainer), pl_module, inputs, labels)
 
     def explainers_used(self) -> list[Explainer]:
-        """The explainers this callback calls (for the dry run); none by default."""
+        """The explainers this callback calls: dry-run before training, their call counters checkpointed (a resumed
+        fit continues their seeded draws). None by default."""
         return []
 
     # -- probe set --------------------------------------------------------------------------------------------
@@ -543,11 +544,17 @@ class ExplanationCallback(*CALLBACK_BASES):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"probe_indices": self._probe_indices, **self._extra_state()}
+        # the explainers' call counters seed their next draws: a resumed fit must continue them, not restart them
+        calls = [explainer._calls for explainer in self.explainers_used()]
+        return {"probe_indices": self._probe_indices, "explainer_calls": calls, **self._extra_state()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         indices = state_dict.get("probe_indices")
         self._probe_indices = None if indices is None else [int(i) for i in indices]
         self._probe = None
+        calls = state_dict.get("explainer_calls")
+        if calls is not None and len(calls) == len(self.explainers_used()):
+            for explainer, count in zip(self.explainers_used(), calls):
+                explainer._calls = int(count)
         self._load_extra_state(state_dict)

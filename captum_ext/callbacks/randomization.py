@@ -134,7 +134,7 @@ class RandomizationMonitor(ExplanationCallback):
         return {"explainer": self.explainer.name, "num_samples": self.num_samples, "seed": self.seed}
 
     def explainers_used(self) -> list[Explainer]:
-        return [self.explainer]
+        return [self.explainer, self.random_explainer]
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         probe = self.probe(trainer, pl_module)

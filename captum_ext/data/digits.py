@@ -8,20 +8,57 @@ variant tags the same share of images independently of the label: the same pixel
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
 from sklearn.datasets import load_digits
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from captum_ext._checks import check_int, check_real
 
-__all__ = ["CleverHansDigits"]
+__all__ = ["CleverHansDigits", "EpochShuffle"]
 
 Split = Literal["train", "val", "test"]
 _CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left")
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order per epoch that depends on ``(seed, epoch)`` only; ``set_epoch`` (called by Lightning) picks it.
+
+    For full epochs the orders are those of ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
+    in successive epochs (that loader draws one base seed and two permutations from its generator per epoch), so
+    switching to it changed no fit; unlike that loader it is stateless, so a resumed fit reproduces them.
+
+    Example::
+
+        >>> sampler = EpochShuffle(5, seed=0)
+        >>> sampler.set_epoch(3)
+        >>> first = list(sampler)
+        >>> sampler.set_epoch(0); sampler.set_epoch(3)
+        >>> list(sampler) == first and sorted(first) == [0, 1, 2, 3, 4]
+        True
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size, self.seed, self.epoch = check_int("size", size, 0), check_int("seed", seed, 0), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = check_int("epoch", epoch, 0)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):  # what the shuffling DataLoader drew in the earlier epochs
+            torch.empty((), dtype=torch.int64).random_(generator=gen)
+            torch.randperm(self.size, generator=gen)
+            torch.randperm(self.size, generator=gen)
+        torch.empty((), dtype=torch.int64).random_(generator=gen)
+        return iter(torch.randperm(self.size, generator=gen).tolist())
 
 
 class CleverHansDigits(pl.LightningDataModule):
@@ -238,8 +275,11 @@ class CleverHansDigits(pl.LightningDataModule):
         return TensorDataset(images, labels)
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=True, generator=gen)
+        """Shuffled by :class:`EpochShuffle`: epoch *e*'s order depends on (seed, e) only, so a fit resumed from a
+        checkpoint sees the orders an uninterrupted fit would (Lightning calls ``set_epoch``)."""
+        train = self.dataset("train")
+        base_seeds = torch.Generator().manual_seed(self.seed)  # DataLoader draws its worker base seed from it
+        return DataLoader(train, batch_size=self.batch_size, sampler=EpochShuffle(len(train), self.seed), generator=base_seeds)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset("val"), batch_size=self.batch_size)

@@ -7,7 +7,8 @@ and the base model's weights. Nothing here is loaded with pickle (``allow_pickle
   cache.
 * The results file ``results.jsonl`` gets one JSON line per finished run, appended with a single
   ``O_APPEND`` write (atomic with respect to other appenders, so concurrent workers can share it);
-  unparsable lines (a crash in the middle of a write) are ignored when reading.
+  a torn last line (a writer killed in the middle of a write) is ended before the next record is appended and
+  skipped when reading. Temporary files of interrupted writes older than an hour are removed when ROAR starts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -133,10 +135,14 @@ def load_rankings(path: str | os.PathLike) -> np.ndarray:
 
 
 def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append ``record`` as one JSON line with a single ``O_APPEND`` write, then fsync."""
+    """Append ``record`` as one JSON line with a single ``O_APPEND`` write, then fsync. A torn last line (a writer
+    killed mid-write) is ended first, so it cannot swallow this record."""
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
     finally:
@@ -157,6 +163,21 @@ def read_records(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, max_age_s: float = 3600.0) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes (``.<name>.*.tmp``) not modified for ``max_age_s``
+    seconds (a live writer keeps touching its file); returns the paths removed."""
+    removed = []
+    now = time.time()
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > max_age_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another driver removed or renamed it meanwhile
+            continue
+    return removed
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> None:

@@ -254,6 +254,7 @@ def _benchmark(
     recipes.append(Explainer("random", seed=seed))
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    cache.remove_stale_temporaries(folder)
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
