@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "Unpack", "unpack_batch", "check_unpack"]
+__all__ = ["IMAGE_KEYS", "LABEL_KEYS", "Unpack", "unpack_batch", "check_unpack", "with_images"]
 
 IMAGE_KEYS: tuple[str, ...] = ("image", "images", "pixel_values", "x", "input", "inputs", "img")
 LABEL_KEYS: tuple[str, ...] = ("label", "labels", "target", "targets", "y", "class", "cls")
@@ -70,3 +70,22 @@ def unpack_batch(item: Any, unpack: Unpack | None = None) -> tuple[Any, Any]:
         f"Expected an (images, labels, ...) tuple or a dict with image and label keys, but got {type(item).__name__}; "
         "pass `unpack=` (item -> (images, labels))."
     )
+
+
+def with_images(item: Any, images: Any) -> Any:
+    """``item`` (a tuple, list or dict read by the default rule) with its images replaced, in the same structure, so
+    a pipeline that builds modified data (ROAR's masked views) hands your module the batches it expects.
+
+    Example::
+
+        >>> with_images({"image": 0, "label": 3, "path": "a.png"}, 1)
+        {'image': 1, 'label': 3, 'path': 'a.png'}
+
+    Raises:
+        TypeError: an item the default rule cannot read.
+    """
+    unpack_batch(item)  # the same error as the rule for anything else
+    if isinstance(item, (tuple, list)):
+        return type(item)([images, *item[1:]]) if isinstance(item, list) else (images, *item[1:])
+    key = next(k for k in IMAGE_KEYS if k in item)
+    return {**item, key: images}

@@ -25,6 +25,7 @@ import torch
 import yaml
 from torch import nn
 
+from captum_ext.batches import unpack_batch
 from captum_ext.explainer import METHODS, Explainer
 
 __all__ = ["ConfigError", "FIELDS", "load_config", "import_object", "build_explainer", "build_model", "build_datamodule", "probe_batch"]
@@ -256,9 +257,10 @@ def probe_batch(datamodule: Any, num_samples: int | None) -> tuple[torch.Tensor,
         raise ConfigError(f"Expected field `num_samples` to be a positive int, but got {num_samples!r}.")
     images, labels, count = [], [], 0
     for batch in datamodule.test_dataloader():
-        images.append(batch[0])
-        labels.append(batch[1])
-        count += len(batch[1])
+        x, y = unpack_batch(batch)
+        images.append(x)
+        labels.append(torch.as_tensor(y))
+        count += len(y)
         if num_samples is not None and count >= num_samples:
             break
     x, y = torch.cat(images), torch.cat(labels)

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from captum_ext._checks import check_finite, check_int, check_real
 from captum_ext._multigrid import solve_neighbour_average
+from captum_ext.normalization import Normalization, check_normalization
 
 __all__ = ["Imputer", "MeanImputer", "ConstantImputer", "BlurImputer", "NoiseImputer", "NoisyLinearImputer", "gaussian_blur"]
 
@@ -85,13 +86,30 @@ class MeanImputer(Imputer):
 
 
 class ConstantImputer(Imputer):
-    """Fill with one constant (default 0: "black", Petsiuk's deletion substrate)."""
+    """Fill with one constant in pixel space (default 0: "black", Petsiuk's deletion substrate).
 
-    def __init__(self, value: float = 0.0):
+    Args:
+        value: the pixel value. Default 0.0.
+        normalization: the model's input normalisation; with it the fill is ``(value - mean) / std`` per channel,
+            the value as the model sees it (with ``Normalize`` in the pipeline a raw 0 would be the mean colour).
+            Default None (the inputs are pixels).
+
+    Example::
+
+        >>> from captum_ext.normalization import Normalization
+        >>> black = ConstantImputer(0.0, normalization=Normalization((0.5,), (0.25,)))
+        >>> black(torch.ones(1, 1, 1, 2), torch.tensor([[True, False]])).tolist()
+        [[[[-2.0, 1.0]]]]
+    """
+
+    def __init__(self, value: float = 0.0, normalization: Normalization | None = None):
         self.value = check_real("value", value)
+        self.normalization = check_normalization(normalization)
 
     def fill(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(inputs, self.value)
+        if self.normalization is None:
+            return torch.full_like(inputs, self.value)
+        return self.normalization.from_pixels(torch.full_like(inputs[:1, :, :1, :1], self.value)).expand_as(inputs)
 
 
 def gaussian_blur(inputs: torch.Tensor, sigma: float, padding: str = "replicate") -> torch.Tensor:

@@ -22,13 +22,16 @@ import torch
 from matplotlib.figure import Figure
 
 from captum_ext import maps as _maps
+from captum_ext.normalization import Normalization
 
 __all__ = ["overlay_grid", "curve_figure", "class_mean_figure", "figure_to_png", "figure_to_array"]
 
 
-def _image(img: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in any range -> (H, W) or (H, W, 3) in [0, 1] for imshow."""
-    arr = _maps.normalize_minmax(img.detach().float().cpu()[None])[0]
+def _image(img: torch.Tensor, normalization: Normalization | None = None) -> np.ndarray:
+    """(C, H, W) model input -> (H, W) or (H, W, 3) in [0, 1] for imshow: back in pixel space (clamped) with the
+    model's ``normalization``, else min-max scaled."""
+    img = img.detach().float().cpu()[None]
+    arr = (normalization.to_pixels(img).clamp(0, 1) if normalization is not None else _maps.normalize_minmax(img))[0]
     return arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
 
 
@@ -38,6 +41,7 @@ def overlay_grid(
     titles: Sequence[str] | None = None,
     alpha: float = 0.55,
     cmap: str = "inferno",
+    normalization: Normalization | None = None,
 ) -> Figure:
     """A grid: one row of images, then one row per named (N, H, W) map overlaid on them (min-max per map).
 
@@ -47,19 +51,20 @@ def overlay_grid(
         titles: optional per-column titles (e.g. "label 3 / pred 3").
         alpha: opacity of the map. Default 0.55.
         cmap: colormap of the map. Default ``"inferno"``.
+        normalization: the model's input normalisation, to show the images in pixel space. Default None.
     """
     n = images.shape[0]
     rows = 1 + len(maps_by_name)
     fig = Figure(figsize=(1.3 * n + 1.2, 1.3 * rows))
     axes = fig.subplots(rows, n, squeeze=False)
     for j in range(n):
-        axes[0, j].imshow(_image(images[j]), cmap="gray")
+        axes[0, j].imshow(_image(images[j], normalization), cmap="gray")
         if titles is not None:
             axes[0, j].set_title(titles[j], fontsize=7)
     for i, (name, values) in enumerate(maps_by_name.items(), start=1):
         normed = _maps.normalize_minmax(values.detach().float().cpu())
         for j in range(n):
-            axes[i, j].imshow(_image(images[j]), cmap="gray")
+            axes[i, j].imshow(_image(images[j], normalization), cmap="gray")
             axes[i, j].imshow(normed[j].numpy(), cmap=cmap, alpha=alpha)
         axes[i, 0].set_ylabel(name, fontsize=8)
     for ax in axes.flat:

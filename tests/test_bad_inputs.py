@@ -24,6 +24,7 @@ from captum_ext.evaluation import road
 from captum_ext.imputation import BlurImputer, ConstantImputer, MeanImputer, NoiseImputer, NoisyLinearImputer
 from captum_ext.metrics import AOPC, DeletionAUC, InsertionAUC, MapSimilarity, PointingGame, RelevanceMass
 from captum_ext.models import SmallCNN, TinyViT
+from captum_ext.normalization import Normalization
 from captum_ext.sanity import data_randomization_test, model_randomization_test
 
 NAN, INF = math.nan, math.inf
@@ -148,6 +149,11 @@ CASES = [
     ("imputer", lambda: ConstantImputer()(X, mask(dtype=torch.float32)), ValueError, r"`mask`"),
     ("imputer", lambda: ConstantImputer()(X, mask((31, 32))), ValueError, r"`mask`"),
     ("imputer", lambda: ConstantImputer()(X[0], mask()), ValueError, r"`inputs`"),
+    ("imputer", lambda: ConstantImputer(0.0, normalization=(0.5, 0.2)), TypeError, r"`normalization`"),
+    ("imputer", lambda: Normalization(mean=(), std=()), ValueError, r"`mean`"),
+    ("imputer", lambda: Normalization(mean=(0.5, 0.5), std=(0.2,)), ValueError, r"`std`"),
+    ("imputer", lambda: Normalization(mean=(NAN,), std=(0.2,)), ValueError, r"`mean`"),
+    ("imputer", lambda: Normalization(mean="0.5", std=(0.2,)), ValueError, r"`mean`"),
     # -- metrics --------------------------------------------------------------------------------------------------
     ("metrics", lambda: DeletionAUC(steps=0), ValueError, r"`steps`"),
     ("metrics", lambda: DeletionAUC(batch_size=0), ValueError, r"`batch_size`"),
@@ -156,6 +162,8 @@ CASES = [
     ("metrics", lambda: InsertionAUC(reduce="abs"), ValueError, r"`reduce`"),
     ("metrics", lambda: AOPC(seed=1.5), TypeError, r"`seed`"),
     ("metrics", lambda: AOPC(output_fn=3), TypeError, r"`output_fn`"),
+    ("metrics", lambda: DeletionAUC(normalization={"mean": 0.5}), TypeError, r"`normalization`"),
+    ("callbacks", lambda: AttributionMonitor(normalization="imagenet"), TypeError, r"`normalization`"),
     ("metrics", lambda: DeletionAUC().update(CNN, X, X[:, 0, :8], Y), ValueError, r"`attributions`"),
     ("metrics", lambda: DeletionAUC().update(CNN, X, X, Y.float()), TypeError, r"`target`"),
     ("metrics", lambda: DeletionAUC().update(CNN, X, X, Y + 4), ValueError, r"`target`.*\[0, 4\)"),

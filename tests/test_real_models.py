@@ -421,3 +421,84 @@ class _PictureModule(_dict_module(pytest.importorskip("pytorch_lightning").Light
 
     def validation_step(self, batch, batch_idx):
         return None
+
+
+# -- input normalisation ------------------------------------------------------------------------------------------
+def test_normalised_inputs_delete_to_black_in_pixel_space(cnn):
+    """A model behind ``Normalize`` scored on normalised inputs with the normalisation known must give the very
+    deletion curve of the same model scored on pixels: the default fill is black in pixel space, not the mean."""
+    from captum_ext.metrics.faithfulness import perturbation_curve
+    from captum_ext.normalization import Normalization
+
+    norm = Normalization(mean=(0.45,), std=(0.2,))
+
+    class BehindNormalize(nn.Module):  # the user's model takes normalised inputs
+        def __init__(self):
+            super().__init__()
+            self.net = cnn
+
+        def forward(self, z):
+            return self.net(norm.to_pixels(z))
+
+    pixels = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    saliency = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
+    target = torch.tensor([0, 1, 2])
+    reference = perturbation_curve(cnn, pixels, saliency, target, steps=4)
+    ours = perturbation_curve(BehindNormalize(), norm.from_pixels(pixels), saliency, target, steps=4, normalization=norm)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    unaware = perturbation_curve(BehindNormalize(), norm.from_pixels(pixels), saliency, target, steps=4)
+    assert not torch.allclose(unaware, reference, atol=1e-4)  # a raw 0 is the mean colour there
+
+
+def test_pictures_of_normalised_inputs_are_shown_in_pixel_space():
+    from captum_ext.callbacks.base import display_images
+    from captum_ext.normalization import IMAGENET
+
+    pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(6)) * 0.5 + 0.25
+    torch.testing.assert_close(display_images(IMAGENET.from_pixels(pixels), IMAGENET), pixels, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"`std` to be a positive real number"):
+        type(IMAGENET)(mean=(0.5,), std=(0.0,))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) images for a 3-channel normalisation"):
+        IMAGENET.to_pixels(torch.zeros(1, 1, 4, 4))
+
+
+# -- the Clever Hans audit at 224 px --------------------------------------------------------------------------------
+class SaturatedShortcut(nn.Module):
+    """ResNet-18 (random weights) plus a class-0 logit that saturates on a bright 24x24 corner square read with
+    Gaussian weights: the model relies on the square, but its gradient there is almost zero (saturation, the failure
+    that motivates integrated gradients, Sundararajan et al. 2017), so input x gradient barely shows it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torchvision.models.resnet18(weights=None, num_classes=4)
+        grid = torch.arange(24.0) - 11.5
+        weights = torch.exp(-(grid[:, None] ** 2 + grid[None] ** 2) / (2 * 8.0**2))
+        self.register_buffer("weights", weights / weights.sum())
+
+    def forward(self, x):
+        tag = (x[:, :, :24, :24].mean(1) * self.weights).sum(dim=(1, 2))
+        return self.net(x) + nn.functional.pad(10 * torch.sigmoid(40 * (tag - 0.75))[:, None], (0, 3))
+
+
+def test_audit_at_224_px_flags_by_intervention_and_discovers_the_square():
+    """Issue #13's case: a ResNet-18 reading a 24x24 square at 224 px had a relevance ratio of 2.2 (< 3) and was not
+    flagged. The intervention (against same-size placebo regions) now decides and the disagreement is reported;
+    integrated gradients, which do not saturate, discover the square (IoU >= 0.5)."""
+    from captum_ext.audit import CleverHansAudit
+
+    model = seeded(SaturatedShortcut)
+    x = torch.rand(16, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 0.6
+    y = torch.tensor([0, 1, 2, 3] * 4)
+    x[y == 0, :, :24, :24] = 1.0
+    given = CleverHansAudit("input_x_gradient", region=(0, 0, 24, 24), flip_images=12, batch_size=16).run(model, (x, y))
+    zero = given.classes[0]
+    assert given.flagged == [0]
+    assert zero["ratio"] < 3.0 and not zero["evidence"]["attribution"]  # the maps alone would miss it
+    assert zero["accuracy_drop"] == 1.0 and zero["placebo_drop"] == 0.0 and zero["intervention_p"] < 0.01
+    assert zero["agreement"].startswith("intervention only")
+    assert "class 0: intervention only" in repr(given)
+    found = CleverHansAudit(Explainer("integrated_gradients", n_steps=4), flip_images=12, batch_size=16).run(model, (x, y))
+    assert found.flagged == [0]
+    x0, y0, x1, y1 = found.classes[0]["region"]
+    inter = max(0, min(x1, 24) - max(x0, 0)) * max(0, min(y1, 24) - max(y0, 0))
+    assert inter / ((x1 - x0) * (y1 - y0) + 24 * 24 - inter) >= 0.5

@@ -343,3 +343,45 @@ def test_a_torn_results_line_swallows_nothing_and_stale_temporaries_go(tmp_path)
     os.utime(stale, (old, old))
     assert cache.remove_stale_temporaries(tmp_path) == [stale]
     assert not stale.exists() and fresh.exists() and results.exists()
+
+
+class _Dicts(torch.utils.data.Dataset):
+    def __init__(self, tensors: TensorDataset):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(self.tensors)
+
+    def __getitem__(self, index):
+        x, y = self.tensors[index]
+        return {"image": x, "label": y, "index": index}
+
+
+class DictOracleData(OracleData):
+    """The same splits as dicts ``{"image", "label", "index"}``."""
+
+    def __init__(self):
+        super().__init__()
+        self.splits = {split: _Dicts(dataset) for split, dataset in self.splits.items()}
+
+
+class DictLinear(PLLinear):
+    """The same linear model for dict batches, returning ``(logits, features)``."""
+
+    def forward(self, x):
+        return self.net(x), x.flatten(1)
+
+    def training_step(self, batch, batch_idx):
+        assert set(batch) == {"image", "label", "index"}  # ROAR's masked views keep the structure
+        return nn.functional.cross_entropy(self.net(batch["image"]), batch["label"])
+
+
+def make_dict_linear() -> pl.LightningModule:
+    return DictLinear()
+
+
+def test_dict_batches_and_tuple_outputs_give_the_tuple_results(sweep, tmp_path):
+    reference, _, _ = sweep
+    result = roar(make_dict_linear, DictOracleData(), [ORACLE], fractions=(0.3, 0.6), repeats=1,
+                  trainer_kwargs=TRAINER, cache_dir=tmp_path, progress=False)
+    assert result.accuracy == reference.accuracy and result.baseline_accuracy == reference.baseline_accuracy

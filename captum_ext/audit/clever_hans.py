@@ -16,12 +16,22 @@ Per audited class ``c`` (its images: label ``c`` with ``target="label"``, predic
 * counterfactuals on the images labelled ``c``: ``accuracy_drop``, accuracy before minus after filling ``G`` with
   the imputer; ``flip_rate``, the share of the images of other classes (not already predicted ``c``) that the
   model predicts as ``c`` once ``G`` is pasted on them from the class image with the highest relevance mass in
-  ``G`` (``flip_source``, its index among the audited images; at most ``flip_images`` of them, evenly spaced).
+  ``G`` (``flip_source``, its index among the audited images; at most ``flip_images`` of them, evenly spaced;
+  images whose prediction changes when their own ``G`` is imputed are left out, since covering *their* shortcut
+  would count as a flip);
+  the same two interventions on **placebo** regions (``G`` moved to 8 seeded places that do not overlap it:
+  ``placebo_drop``, ``placebo_flip_rate``) and ``intervention_p``, the paired exact sign test that the region
+  changes more predictions than its placebos (Bonferroni over the two tests).
 
-A class is **flagged** when every piece of evidence that applies crosses its threshold (all in the report):
+A class is **flagged** when the intervention shows that it relies on the region and every other piece of evidence
+that applies agrees (:func:`flag_rule`; all in the report):
 
-* attribution: ``ratio >= ratio_threshold`` (default 3.0);
-* counterfactual: ``accuracy_drop >= drop_threshold`` (default 0.1) or ``flip_rate >= flip_threshold`` (0.1);
+* counterfactual (decides): ``accuracy_drop >= drop_threshold`` (default 0.1) or ``flip_rate >= flip_threshold``
+  (0.1), and ``intervention_p < significance`` (default 0.01). Issue #13: at 224 px a ResNet-18 that reads a
+  24x24 corner square (accuracy drop 0.70, flip rate 0.89) had a relevance ratio of only 2.2: a digit-calibrated
+  ratio threshold must not veto a causal test;
+* attribution (reported): ``ratio >= ratio_threshold`` (default 3.0); ``agreement`` says whether the maps and the
+  intervention agree, and which one disagrees;
 * control (only when a ``control`` model is given): ``ratio >= control_factor * control_ratio`` (default 2.0), the
   control's ratio measured with the same explainer, images and region. Some methods favour bright pixels, so a
   bright tag draws relevance even from a model that does not use it: the control tells the two apart;
@@ -47,6 +57,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.stats import binomtest
 from torch import nn
 
 from captum_ext._checks import check_finite, check_int, check_real
@@ -147,6 +158,63 @@ def _collect(data: Any, max_images: int | None, unpack: Unpack | None = None) ->
     return x, y
 
 
+def placebo_regions(region: torch.Tensor, count: int = 8) -> torch.Tensor:
+    """``count`` copies of ``region`` moved to seeded random places that do not overlap it: (count, H, W) bool.
+
+    The intervention's control: removing (or pasting) a region of the same size and shape anywhere changes some
+    predictions; a shortcut region must change significantly more than that. Moves wrap around the image edges
+    (the area is kept). When the region covers too much of the image for a disjoint copy, the copies are empty.
+    """
+    h, w = region.shape
+    gen = torch.Generator().manual_seed(0)
+    moved: list[torch.Tensor] = []
+    for _ in range(50 * count):
+        if len(moved) == count:
+            break
+        shift = (int(torch.randint(h, (), generator=gen)), int(torch.randint(w, (), generator=gen)))
+        candidate = torch.roll(region, shift, dims=(0, 1))
+        if not bool((candidate & region).any()):
+            moved.append(candidate)
+    return torch.stack(moved) if moved else torch.zeros(1, h, w, dtype=torch.bool)
+
+
+def _cycle(masks: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, H, W): the masks repeated in turn, one per image."""
+    return masks[torch.arange(n) % len(masks)]
+
+
+def _sign_test(wins: int, losses: int) -> float:
+    """One-sided exact sign test (McNemar) p-value that ``wins`` exceed ``losses`` among the discordant pairs."""
+    return float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue) if wins + losses else 1.0
+
+
+def counterfactual_evidence(entry: dict[str, Any], thresholds: dict[str, float]) -> bool:
+    """The intervention says the class relies on the region: removing it costs at least ``drop_threshold``
+    accuracy, or pasting it flips at least ``flip_threshold`` of the other images, *and* the effect beats the
+    same intervention on same-size placebo regions (paired exact sign test, Bonferroni over the two, p below
+    ``significance``). No digit-calibrated constant alone decides it: the placebo is measured on the same images."""
+    large = entry["accuracy_drop"] >= thresholds["accuracy_drop"] or entry["flip_rate"] >= thresholds["flip_rate"]
+    return bool(large and entry["intervention_p"] < thresholds["significance"])
+
+
+def agreement(attribution: bool, intervention: bool) -> str:
+    """Whether the map and the intervention tell the same story about the region (reported, never hidden)."""
+    if attribution == intervention:
+        return "both" if attribution else "neither"
+    if intervention:
+        return "intervention only: the model relies on the region but the maps do not show it"
+    return "attribution only: the maps point at the region but removing or pasting it changes little"
+
+
+def flag_rule(evidence: dict[str, bool | None]) -> bool:
+    """A class is flagged when the intervention shows it relies on the region (the causal test; the attribution
+    ratio is reported beside it, see :func:`agreement`), the control model (when given) puts clearly less
+    relevance there, and in discovery mode the candidate is compact, consistent and off the object."""
+    return bool(evidence["counterfactual"]) and all(
+        value for key, value in evidence.items() if key not in ("attribution", "counterfactual") and value is not None
+    )
+
+
 class CleverHansAudit:
     """Does any class rely on a spurious region? Measure it per class and prove it by intervention.
 
@@ -167,6 +235,8 @@ class CleverHansAudit:
         ratio_threshold: Default 3.0. drop_threshold: Default 0.1. flip_threshold: Default 0.1.
         control_factor: Default 2.0. specificity_threshold: Default 8.0. max_area: Default 0.1.
         consistency_threshold: Default 0.5.
+        significance: the intervention's p-value bound against same-size placebo regions (see
+            :func:`counterfactual_evidence`). Default 0.01.
         flip_images: the flip rate is measured on at most this many images of other classes (evenly spaced over
             them, no randomness), which bounds the cost at ``classes x flip_images`` forward passes. Default 200.
         batch_size: images per attribution / forward call. Default 128.
@@ -202,6 +272,7 @@ class CleverHansAudit:
         specificity_threshold: float = 8.0,
         consistency_threshold: float = 0.5,
         max_area: float = 0.1,
+        significance: float = 0.01,
         flip_images: int = 200,
         batch_size: int = 128,
         max_images: int | None = None,
@@ -241,6 +312,7 @@ class CleverHansAudit:
             "specificity": _positive_real("specificity_threshold", specificity_threshold),
             "consistency": _positive_real("consistency_threshold", consistency_threshold, 1.0),
             "max_area": _positive_real("max_area", max_area, 1.0),
+            "significance": _positive_real("significance", significance, 1.0),
         }
         for name, value in (("flip_images", flip_images), ("batch_size", batch_size), ("max_images", max_images)):
             if value is None and name == "max_images":
@@ -314,21 +386,36 @@ class CleverHansAudit:
         imputer: Imputer,
     ) -> dict[str, Any]:
         own = y == cls
+        placebos = placebo_regions(region)
         before = float((pred[own] == cls).double().mean()) if own.any() else float("nan")
-        after = float((self._predict(model, imputer(x[own], region)) == cls).double().mean()) if own.any() else float("nan")
+        after = after_placebo = float("nan")
+        p_drop = p_flip = 1.0
+        if own.any():
+            kept = self._predict(model, imputer(x[own], region)) == cls
+            placebo_kept = self._predict(model, imputer(x[own], _cycle(placebos, int(own.sum())))) == cls
+            after, after_placebo = float(kept.double().mean()), float(placebo_kept.double().mean())
+            p_drop = _sign_test(int((placebo_kept & ~kept).sum()), int((kept & ~placebo_kept).sum()))
         others = torch.nonzero((y != cls) & (pred != cls))[:, 0]
         if len(others) > self.flip_images:  # evenly spaced, no randomness
             others = others[torch.linspace(0, len(others) - 1, self.flip_images).round().long()]
-        flip = float("nan")
+        if len(others):  # images whose own prediction needs their region would "flip" by losing it: left out
+            others = others[self._predict(model, imputer(x[others], region)) == pred[others]]
+        flip = flip_placebo = float("nan")
         if len(others):
-            pasted = torch.where(region, x[source], x[others])
-            flip = float((self._predict(model, pasted) == cls).double().mean())
+            flipped = self._predict(model, torch.where(region, x[source], x[others])) == cls
+            placebo_masks = _cycle(placebos, len(others))[:, None]
+            placebo_flipped = self._predict(model, torch.where(placebo_masks, x[source], x[others])) == cls
+            flip, flip_placebo = float(flipped.double().mean()), float(placebo_flipped.double().mean())
+            p_flip = _sign_test(int((flipped & ~placebo_flipped).sum()), int((placebo_flipped & ~flipped).sum()))
         return {
             "accuracy_before": before,
             "accuracy_after": after,
             "accuracy_drop": before - after,
+            "placebo_drop": before - after_placebo,
             "flip_rate": flip,
+            "placebo_flip_rate": flip_placebo,
             "flip_source": int(source),
+            "intervention_p": min(1.0, 2 * min(p_drop, p_flip)),  # Bonferroni over the two tests
         }
 
     # -- entry point ----------------------------------------------------------------------------------------
@@ -398,7 +485,7 @@ class CleverHansAudit:
                 entry["control_ratio"] = float(relevance_mass(control_maps[group], region).mean()) / entry["area"]
             evidence = {
                 "attribution": entry["ratio"] >= t["ratio"],
-                "counterfactual": bool(entry["accuracy_drop"] >= t["accuracy_drop"] or entry["flip_rate"] >= t["flip_rate"]),
+                "counterfactual": counterfactual_evidence(entry, t),
                 "control": None if entry["control_ratio"] is None else entry["ratio"] >= t["control_factor"] * entry["control_ratio"],
                 "candidate": None
                 if given is not None
@@ -409,7 +496,8 @@ class CleverHansAudit:
                 ),
             }
             entry["evidence"] = evidence
-            entry["flagged"] = all(v for v in evidence.values() if v is not None)
+            entry["agreement"] = agreement(evidence["attribution"], evidence["counterfactual"])
+            entry["flagged"] = flag_rule(evidence)
             if entry["flagged"]:
                 flagged.append(cls)
             results[cls] = entry

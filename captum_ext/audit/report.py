@@ -39,6 +39,7 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("consistency", "cons", "{:.2f}"),
     ("accuracy_drop", "acc drop", "{:+.2f}"),
     ("flip_rate", "flip", "{:.2f}"),
+    ("intervention_p", "p", "{:.0e}"),
     ("control_ratio", "ctrl ratio", "{:.2f}"),
 )
 
@@ -72,11 +73,13 @@ class AuditReport:
             ``classes[c]["region"]``).
         classes: ``{class: {"n_images", "relevance_mass", "area", "ratio", "pointing_game", "rank_accuracy",
             "specificity", "consistency", "accuracy_before", "accuracy_after", "accuracy_drop", "flip_rate",
-            "flip_source", "control_ratio", "region", "evidence", "flagged"}}``; ``evidence`` holds the verdict of
-            each criterion (``"attribution"``, ``"counterfactual"``, ``"control"``, ``"candidate"``; None where it
-            does not apply).
+            "flip_source", "placebo_drop", "placebo_flip_rate", "intervention_p", "control_ratio", "region",
+            "evidence", "agreement", "flagged"}}``; ``evidence`` holds the verdict of each criterion
+            (``"attribution"``, ``"counterfactual"``, ``"control"``, ``"candidate"``; None where it does not apply);
+            ``agreement`` says whether the maps and the intervention agree, and which one disagrees.
         class_maps: ``{class: (H, W) mean of the class's maps, each normalised to sum 1}``.
-        flagged: the classes whose evidence crosses every threshold.
+        flagged: the classes the intervention shows to rely on the region, with every other applicable criterion
+            agreeing (:func:`captum_ext.audit.clever_hans.flag_rule`).
         thresholds: the thresholds used.
         target: ``"label"`` or ``"prediction"``.
         imputer: repr of the imputer used for ``accuracy_drop``.
@@ -149,6 +152,7 @@ class AuditReport:
         for row in table:
             lines.append("  ".join(cell.rjust(width) for cell, width in zip(row, widths)).rstrip())
         lines.append(f"flagged: {self.flagged}")
+        lines += [f"class {cls}: {entry['agreement']}" for cls, entry in self.classes.items() if ":" in entry.get("agreement", "")]
         return "\n".join(lines)
 
     def plot(self, columns: int = 5) -> Figure:

@@ -22,6 +22,7 @@ from captum_ext.callbacks.base import ExplanationCallback, overlay_grid, synced_
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics.faithfulness import AOPC, DeletionAUC, InsertionAUC
 from captum_ext.model_output import OutputFn
+from captum_ext.normalization import Normalization, check_normalization
 
 __all__ = ["AttributionMonitor", "METRICS", "check_target"]
 
@@ -57,6 +58,8 @@ class AttributionMonitor(ExplanationCallback):
             ``{"steps": 8}``: half the metrics' own default, since a per-epoch trend on a few probe images needs no
             finer curve, and it keeps a check within ~1.5x the bare attribution time (``benchmarks/callbacks.py``).
         probe, classes, seed, probe_scan, output_fn, unpack: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
+        normalization: the model's input normalisation (:class:`~captum_ext.normalization.Normalization`): the
+            metrics' black fill and the overlays are then in pixel space. Default None (the inputs are pixels).
 
     Attributes:
         maps: ``{explainer name: (N, H, W) maps}`` of the whole probe set at the last check (every rank).
@@ -94,6 +97,7 @@ class AttributionMonitor(ExplanationCallback):
         probe_scan: int = 4096,
         output_fn: OutputFn | None = None,
         unpack: Unpack | None = None,
+        normalization: Normalization | None = None,
     ):
         super().__init__(
             every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
@@ -121,8 +125,10 @@ class AttributionMonitor(ExplanationCallback):
         self.target = check_target(target)
         self.reduce = reduce
         self.maps: dict[str, torch.Tensor] = {}
+        self.normalization = check_normalization(normalization)
+        shared = {"output_fn": self.output_fn, "normalization": self.normalization}
         self._metrics = {
-            e.name: {m: METRICS[m](**{"output_fn": self.output_fn, **self.metric_kwargs}) for m in self.metric_names} for e in self.explainers
+            e.name: {m: METRICS[m](**{**shared, **self.metric_kwargs}) for m in self.metric_names} for e in self.explainers
         }
 
     def _state_key_fields(self) -> dict[str, Any]:
@@ -147,5 +153,5 @@ class AttributionMonitor(ExplanationCallback):
             shard_maps = inputs.new_zeros(len(inputs), *inputs.shape[-2:]) if empty else maps.reduce_channels(attributions, self.reduce)
             self.maps[explainer.name] = self.gather(trainer, shard_maps, probe).cpu()
             if self.log_images and self.tensorboard(trainer) is not None:
-                self.log_image(trainer, f"attribution/{explainer.name}/maps", overlay_grid(probe.inputs, self.maps[explainer.name]))
+                self.log_image(trainer, f"attribution/{explainer.name}/maps", overlay_grid(probe.inputs, self.maps[explainer.name], normalization=self.normalization))
         self.log_scalars(trainer, pl_module, values)

@@ -62,6 +62,7 @@ from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext.batches import Unpack, check_unpack, unpack_batch
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.model_output import OutputFn, check_output_fn, logits
+from captum_ext.normalization import Normalization
 
 try:  # the `lightning` package has its own, distinct Callback and logger classes
     import lightning.pytorch as _lightning_pytorch
@@ -76,6 +77,7 @@ __all__ = [
     "balanced_indices",
     "shard_positions",
     "preserved_rng",
+    "display_images",
     "overlay",
     "overlay_grid",
     "forward_in_eval",
@@ -270,29 +272,44 @@ def forward_in_eval(model: nn.Module, inputs: torch.Tensor, output_fn: OutputFn 
         return logits(model(inputs), output_fn)
 
 
-def overlay(images: torch.Tensor, saliency: torch.Tensor, alpha: float = 0.5, cmap: str = "inferno") -> torch.Tensor:
-    """Blend (N, C, H, W) images with (N, H, W) maps (|map| scaled by its 99th percentile, colour-mapped).
+def display_images(images: torch.Tensor, normalization: Normalization | None = None) -> torch.Tensor:
+    """(N, C, H, W) model inputs as (N, 3, H, W) RGB in [0, 1]: back in pixel space (clamped) with the model's
+    ``normalization``, else min-max scaled per image; one channel is repeated, more than three are averaged."""
+    images = images.detach().float().cpu()
+    if normalization is not None:
+        images = normalization.to_pixels(images).clamp(0, 1)
+    base = images if images.shape[1] == 3 else images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    return base if normalization is not None else maps.normalize_minmax(base)
+
+
+def overlay(
+    images: torch.Tensor,
+    saliency: torch.Tensor,
+    alpha: float = 0.5,
+    cmap: str = "inferno",
+    normalization: Normalization | None = None,
+) -> torch.Tensor:
+    """Blend (N, C, H, W) images (see :func:`display_images`) with (N, H, W) maps (|map| scaled by its 99th
+    percentile, colour-mapped).
 
     Returns:
         (N, 3, H, W) float RGB in [0, 1].
     """
     import matplotlib
 
-    images = images.detach().float().cpu()
-    base = images if images.shape[1] == 3 else images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
-    base = maps.normalize_minmax(base)
+    base = display_images(images, normalization)
     heat = maps.normalize_percentile(saliency.detach().float().cpu().abs())
     coloured = torch.from_numpy(matplotlib.colormaps[cmap](heat.numpy())[..., :3]).float().permute(0, 3, 1, 2)
     return ((1 - alpha) * base + alpha * coloured).clamp(0, 1)
 
 
-def overlay_grid(images: torch.Tensor, saliency: torch.Tensor, ncol: int = 8) -> torch.Tensor:
+def overlay_grid(
+    images: torch.Tensor, saliency: torch.Tensor, ncol: int = 8, normalization: Normalization | None = None
+) -> torch.Tensor:
     """A (3, H', W') image grid: rows of ``ncol`` inputs, each followed by the row of their overlays."""
     from torchvision.utils import make_grid
 
-    images = images.detach().float().cpu()
-    base = images if images.shape[1] == 3 else images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
-    base, blended = maps.normalize_minmax(base), overlay(images, saliency)
+    base, blended = display_images(images, normalization), overlay(images, saliency, normalization=normalization)
     tiles = []
     for start in range(0, len(images), ncol):
         chunk = slice(start, start + ncol)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from captum_ext import maps
 from captum_ext._io import atomic_path
+from captum_ext.batches import unpack_batch
 from captum_ext.evaluation._common import model_device
 from captum_ext.explainer import Explainer, canonical
 
@@ -73,10 +74,11 @@ def data_fingerprint(datasets: dict[str, Dataset], batch_size: int) -> tuple[str
     for split in sorted(datasets):
         sha.update(f"split:{split}|{len(datasets[split])}|".encode())
         for batch in _loader(datasets[split], batch_size):
-            for tensor in batch[:2]:
+            images, labels = unpack_batch(batch)
+            for tensor in (images, labels):
                 sha.update(torch.as_tensor(tensor).detach().cpu().contiguous().numpy().tobytes())
             if split == "train":
-                x = batch[0].detach().double()
+                x = images.detach().double()
                 sums = x.sum(dim=(0, 2, 3))
                 total = sums if total is None else total + sums
                 count += x.shape[0] * x.shape[2] * x.shape[3]
@@ -108,7 +110,8 @@ def compute_rankings(
         total=len(dataset), desc=description or f"ranking {explainer.name}", disable=not progress, leave=False
     ) as bar:
         for batch in _loader(dataset, batch_size):
-            x, y = batch[0].to(device), batch[1].to(device)
+            x, y = unpack_batch(batch)
+            x, y = x.to(device), torch.as_tensor(y).to(device)
             saliency = explainer.saliency(model, x, y, reduce="sum_abs")
             ranking = maps.rank_pixels(saliency, seed=seed)
             n, hw = ranking.shape

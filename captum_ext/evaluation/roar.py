@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from captum_ext import maps
 from captum_ext._checks import check_int
+from captum_ext.batches import unpack_batch, with_images
 from captum_ext.evaluation import cache
 from captum_ext.evaluation._common import accuracy, check_fractions
 from captum_ext.evaluation.results import ROARResult
@@ -58,7 +59,9 @@ class RankedMaskDataset(Dataset):
     for every batch of one shape), so with a shuffled loader an image's noise changes from epoch to epoch.
 
     Args:
-        dataset: yields ``(image (C, H, W), label, ...)`` items in the order the rankings were computed.
+        dataset: yields ``(image (C, H, W), label, ...)`` items, or dicts with the usual keys (see
+            :func:`captum_ext.batches.unpack_batch`), in the order the rankings were computed; each masked item keeps
+            its structure (a dict stays a dict), so the module trains on the batches it expects.
         rankings: path of an (N, H*W) rank-position ``.npy`` file (:func:`captum_ext.evaluation.cache.compute_rankings`).
         fraction: Share of pixels removed (ROAR) or kept (KAR), in [0, 1].
         keep: Keep the top pixels and impute the rest. Default False.
@@ -82,13 +85,13 @@ class RankedMaskDataset(Dataset):
         if self._positions is None:
             self._positions = cache.load_rankings(self.rankings)
         items = [self.dataset[index] for index in indices]
-        images = torch.stack([item[0] for item in items])
+        images = torch.stack([unpack_batch(item)[0] for item in items])
         h, w = images.shape[-2:]
         positions = torch.from_numpy(np.asarray(self._positions[list(indices)], dtype=np.int64))
         count = maps.pixel_count(self.fraction, h * w)
         removed = positions >= count if self.keep else positions < count
         images = self.imputer(images, removed.reshape(-1, h, w))
-        return [(image, *item[1:]) for image, item in zip(images, items)]
+        return [with_images(item, image) for image, item in zip(images, items)]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from captum_ext._checks import check_finite, check_int, class_targets
 from captum_ext._context import eval_mode
 from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer
 from captum_ext.model_output import OutputFn, check_output_fn, logits
+from captum_ext.normalization import Normalization, check_normalization
 
 __all__ = ["DeletionAUC", "InsertionAUC", "AOPC", "perturbation_curve", "trapezoid_auc", "aopc"]
 
@@ -75,6 +76,7 @@ def perturbation_curve(
     batch_size: int = 512,
     seed: int = 0,
     output_fn: OutputFn | None = None,
+    normalization: Normalization | None = None,
 ) -> torch.Tensor:
     """The deletion or insertion curve of each image: the target's score after each of ``steps`` steps.
 
@@ -97,6 +99,8 @@ def perturbation_curve(
         seed: Seeds the tie-breaking jitter of the ranking. Default 0.
         output_fn: maps the model's output to (B, K) scores. Default the package's output rule
             (:func:`captum_ext.model_output.logits`: a tensor, ``.logits``, a dict's ``"logits"``, a tuple's first).
+        normalization: the model's input normalisation, so that the default deletion fill is black in pixel space
+            (:class:`~captum_ext.normalization.Normalization`). Default None (the inputs are pixels).
 
     Returns:
         (N, steps + 1) float tensor; column ``k`` is the score at fraction ``k / steps`` (column 0 the
@@ -111,8 +115,9 @@ def perturbation_curve(
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"Expected argument `mode` to be one of 'deletion', 'insertion', but got {mode!r}.")
     maps.check_reduction(reduce)
+    check_normalization(normalization)
     if imputer is None:
-        imputer = ConstantImputer(0.0) if mode == "deletion" else BlurImputer(5.0)
+        imputer = ConstantImputer(0.0, normalization) if mode == "deletion" else BlurImputer(5.0)
     if not callable(imputer):
         raise TypeError(f"Expected argument `imputer` to be an Imputer (callable (inputs, mask)), but got {imputer!r}.")
     check_output_fn(output_fn)
@@ -173,6 +178,7 @@ class _PerturbationMetric(Metric):
         batch_size: int = 512,
         seed: int = 0,
         output_fn: OutputFn | None = None,
+        normalization: Normalization | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -187,6 +193,7 @@ class _PerturbationMetric(Metric):
             raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
         self.imputer, self.apply_softmax, self.reduce, self.seed = imputer, apply_softmax, reduce, int(seed)
         self.output_fn = check_output_fn(output_fn)
+        self.normalization = check_normalization(normalization)
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
@@ -201,7 +208,7 @@ class _PerturbationMetric(Metric):
         curve = perturbation_curve(
             forward_func, inputs, attributions, target, steps=self.steps, mode=self._mode, imputer=self.imputer,
             apply_softmax=self.apply_softmax, reduce=self.reduce, batch_size=self.batch_size, seed=self.seed,
-            output_fn=self.output_fn,
+            output_fn=self.output_fn, normalization=self.normalization,
         )
         scores = self._score(curve)
         self.total += scores.double().sum().to(self.total.device)
@@ -225,6 +232,7 @@ class DeletionAUC(_PerturbationMetric):
         batch_size: Perturbed images per forward pass. Default 512.
         seed: Seeds the tie-breaking of the ranking. Default 0.
         output_fn: maps the model's output to scores. Default the package's output rule.
+        normalization: the model's input normalisation (black is then black in pixel space). Default None.
         **kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ...).
 
     Returns:
