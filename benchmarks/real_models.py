@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 
 import torch
 import torchvision
+
+from _peak import peak_of
 
 from captum_ext import Explainer
 from captum_ext.audit import CleverHansAudit
@@ -89,11 +89,6 @@ def task(item: str, model: torch.nn.Module, x: torch.Tensor, target: torch.Tenso
     )
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def measure(call: Callable[[], object], device: str) -> dict[str, float]:
     """Seconds and MiB above the memory in use just before the call."""
     if device.startswith("cuda"):
@@ -104,23 +99,8 @@ def measure(call: Callable[[], object], device: str) -> dict[str, float]:
         call()
         torch.cuda.synchronize()
         return {"s": time.perf_counter() - start, "mib": (torch.cuda.max_memory_allocated() - before) / 2**20}
-    baseline, peak, done = resident_bytes(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    start = time.perf_counter()
-    try:
-        call()
-    finally:
-        elapsed = time.perf_counter() - start
-        done.set()
-        sampler.join()
-    return {"s": elapsed, "mib": (max(peak[0], resident_bytes()) - baseline) / 2**20}
+    seconds, mib = peak_of(call)
+    return {"s": seconds, "mib": mib}
 
 
 def child(args: argparse.Namespace) -> None:

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 
 import torch
 from captum.attr import Saliency
 from torchvision.models.vision_transformer import VisionTransformer
+
+from _peak import peak_of
 
 from captum_ext.attr import AttentionRollout, GradientRollout
 from captum_ext.attr.attention import attention_maps
@@ -64,29 +64,10 @@ def run(variant: str, model: torch.nn.Module, x: torch.Tensor) -> None:
         Saliency(model).attribute(x.clone().requires_grad_(), target=target)
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_of_call(variant: str, model: torch.nn.Module, x: torch.Tensor) -> float:
     """MiB above the resident size before the call, at the highest point sampled during it."""
     run(variant, model, x[:1])  # warm-up: allocator pools and lazy initialisation
-    baseline, peak, done = resident_bytes(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], resident_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        run(variant, model, x)
-    finally:
-        done.set()
-        sampler.join()
-    return (max(peak[0], resident_bytes()) - baseline) / 2**20
+    return peak_of(lambda: run(variant, model, x))[1]
 
 
 def peak_child(args: argparse.Namespace, variant: str) -> float:

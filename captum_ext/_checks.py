@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_int", "check_real", "check_finite", "class_targets"]
+__all__ = ["check_int", "check_real", "check_callable", "check_finite", "class_targets"]
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
@@ -60,6 +60,21 @@ def check_real(
             form = f"{'a positive' if low == 0 and low_open else 'a'} real number in {left}{low:g}, {high:g}{right}"
         raise ValueError(f"Expected argument `{name}` to be {form}, but got {value!r}.")
     return float(value)
+
+
+def check_callable(name: str, value: object, form: str) -> object:
+    """``value`` if it is callable or None, else a TypeError naming the argument and the ``form`` it should have.
+
+    Example::
+
+        >>> check_callable("unpack", "image", "item -> (images, labels)")
+        Traceback (most recent call last):
+        ...
+        TypeError: Expected argument `unpack` to be a callable (item -> (images, labels)) or None, but got str.
+    """
+    if value is not None and not callable(value):
+        raise TypeError(f"Expected argument `{name}` to be a callable ({form}) or None, but got {type(value).__name__}.")
+    return value
 
 
 def check_finite(name: str, tensor: torch.Tensor, cause: str = "") -> torch.Tensor:

@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from captum_ext._checks import check_callable
+
 __all__ = ["IMAGE_KEYS", "LABEL_KEYS", "Unpack", "unpack_batch", "check_unpack", "with_images"]
 
 IMAGE_KEYS: tuple[str, ...] = ("image", "images", "pixel_values", "x", "input", "inputs", "img")
@@ -35,12 +37,7 @@ Unpack = Callable[[Any], tuple[Any, Any]]
 
 def check_unpack(unpack: object) -> Unpack | None:
     """``unpack`` if it is callable or None, else a TypeError naming the argument."""
-    if unpack is not None and not callable(unpack):
-        raise TypeError(
-            f"Expected argument `unpack` to be a callable (item or batch -> (images, labels)) or None, but got "
-            f"{type(unpack).__name__}."
-        )
-    return unpack
+    return check_callable("unpack", unpack, "item or batch -> (images, labels)")
 
 
 def unpack_batch(item: Any, unpack: Unpack | None = None) -> tuple[Any, Any]:

@@ -274,14 +274,20 @@ def forward_order(model: nn.Module, inputs: torch.Tensor, select: Callable[[nn.M
         if names[id(module)] not in order:
             order.append(names[id(module)])
 
-    handles = [m.register_forward_pre_hook(record) for m in model.modules() if id(m) in names]
+    _probe_forward(model, inputs, [m.register_forward_pre_hook for m in model.modules() if id(m) in names], record)
+    return order
+
+
+def _probe_forward(model: nn.Module, inputs: torch.Tensor, registrations: list[Callable], hook: Callable) -> None:
+    """A one-sample forward in eval mode without gradients with ``hook`` registered by each of ``registrations``
+    (bound ``register_forward_(pre_)hook`` methods); every hook is removed afterwards, also on error."""
+    handles = [register(hook) for register in registrations]
     try:
         with torch.no_grad(), eval_mode(model):
             model(inputs[:1])
     finally:
         for handle in handles:
             handle.remove()
-    return order
 
 
 def last_conv_layer(model: nn.Module, inputs: torch.Tensor) -> str:
@@ -322,13 +328,8 @@ def default_cam_layer(model: nn.Module, inputs: torch.Tensor) -> str:
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             finished.append((names[id(module)], out.dim(), out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1))
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if id(m) in names and not isinstance(m, _NOT_BLOCKS)]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(inputs[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
+    blocks = [m.register_forward_hook for m in model.modules() if id(m) in names and not isinstance(m, _NOT_BLOCKS)]
+    _probe_forward(model, inputs, blocks, record)
     last = max((i for i, (_, _, spatial) in enumerate(finished) if spatial), default=None)
     if last is None:
         raise ValueError("Expected the model to have a spatial (N, C, h, w) feature map for Grad-CAM; pass `layer=` explicitly.")

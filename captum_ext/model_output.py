@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_ext._checks import check_callable
+
 __all__ = ["OutputFn", "logits", "check_output_fn", "LogitsModel", "with_logits"]
 
 OutputFn = Callable[[Any], torch.Tensor]
@@ -40,12 +42,7 @@ OutputFn = Callable[[Any], torch.Tensor]
 
 def check_output_fn(output_fn: object) -> OutputFn | None:
     """``output_fn`` if it is callable or None, else a TypeError naming the argument."""
-    if output_fn is not None and not callable(output_fn):
-        raise TypeError(
-            f"Expected argument `output_fn` to be a callable (model output -> (N, classes) tensor) or None, but got "
-            f"{type(output_fn).__name__}."
-        )
-    return output_fn
+    return check_callable("output_fn", output_fn, "model output -> (N, classes) tensor")
 
 
 def logits(output: Any, output_fn: OutputFn | None = None) -> torch.Tensor:
