@@ -590,7 +590,16 @@ class Explainer:
         """(N,) class indices: the prediction for None, else ``target`` checked against the model's class count
         (learnt from a one-image forward, which also checks that the output can be read and is finite)."""
         with torch.no_grad():
-            scores = forward(x if target is None else x[:1])
+            try:
+                scores = forward(x if target is None else x[:1])
+            except RuntimeError as error:
+                if "memory" in str(error):
+                    raise
+                raise ValueError(
+                    f"The model's forward failed on `inputs` of shape {tuple(x.shape)}: "
+                    f"{str(error).strip().splitlines()[0]} (does the model expect another channel count or image "
+                    "size?)"
+                ) from error
         if scores.dim() != 2:
             raise TypeError(
                 f"Expected the model's scores to be an (N, classes) tensor, but got shape {tuple(scores.shape)}; pass "

@@ -91,6 +91,7 @@ CASES = [
     ("attribute", attribute(inputs=with_nan(X, INF)), ValueError, r"`inputs` to be finite, but it holds Inf"),
     ("attribute", attribute(inputs=X.double()), ValueError, r"`inputs` to have the model's dtype"),
     ("attribute", attribute(inputs=X.half()), ValueError, r"`inputs` to have the model's dtype"),
+    ("attribute", attribute(inputs=torch.rand(4, 3, 32, 32)), ValueError, r"forward failed on `inputs` of shape \(4, 3, 32, 32\).*channel count"),
     ("attribute", attribute(target=-1), ValueError, r"`target`.*\[0, 4\)"),
     ("attribute", attribute(target=4), ValueError, r"`target`.*\[0, 4\)"),
     ("attribute", attribute(target=[0, 1, 2, 7]), ValueError, r"`target`.*got 7 at position 3"),
@@ -174,6 +175,7 @@ CASES = [
     ("metrics", lambda: DeletionAUC().update(CNN, X, X.tolist(), Y), TypeError, r"`attributions`"),
     ("metrics", lambda: RelevanceMass(REGION[:8]).update(X[:, 0]), ValueError, r"`region`"),
     ("metrics", lambda: RelevanceMass(torch.zeros(32, 32, dtype=torch.bool)), ValueError, r"`region`"),
+    ("metrics", lambda: RelevanceMass(REGION).update(torch.full((2, 32, 32), NAN)), ValueError, r"`attributions` to be finite"),
     ("metrics", lambda: PointingGame(REGION).update(X[0, 0]), ValueError, r"`maps`|`saliency`|`attributions`"),
     ("metrics", lambda: MapSimilarity(metrics=("cosine",)), ValueError, r"`metrics`|`similarity`"),
     # -- road -----------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import torch
 from torchmetrics import Metric
 
 from captum_ext import maps as _maps
+from captum_ext._checks import check_finite
 
 __all__ = [
     "positive_map",
@@ -58,7 +59,7 @@ def positive_map(attributions: torch.Tensor) -> torch.Tensor:
     """The (N, H, W) positive evidence of (N, H, W) or (N, C, H, W) ``attributions`` (channels summed after ReLU).
 
     Raises:
-        ValueError: ``attributions`` is not a 3-d or 4-d floating tensor.
+        ValueError: ``attributions`` is not a 3-d or 4-d floating tensor, or holds NaN or Inf.
     """
     if not isinstance(attributions, torch.Tensor) or attributions.dim() not in (3, 4) or not attributions.is_floating_point():
         got = (
@@ -67,6 +68,7 @@ def positive_map(attributions: torch.Tensor) -> torch.Tensor:
             else type(attributions).__name__
         )
         raise ValueError(f"Expected argument `attributions` to be a float (N, H, W) or (N, C, H, W) tensor, but got {got}.")
+    check_finite("attributions", attributions, "A NaN map has no relevance mass (it would count as 0).")
     if attributions.dim() == 4:
         return _maps.reduce_channels(attributions, "positive")
     return attributions.clamp(min=0)
