@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    owner = f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"  # a cleaner spares a live writer
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{owner}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)

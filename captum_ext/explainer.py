@@ -117,6 +117,10 @@ def _ours(module: str, name: str) -> Callable[[], tuple[type, tuple[type, ...]]]
     return classes
 
 
+#: Version of the short names' defaults, part of every fingerprint: 2 since Grad-CAM defaults to the last spatial
+#: block output and the multi-sample methods are chunked (issue #13).
+DEFAULTS_VERSION = 2
+
 #: Input values one gradient pass may hold by default: a batch of 16 RGB images at 224 px.
 PASS_VALUES = 16 * 3 * 224 * 224
 
@@ -472,7 +476,8 @@ class Explainer:
         return self.method(forward, **self.init_kwargs)
 
     def config(self) -> dict:
-        """A JSON-able description of the recipe (method, layer, every kwarg, seed): what fingerprints hash."""
+        """A JSON-able description of the recipe (method, layer, every kwarg, seed, and for a short name the version
+        of its defaults): what fingerprints hash, so cached ROAR rankings and runs never outlive a default."""
         method = self.method if isinstance(self.method, str) else canonical(self.method)
         return {
             "method": method,
@@ -480,6 +485,7 @@ class Explainer:
             "init_kwargs": canonical(self.init_kwargs),
             "attribute_kwargs": canonical(self.attribute_kwargs),
             "seed": self.seed,
+            "defaults": DEFAULTS_VERSION if isinstance(self.method, str) else None,
         }
 
     def fingerprint(self) -> str:
@@ -592,10 +598,10 @@ class Explainer:
         with torch.no_grad():
             try:
                 scores = forward(x if target is None else x[:1])
-            except RuntimeError as error:
-                if "memory" in str(error):
+            except RuntimeError as error:  # a shape mismatch deep inside the model: say which argument it came from
+                if type(error) is not RuntimeError or "memory" in str(error):
                     raise
-                raise ValueError(
+                raise RuntimeError(
                     f"The model's forward failed on `inputs` of shape {tuple(x.shape)}: "
                     f"{str(error).strip().splitlines()[0]} (does the model expect another channel count or image "
                     "size?)"

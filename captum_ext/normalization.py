@@ -53,7 +53,7 @@ class Normalization:
     def _shape(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != len(self.mean):
             raise ValueError(
-                f"Expected (N, {len(self.mean)}, H, W) images for a {len(self.mean)}-channel normalisation, but got "
+                f"Expected (N, {len(self.mean)}, H, W) images for the {len(self.mean)}-channel `normalization`, but got "
                 f"shape {tuple(x.shape)}."
             )
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)

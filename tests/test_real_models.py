@@ -380,8 +380,9 @@ def test_every_callback_on_dict_batches_and_tuple_outputs_matches_the_plain_modu
     for key in logged:
         assert logged[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
     torch.testing.assert_close(callbacks[0].maps["saliency"], plain_callbacks[0].maps["saliency"])
-    # the five callbacks share one scan of the labels: 200 reads, plus the validation loop's one batch of 50
-    assert CountingDictDataset.reads <= 200 + 50
+    # the five callbacks share one scan of the labels (200 reads), then read the images of the chosen probe items
+    # once (at most 20: the largest probe, the smaller ones being its prefixes), plus the validation loop's batch
+    assert CountingDictDataset.reads <= 200 + 20 + 50
 
 
 def test_a_misconfigured_callback_fails_before_the_first_training_step(digits, tmp_path):
@@ -458,7 +459,7 @@ def test_pictures_of_normalised_inputs_are_shown_in_pixel_space():
     torch.testing.assert_close(display_images(IMAGENET.from_pixels(pixels), IMAGENET), pixels, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"`std` to be a positive real number"):
         type(IMAGENET)(mean=(0.5,), std=(0.0,))
-    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) images for a 3-channel normalisation"):
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) images for the 3-channel `normalization`"):
         IMAGENET.to_pixels(torch.zeros(1, 1, 4, 4))
 
 
@@ -502,3 +503,26 @@ def test_audit_at_224_px_flags_by_intervention_and_discovers_the_square():
     x0, y0, x1, y1 = found.classes[0]["region"]
     inter = max(0, min(x1, 24) - max(x0, 0)) * max(0, min(y1, 24) - max(y0, 0))
     assert inter / ((x1 - x0) * (y1 - y0) + 24 * 24 - inter) >= 0.5
+
+
+def test_a_region_too_large_for_a_placebo_is_judged_by_its_effect_sizes_with_a_warning(cnn):
+    import math
+
+    from captum_ext.audit import CleverHansAudit
+
+    region = torch.zeros(32, 32, dtype=torch.bool)
+    region[:, :20] = True  # 62% of the image: no shifted copy can avoid it
+    x = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(8))
+    with pytest.warns(RuntimeWarning, match="no room for a disjoint placebo"):
+        report = CleverHansAudit("input_x_gradient", region=region, flip_images=4).run(cnn, (x, torch.tensor([0, 1, 2, 3] * 2)))
+    for entry in report.classes.values():
+        assert math.isnan(entry["intervention_p"]) and math.isnan(entry["placebo_drop"])
+        assert entry["evidence"]["counterfactual"] == (entry["accuracy_drop"] >= 0.1 or entry["flip_rate"] >= 0.1)
+
+
+def test_activation_maximization_reads_class_scores_through_output_fn(cnn):
+    from captum_ext.features import ActivationMaximization
+
+    plain = ActivationMaximization(cnn, (1, 32, 32), steps=3).visualize(target=[0, 2])
+    ours = ActivationMaximization(ScoresOutput(cnn), (1, 32, 32), steps=3, output_fn=lambda out: out["scores"])
+    torch.testing.assert_close(ours.visualize(target=[0, 2]), plain)

@@ -324,7 +324,7 @@ def test_rankings_stream_to_npy_loaded_without_pickle(tmp_path):
 
 def test_a_torn_results_line_swallows_nothing_and_stale_temporaries_go(tmp_path):
     """Issue #14: a writer killed mid-line must not take the next record with it; interrupted atomic writes left
-    behind are removed once nobody has touched them for an hour."""
+    behind are removed (a dead local writer's at once, another host's after six idle hours), a live writer's never."""
     import os
     import time
 
@@ -336,13 +336,27 @@ def test_a_torn_results_line_swallows_nothing_and_stale_temporaries_go(tmp_path)
         handle.write(b'{"key": "b", "accur')  # killed here
     cache.append_record(results, {"key": "c", "accuracy": 0.75})
     assert [r["key"] for r in cache.read_records(results)] == ["a", "c"]
-    stale, fresh = tmp_path / ".rank_x.npy.abc.tmp", tmp_path / ".rank_y.npy.def.tmp"
-    stale.write_bytes(b"half")
-    fresh.write_bytes(b"being written")
-    old = time.time() - 7200
-    os.utime(stale, (old, old))
-    assert cache.remove_stale_temporaries(tmp_path) == [stale]
-    assert not stale.exists() and fresh.exists() and results.exists()
+    import socket
+    import subprocess
+    import sys
+
+    host = socket.gethostname().replace(".", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    foreign_old = tmp_path / ".rank_x.npy.elsewhere-17.abc.tmp"
+    foreign_new = tmp_path / ".rank_y.npy.elsewhere-17.def.tmp"
+    dead_writer = tmp_path / f".rank_z.npy.{host}-{dead.stdout.strip()}.ghi.tmp"
+    live_writer = tmp_path / f".rank_w.npy.{host}-{os.getpid()}.jkl.tmp"
+    for path in (foreign_old, foreign_new, dead_writer, live_writer):
+        path.write_bytes(b"half")
+    old = time.time() - 7 * 3600
+    os.utime(foreign_old, (old, old))
+    os.utime(live_writer, (old, old))  # slow, but its writer is alive
+    assert sorted(cache.remove_stale_temporaries(tmp_path)) == sorted([foreign_old, dead_writer])
+    assert foreign_new.exists() and live_writer.exists() and results.exists()
+    from captum_ext._io import atomic_path
+
+    with atomic_path(tmp_path / "rank_v.npy") as tmp:  # the writer's name carries its owner
+        assert f".{host}-{os.getpid()}." in tmp.name and cache.remove_stale_temporaries(tmp_path) == []
 
 
 class _Dicts(torch.utils.data.Dataset):

@@ -26,8 +26,9 @@ Per audited class ``c`` (its images: label ``c`` with ``target="label"``, predic
 A class is **flagged** when the intervention shows that it relies on the region and every other piece of evidence
 that applies agrees (:func:`flag_rule`; all in the report):
 
-* counterfactual (decides): ``accuracy_drop >= drop_threshold`` (default 0.1) or ``flip_rate >= flip_threshold``
-  (0.1), and ``intervention_p < significance`` (default 0.01). Issue #13: at 224 px a ResNet-18 that reads a
+* counterfactual (decides, :func:`counterfactual_evidence`): ``accuracy_drop - placebo_drop >= drop_threshold``
+  (default 0.1) with ``2 p_drop < significance`` (default 0.01), or the same for the flip rate (``flip_threshold``
+  0.1, ``p_flip``): each test decides on its own size and its own significance. Issue #13: at 224 px a ResNet-18 that reads a
   24x24 corner square (accuracy drop 0.70, flip rate 0.89) had a relevance ratio of only 2.2: a digit-calibrated
   ratio threshold must not veto a causal test;
 * attribution (reported): ``ratio >= ratio_threshold`` (default 3.0); ``agreement`` says whether the maps and the
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -163,11 +165,11 @@ def placebo_regions(region: torch.Tensor, count: int = 8) -> torch.Tensor:
 
     The intervention's control: removing (or pasting) a region of the same size and shape anywhere changes some
     predictions; a shortcut region must change significantly more than that. Moves wrap around the image edges
-    (the area is kept). When the region covers too much of the image for a disjoint copy, the copies are empty.
+    (the area is kept). When the region covers too much of the image for a disjoint copy, there is none: (0, H, W).
     """
     h, w = region.shape
     gen = torch.Generator().manual_seed(0)
-    moved: list[torch.Tensor] = []
+    moved: list[torch.Tensor] = []  # empty when the region covers too much of the image for a disjoint copy
     for _ in range(50 * count):
         if len(moved) == count:
             break
@@ -175,7 +177,7 @@ def placebo_regions(region: torch.Tensor, count: int = 8) -> torch.Tensor:
         candidate = torch.roll(region, shift, dims=(0, 1))
         if not bool((candidate & region).any()):
             moved.append(candidate)
-    return torch.stack(moved) if moved else torch.zeros(1, h, w, dtype=torch.bool)
+    return torch.stack(moved) if moved else torch.zeros(0, h, w, dtype=torch.bool)
 
 
 def _cycle(masks: torch.Tensor, n: int) -> torch.Tensor:
@@ -189,12 +191,30 @@ def _sign_test(wins: int, losses: int) -> float:
 
 
 def counterfactual_evidence(entry: dict[str, Any], thresholds: dict[str, float]) -> bool:
-    """The intervention says the class relies on the region: removing it costs at least ``drop_threshold``
-    accuracy, or pasting it flips at least ``flip_threshold`` of the other images, *and* the effect beats the
-    same intervention on same-size placebo regions (paired exact sign test, Bonferroni over the two, p below
-    ``significance``). No digit-calibrated constant alone decides it: the placebo is measured on the same images."""
-    large = entry["accuracy_drop"] >= thresholds["accuracy_drop"] or entry["flip_rate"] >= thresholds["flip_rate"]
-    return bool(large and entry["intervention_p"] < thresholds["significance"])
+    """The intervention says the class relies on the region, by either test on its own: removing the region costs at
+    least ``drop_threshold`` more accuracy than removing its placebos, with the paired sign test below
+    ``significance`` (Bonferroni over the two tests); or pasting it flips at least ``flip_threshold`` more of the
+    other images than pasting its placebos, with its test below ``significance``. No digit-calibrated constant alone
+    decides it: the placebo is measured on the same images. Without a placebo (a region too large for a disjoint
+    copy) the effect sizes alone decide, as before the placebo existed; ``p_drop`` / ``p_flip`` are then NaN.
+
+    Example::
+
+        >>> t = {"accuracy_drop": 0.1, "flip_rate": 0.1, "significance": 0.01}
+        >>> entry = {"accuracy_drop": 0.15, "placebo_drop": 0.15, "p_drop": 1.0,   # large, but so is the placebo's
+        ...          "flip_rate": 0.06, "placebo_flip_rate": 0.0, "p_flip": 2e-4}  # significant, but small
+        >>> counterfactual_evidence(entry, t)
+        False
+    """
+    tests = (("accuracy_drop", "placebo_drop", "p_drop"), ("flip_rate", "placebo_flip_rate", "p_flip"))
+    for effect, placebo, p in tests:
+        threshold = thresholds[effect]
+        if math.isnan(entry[p]):  # no placebo: the effect size alone
+            if entry[effect] >= threshold:
+                return True
+        elif entry[effect] - entry[placebo] >= threshold and 2 * entry[p] < thresholds["significance"]:
+            return True
+    return False
 
 
 def agreement(attribution: bool, intervention: bool) -> str:
@@ -387,14 +407,23 @@ class CleverHansAudit:
     ) -> dict[str, Any]:
         own = y == cls
         placebos = placebo_regions(region)
+        if not len(placebos):
+            warnings.warn(
+                f"CleverHansAudit: the region ({int(region.sum())} px) leaves no room for a disjoint placebo of the same "
+                "size; the counterfactuals of this region are judged by their effect sizes alone.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         before = float((pred[own] == cls).double().mean()) if own.any() else float("nan")
         after = after_placebo = float("nan")
-        p_drop = p_flip = 1.0
+        p_drop = p_flip = 1.0 if len(placebos) else float("nan")
         if own.any():
             kept = self._predict(model, imputer(x[own], region)) == cls
-            placebo_kept = self._predict(model, imputer(x[own], _cycle(placebos, int(own.sum())))) == cls
-            after, after_placebo = float(kept.double().mean()), float(placebo_kept.double().mean())
-            p_drop = _sign_test(int((placebo_kept & ~kept).sum()), int((kept & ~placebo_kept).sum()))
+            after = float(kept.double().mean())
+            if len(placebos):
+                placebo_kept = self._predict(model, imputer(x[own], _cycle(placebos, int(own.sum())))) == cls
+                after_placebo = float(placebo_kept.double().mean())
+                p_drop = _sign_test(int((placebo_kept & ~kept).sum()), int((kept & ~placebo_kept).sum()))
         others = torch.nonzero((y != cls) & (pred != cls))[:, 0]
         if len(others) > self.flip_images:  # evenly spaced, no randomness
             others = others[torch.linspace(0, len(others) - 1, self.flip_images).round().long()]
@@ -403,10 +432,12 @@ class CleverHansAudit:
         flip = flip_placebo = float("nan")
         if len(others):
             flipped = self._predict(model, torch.where(region, x[source], x[others])) == cls
-            placebo_masks = _cycle(placebos, len(others))[:, None]
-            placebo_flipped = self._predict(model, torch.where(placebo_masks, x[source], x[others])) == cls
-            flip, flip_placebo = float(flipped.double().mean()), float(placebo_flipped.double().mean())
-            p_flip = _sign_test(int((flipped & ~placebo_flipped).sum()), int((placebo_flipped & ~flipped).sum()))
+            flip = float(flipped.double().mean())
+            if len(placebos):
+                placebo_masks = _cycle(placebos, len(others))[:, None]
+                placebo_flipped = self._predict(model, torch.where(placebo_masks, x[source], x[others])) == cls
+                flip_placebo = float(placebo_flipped.double().mean())
+                p_flip = _sign_test(int((flipped & ~placebo_flipped).sum()), int((placebo_flipped & ~flipped).sum()))
         return {
             "accuracy_before": before,
             "accuracy_after": after,
@@ -415,7 +446,9 @@ class CleverHansAudit:
             "flip_rate": flip,
             "placebo_flip_rate": flip_placebo,
             "flip_source": int(source),
-            "intervention_p": min(1.0, 2 * min(p_drop, p_flip)),  # Bonferroni over the two tests
+            "p_drop": p_drop,
+            "p_flip": p_flip,
+            "intervention_p": min(1.0, 2 * min(p_drop, p_flip)) if len(placebos) else float("nan"),  # Bonferroni
         }
 
     # -- entry point ----------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import random
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -195,20 +195,27 @@ def _unpack(item: Any, unpack: Unpack | None) -> tuple[torch.Tensor, int]:
     return image, int(label)
 
 
-#: Items already read from a validation dataset, per trainer and dataset: the callbacks of one trainer share them,
-#: so three callbacks scan the labels once, not three times.
-_READ_ITEMS: weakref.WeakKeyDictionary[Any, dict[tuple, tuple[Dataset, dict[int, tuple[torch.Tensor, int]]]]] = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass
+class _ReadCache:
+    """What the callbacks of one trainer have read from one validation dataset: the labels of the scanned items and
+    the images of the chosen probe items only (a scan of 4,096 images at 224 px would otherwise hold gigabytes)."""
+
+    dataset: Dataset
+    labels: dict[int, int] = field(default_factory=dict)
+    images: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-def _shared_items(trainer: Any, dataset: Dataset, unpack: Unpack | None) -> dict[int, tuple[torch.Tensor, int]]:
-    """The cache of ``dataset``'s items (unpacked by ``unpack``) shared by every callback of ``trainer``."""
-    per_dataset = _READ_ITEMS.setdefault(trainer, {})
+#: Per trainer, per (dataset, unpack): the shared :class:`_ReadCache`, so five callbacks scan the labels once.
+_READ: weakref.WeakKeyDictionary[Any, dict[tuple, _ReadCache]] = weakref.WeakKeyDictionary()
+
+
+def _shared_cache(trainer: Any, dataset: Dataset, unpack: Unpack | None) -> _ReadCache:
+    """The read cache of ``dataset`` (unpacked by ``unpack``) shared by every callback of ``trainer``."""
+    per_dataset = _READ.setdefault(trainer, {})
     entry = per_dataset.get((id(dataset), unpack))
-    if entry is None or entry[0] is not dataset:
-        entry = per_dataset[(id(dataset), unpack)] = (dataset, {})
-    return entry[1]
+    if entry is None or entry.dataset is not dataset:
+        entry = per_dataset[(id(dataset), unpack)] = _ReadCache(dataset)
+    return entry
 
 
 def _select_probe(
@@ -219,17 +226,24 @@ def _select_probe(
     scan: int,
     fixed: list[int] | None,
     unpack: Unpack | None = None,
-    cache: dict[int, tuple[torch.Tensor, int]] | None = None,
+    cache: _ReadCache | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Read labels of up to ``scan`` items in seeded random order, choose a balanced probe, load its images.
 
-    Items already in ``cache`` (index -> unpacked item) are not read again; every item read is added to it."""
-    cache = {} if cache is None else cache
+    Labels and probe images already in ``cache`` are not read again; what is read is added to it (labels of every
+    scanned item, images of the chosen ones only)."""
+    cache = _ReadCache(dataset) if cache is None else cache
 
-    def item(index: int) -> tuple[torch.Tensor, int]:
-        if index not in cache:
-            cache[index] = _unpack(dataset[index], unpack)
-        return cache[index]
+    def label(index: int) -> int:
+        if index not in cache.labels:
+            cache.labels[index] = _unpack(dataset[index], unpack)[1]
+        return cache.labels[index]
+
+    def image(index: int) -> torch.Tensor:
+        if index not in cache.images:
+            picture, cache.labels[index] = _unpack(dataset[index], unpack)
+            cache.images[index] = picture.detach().float().cpu()
+        return cache.images[index]
 
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         raise TypeError(
@@ -243,15 +257,14 @@ def _select_probe(
         else:
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(seed) + 1))
             candidates = order[:scan]
-            labels = torch.tensor([item(int(i))[1] for i in candidates], dtype=torch.long)
+            labels = torch.tensor([label(int(i)) for i in candidates], dtype=torch.long)
         chosen = candidates[balanced_indices(labels, num_samples, seed, classes)]
     else:
         chosen = torch.tensor(fixed, dtype=torch.long)
     if len(chosen) == 0:
         raise ValueError(f"The probe set is empty: no validation images of the classes {classes!r}.")
-    items = [item(int(i)) for i in chosen]
-    inputs = torch.stack([image.detach().float().cpu() for image, _ in items]).clone()
-    labels = torch.tensor([label for _, label in items], dtype=torch.long)
+    inputs = torch.stack([image(int(i)) for i in chosen]).clone()
+    labels = torch.tensor([label(int(i)) for i in chosen], dtype=torch.long)
     return inputs, labels, chosen
 
 
@@ -427,10 +440,7 @@ class ExplanationCallback(*CALLBACK_BASES):
         costs seconds, not an epoch. RNG isolated and the module's modes restored: the run is unchanged."""
         loaders = trainer.val_dataloaders
         if self._probe_source is None and (loaders is None or loaders == []):
-            self.warn_once(
-                "no-validation", f"{type(self).__name__}: the fit has no validation data and no `probe=`; it will not run."
-            )
-            return
+            return  # Lightning loads them later (no sanity check, first validation after epoch 0), or never
         with preserved_rng([pl_module.device]), gradients_enabled():
             probe = self.probe(trainer, pl_module)
             self.dry_run(pl_module, probe.inputs[:1], probe.labels[:1])
@@ -459,7 +469,7 @@ class ExplanationCallback(*CALLBACK_BASES):
                 if loader is None:
                     raise ValueError(f"{type(self).__name__} needs validation data or `probe=` to choose its probe images.")
                 source = loader.dataset
-            cache = _shared_items(trainer, source, self.unpack) if self._probe_source is None else None
+            cache = _shared_cache(trainer, source, self.unpack) if self._probe_source is None else None
             inputs, labels, indices = _select_probe(
                 source, self.num_samples, self.seed, self.classes, self.probe_scan, self._probe_indices, self.unpack, cache
             )

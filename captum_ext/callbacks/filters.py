@@ -183,7 +183,9 @@ class FilterMonitor(ExplanationCallback):
         targets = self.class_targets
         if targets is None:
             targets = list(range(forward_in_eval(model, inputs[:1], self.output_fn).shape[1]))
-        am = ActivationMaximization(model, tuple(inputs.shape[1:]), seed=self.seed, **self.activation_maximization)
+        am = ActivationMaximization(
+            model, tuple(inputs.shape[1:]), seed=self.seed, output_fn=self.output_fn, **self.activation_maximization
+        )
         images = maps.normalize_minmax(am.visualize(target=targets).float().cpu())
         side = max(1, 96 // max(images.shape[-2:]))
         images = torch.nn.functional.interpolate(images, scale_factor=side, mode="nearest") if side > 1 else images

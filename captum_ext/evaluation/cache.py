@@ -8,7 +8,8 @@ and the base model's weights. Nothing here is loaded with pickle (``allow_pickle
 * The results file ``results.jsonl`` gets one JSON line per finished run, appended with a single
   ``O_APPEND`` write (atomic with respect to other appenders, so concurrent workers can share it);
   a torn last line (a writer killed in the middle of a write) is ended before the next record is appended and
-  skipped when reading. Temporary files of interrupted writes older than an hour are removed when ROAR starts.
+  skipped when reading. Temporary files of interrupted writes are removed when ROAR starts (a dead writer's at once, other hosts' after six
+  hours without a change).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -168,14 +170,32 @@ def read_records(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
     return records
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, max_age_s: float = 3600.0) -> list[Path]:
-    """Delete the temporary files of interrupted atomic writes (``.<name>.*.tmp``) not modified for ``max_age_s``
-    seconds (a live writer keeps touching its file); returns the paths removed."""
+def _writer_alive(tmp: Path) -> bool | None:
+    """Whether the process that writes ``tmp`` (named ``.<target>.<host>-<pid>.<random>.tmp`` by
+    :func:`captum_ext._io.atomic_path`) is alive: None when it ran on another host or the name carries no owner."""
+    owner = tmp.name.split(".")[-3] if tmp.name.count(".") >= 4 else ""
+    host, _, pid = owner.rpartition("-")
+    if host != socket.gethostname().replace(".", "_") or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, max_age_s: float = 6 * 3600.0) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes (``.<name>.*.tmp``): those whose writer on this host
+    has died, and those of other hosts (or without an owner) not modified for ``max_age_s`` seconds; a live writer's
+    file is never touched. Returns the paths removed."""
     removed = []
     now = time.time()
     for tmp in Path(folder).glob(".*.tmp"):
+        alive = _writer_alive(tmp)
         try:
-            if now - tmp.stat().st_mtime > max_age_s:
+            if alive is False or (alive is None and now - tmp.stat().st_mtime > max_age_s):
                 tmp.unlink()
                 removed.append(tmp)
         except FileNotFoundError:  # another driver removed or renamed it meanwhile

@@ -19,6 +19,7 @@ from captum_ext._checks import check_int, check_real
 from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext.features._capture import capture_output
 from captum_ext.imputation import gaussian_blur
+from captum_ext.model_output import OutputFn, check_output_fn
 from captum_ext.model_output import logits as read_logits
 
 __all__ = ["ActivationMaximization", "total_variation"]
@@ -78,6 +79,8 @@ class ActivationMaximization:
         blur_sigma: Std of the Gaussian blur in pixels; 0 turns blurring off too. Default 0.5.
         value_range: ``(lo, hi)`` to clamp the image after each step; None (default) leaves it unconstrained.
         seed: Seeds the initial image and the jitter. Default 0.
+        output_fn: maps the model's output to (K, classes) scores for class targets. Default the package's output
+            rule (:func:`captum_ext.model_output.logits`).
 
     The initial image is ``0.01 * N(0, 1)`` per pixel, or ``(lo + hi) / 2 + 0.01 * (hi - lo) * N(0, 1)`` with a
     ``value_range``.
@@ -111,6 +114,7 @@ class ActivationMaximization:
         blur_sigma: float = 0.5,
         value_range: tuple[float, float] | None = None,
         seed: int = 0,
+        output_fn: OutputFn | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}.")
@@ -138,6 +142,7 @@ class ActivationMaximization:
         self.blur_sigma = check_real("blur_sigma", blur_sigma, 0.0)
         self.value_range = value_range
         self.seed = check_int("seed", seed, 0)
+        self.output_fn = check_output_fn(output_fn)
 
     def __repr__(self) -> str:
         return (
@@ -194,7 +199,7 @@ class ActivationMaximization:
         return (images, trace) if return_trace else images
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = read_logits(self.model(x))
+        logits = read_logits(self.model(x), self.output_fn)
         if logits.dim() != 2:
             got = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"Expected the model to return logits (K, classes) for argument `target`, but got {got}.")
