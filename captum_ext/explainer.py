@@ -494,19 +494,25 @@ class Explainer:
 
     # -- maps -----------------------------------------------------------------------------------------------
     def attribute(
-        self, model: nn.Module, inputs: torch.Tensor, target: Target = None, *, output_fn: OutputFn | None = None
-    ) -> torch.Tensor:
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor | tuple[torch.Tensor],
+        target: Target = None,
+        *,
+        output_fn: OutputFn | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor]:
         """Attributions shaped like ``inputs`` (N, C, H, W); layer maps are upsampled and repeated over channels.
 
         Args:
             model: the classifier, left unchanged (mode, weights, gradients, hooks).
-            inputs: (N, C, H, W) float tensor, finite, of the model's dtype and device.
+            inputs: (N, C, H, W) float tensor, finite, of the model's dtype and device, or Captum's tuple of that one
+                tensor (as ``captum.metrics.sensitivity_max`` passes it).
             target: class index, per-sample indices (list or (N,) tensor), or None for the predicted class.
             output_fn: maps the model's output to (N, classes) scores. Default the package's output rule
                 (:func:`captum_ext.model_output.logits`).
 
         Returns:
-            Detached float tensor of ``inputs``' shape.
+            Detached float tensor of ``inputs``' shape, in the form given (a tuple for a tuple, as Captum does).
 
         Raises:
             ValueError: malformed or non-finite ``inputs``; a ``target`` outside the model's classes; a model output
@@ -514,6 +520,14 @@ class Explainer:
             TypeError: ``model`` not an ``nn.Module``, an output the rule cannot read, a non-integer ``target``.
             RuntimeError: out of memory, with the setting to lower.
         """
+        single = not isinstance(inputs, tuple)
+        if not single:
+            if len(inputs) != 1:
+                raise ValueError(
+                    f"Expected argument `inputs` to be a tensor or Captum's tuple of one tensor, but got a tuple of "
+                    f"{len(inputs)}."
+                )
+            inputs = inputs[0]
         _check_inputs(model, inputs)
         check_output_fn(output_fn)
         forward = with_logits(model, output_fn)
@@ -536,7 +550,7 @@ class Explainer:
             out = out.expand(x.shape[0], x.shape[1], *out.shape[-2:]).contiguous()
         check_finite(f"{self.name} maps", out, "The gradients overflowed or the model produces NaN for these inputs.")
         self._warn_constant(out)
-        return out
+        return out if single else (out,)
 
     def _warn_constant(self, out: torch.Tensor) -> None:
         """Warn when every map of the batch is constant: the attribution then says nothing about these inputs. (A few
@@ -627,7 +641,8 @@ class Explainer:
     ) -> torch.Tensor:
         """The channel-reduced (N, H, W) map every metric uses (see :func:`captum_ext.maps.reduce_channels`)."""
         maps.check_reduction(reduce)  # before the attribution pass, not after it
-        return maps.reduce_channels(self.attribute(model, inputs, target, output_fn=output_fn), reduce)
+        attributions = self.attribute(model, inputs, target, output_fn=output_fn)
+        return maps.reduce_channels(attributions[0] if isinstance(attributions, tuple) else attributions, reduce)
 
     def __repr__(self) -> str:
         method = self.method if isinstance(self.method, str) else self.method.__name__

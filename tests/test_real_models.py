@@ -526,3 +526,30 @@ def test_activation_maximization_reads_class_scores_through_output_fn(cnn):
     plain = ActivationMaximization(cnn, (1, 32, 32), steps=3).visualize(target=[0, 2])
     ours = ActivationMaximization(ScoresOutput(cnn), (1, 32, 32), steps=3, output_fn=lambda out: out["scores"])
     torch.testing.assert_close(ours.visualize(target=[0, 2]), plain)
+
+
+def test_captum_metrics_get_captum_s_tuple_convention(cnn, images):
+    """Issue #17: ``captum.metrics.sensitivity_max`` passes a tuple of inputs; the Explainer answers in kind."""
+    from captum.metrics import sensitivity_max
+
+    explainer = Explainer("saliency")
+    single = explainer.attribute(cnn, images, 1)
+    as_tuple = explainer.attribute(cnn, (images,), 1)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 1
+    torch.testing.assert_close(as_tuple[0], single)
+    torch.manual_seed(0)
+    ours = sensitivity_max(lambda inputs, target: explainer.attribute(cnn, inputs, target), (images,), target=1)
+    torch.manual_seed(0)
+    reference = sensitivity_max(lambda inputs, target: (explainer.attribute(cnn, inputs[0], target),), (images,), target=1)
+    torch.testing.assert_close(ours, reference)
+    with pytest.raises(ValueError, match=r"`inputs` to be a tensor or Captum's tuple of one tensor, but got a tuple of 2"):
+        explainer.attribute(cnn, (images, images), 1)
+
+
+def test_python_dash_OO_imports_every_module():
+    """Issue #17: ``python -OO`` strips docstrings; no module may format its docstring at import."""
+    import subprocess
+    import sys
+
+    code = "import captum_ext.evaluation, captum_ext.callbacks, captum_ext.audit, captum_ext.sanity, captum_ext.cli"
+    assert subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True).returncode == 0

@@ -433,5 +433,6 @@ def kar(
                       model, cache_dir, seed, executor, batch_size, progress)
 
 
-roar.__doc__ = roar.__doc__.format(args=_ARGS_DOC)
-kar.__doc__ = kar.__doc__.format(args=_ARGS_DOC)
+if roar.__doc__ is not None:  # None under ``python -OO``, which strips docstrings
+    roar.__doc__ = roar.__doc__.format(args=_ARGS_DOC)
+    kar.__doc__ = kar.__doc__.format(args=_ARGS_DOC)
