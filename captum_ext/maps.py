@@ -122,14 +122,21 @@ def normalize_percentile(maps: torch.Tensor, q: float = 99.0) -> torch.Tensor:
 def rank_pixels(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Pixel indices of each (H, W) map, most relevant first: (N, H*W) long.
 
-    Ties are broken by a fixed random permutation drawn from ``seed`` (never by position, which would
-    favour the top-left corner of constant regions).
+    Ties are broken by one fixed random permutation of the pixels drawn from ``seed`` (never by position, which
+    would favour the top-left corner of constant regions), the same for every map: an image's ranking does not
+    depend on its place in the batch, so chunked, sharded (DDP) and whole-batch runs agree.
+
+    Example::
+
+        >>> tied = torch.zeros(3, 2, 2)
+        >>> bool((rank_pixels(tied) == rank_pixels(tied[1:2])).all())   # position in the batch does not matter
+        True
     """
     _check_rank(maps, 3, "maps", "(N, H, W)")
     n = maps.shape[0]
     flat = maps.reshape(n, -1)
     gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.argsort(torch.rand(flat.shape, generator=gen), dim=1).to(flat.device)
+    perm = torch.randperm(flat.shape[1], generator=gen).to(flat.device).expand(n, -1)
     order = torch.sort(torch.gather(flat, 1, perm), dim=1, descending=True, stable=True).indices
     return torch.gather(perm, 1, order)
 

@@ -33,6 +33,20 @@ def test_ranking_orders_by_value_and_breaks_ties_by_a_seeded_permutation():
     assert not torch.equal(r0[0], torch.arange(64)), "ties must not fall back to raster order"
 
 
+def test_ranking_of_an_image_does_not_depend_on_its_place_in_the_batch_or_shard():
+    """Issue #15: with a tie break drawn per batch row, a DDP shard ranked an image's ties unlike the whole batch."""
+    gen = torch.Generator().manual_seed(3)
+    tied = (torch.rand(6, 8, 8, generator=gen) * 3).floor()  # three values: many ties
+    whole = maps.rank_pixels(tied, seed=5)
+    for start, step in ((0, 2), (1, 2), (2, 3)):  # the shards of 2 and 3 ranks
+        torch.testing.assert_close(maps.rank_pixels(tied[start::step], seed=5), whole[start::step])
+    for i in range(6):
+        torch.testing.assert_close(maps.rank_pixels(tied[i : i + 1], seed=5), whole[i : i + 1])
+        # the ranking sorts by value first: every pixel ranked before another has a value at least as large
+        ordered = tied[i].flatten()[whole[i]]
+        assert bool((ordered[:-1] >= ordered[1:]).all())
+
+
 def test_top_k_mask_selects_the_largest_pixels():
     m = torch.rand(4, 10, 10, generator=torch.Generator().manual_seed(0))
     mask = maps.top_k_mask(m, 0.3)

@@ -44,8 +44,11 @@ DEFAULT_TRAINER_KWARGS: dict[str, Any] = {**QUIET_TRAINER_KWARGS, "max_epochs": 
 
 _SPLITS = ("train", "val", "test")
 #: Part of every run's cache key; bumped when the same settings would give a different run (2: the imputer fills a
-#: batch per call, which changes where ``NoisyLinearImputer``'s noise lands).
-_RESULTS_FORMAT = 2
+#: batch per call, which changes where ``NoisyLinearImputer``'s noise lands; 3: rankings break ties alike for every
+#: image).
+_RESULTS_FORMAT = 3
+#: Part of every ranking file's key: 2 since ties are broken by one permutation for every image (batch-independent).
+_RANKING_FORMAT = 2
 
 
 class RankedMaskDataset(Dataset):
@@ -288,7 +291,7 @@ def _benchmark(
     for recipe in recipes:
         rankings[recipe.name] = {}
         for split, dataset in datasets.items():
-            key = cache.digest("ranking", base_fp, recipe.fingerprint(), data_fp, split, seed)
+            key = cache.digest("ranking", _RANKING_FORMAT, base_fp, recipe.fingerprint(), data_fp, split, seed)
             path = folder / f"rank_{key[:24]}.npy"
             if not path.exists():
                 cache.compute_rankings(model, as_explainer(recipe), dataset, path, batch_size, seed, progress,
