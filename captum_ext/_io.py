@@ -11,7 +11,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic", "save_figure"]
+__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic", "save_figure", "owner", "owner_alive"]
+
+
+def owner() -> str:
+    """This process as ``host-pid`` (dots in the host name replaced, so the name parses back)."""
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def owner_alive(name: str) -> bool | None:
+    """Whether the process named ``host-pid`` by :func:`owner` is alive: None when it ran on another host or
+    ``name`` is not of that form (nothing can be known here)."""
+    host, _, pid = name.rpartition("-")
+    if host != socket.gethostname().replace(".", "_") or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -19,8 +39,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    owner = f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"  # a cleaner spares a live writer
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{owner}.", suffix=".tmp")
+    # the owner in the name: a cleaner spares a live writer's file
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{owner()}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)

@@ -166,15 +166,15 @@ def test_resumes_after_a_crash_without_repeating_runs(data, sweep, tmp_path):
     with pytest.raises(RuntimeError, match="injected crash"):  # base model + 2 runs finish, the 3rd run crashes
         roar(make_pl, data, [ORACLE], fractions=(0.3, 0.6), repeats=1,
              trainer_kwargs={**TRAINER, "callbacks": [Crash(limit=3)]}, cache_dir=tmp_path, progress=False)
-    lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 2
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 2
+    assert list((tmp_path / "runs").glob("*.lock")) == []  # the crashed run's claim was released
     Crash.starts = 0
     resumed = roar(make_pl, data, [ORACLE], fractions=(0.3, 0.6), repeats=1,
                    trainer_kwargs={**TRAINER, "callbacks": [Crash(limit=None)]}, cache_dir=tmp_path, progress=False)
     assert Crash.starts == 2  # only the two unfinished runs were trained; the base model came from the cache
     assert resumed.accuracy == reference.accuracy
     assert resumed.baseline_accuracy == reference.baseline_accuracy
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
+    assert len(list((tmp_path / "runs").glob("*.json"))) == 4
     Crash.starts = 0
     again = roar(make_pl, data, [ORACLE], fractions=(0.3, 0.6), repeats=1,
                  trainer_kwargs={**TRAINER, "callbacks": [Crash(limit=None)]}, cache_dir=tmp_path, progress=False)
@@ -191,7 +191,7 @@ def test_process_pool_executor_matches_sequential(data, sweep, tmp_path):
         parallel = roar(make_pl, data, [ORACLE], fractions=(0.3, 0.6), repeats=1, trainer_kwargs=TRAINER,
                         cache_dir=tmp_path, executor=executor, progress=False)
     assert parallel.accuracy == reference.accuracy
-    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    records = [json.loads(path.read_text()) for path in (tmp_path / "runs").glob("*.json")]
     assert sorted((r["method"], r["fraction"]) for r in records) == [
         ("oracle", 0.3), ("oracle", 0.6), ("random", 0.3), ("random", 0.6)]
 
@@ -322,20 +322,16 @@ def test_rankings_stream_to_npy_loaded_without_pickle(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.npy"]  # nothing half-written remains
 
 
-def test_a_torn_results_line_swallows_nothing_and_stale_temporaries_go(tmp_path):
-    """Issue #14: a writer killed mid-line must not take the next record with it; interrupted atomic writes left
-    behind are removed (a dead local writer's at once, another host's after six idle hours), a live writer's never."""
+def test_stale_temporaries_go_live_writers_stay(tmp_path):
+    """Issue #14: interrupted atomic writes left behind are removed (a dead local writer's at once, another host's
+    after six idle hours, in the cache and in its runs/ folder), a live writer's never."""
     import os
     import time
 
     from captum_ext.evaluation import cache
 
-    results = tmp_path / "results.jsonl"
-    cache.append_record(results, {"key": "a", "accuracy": 0.5})
-    with open(results, "ab") as handle:
-        handle.write(b'{"key": "b", "accur')  # killed here
-    cache.append_record(results, {"key": "c", "accuracy": 0.75})
-    assert [r["key"] for r in cache.read_records(results)] == ["a", "c"]
+    results = cache.write_record(tmp_path, "a", {"key": "a", "accuracy": 0.5})
+    assert cache.read_record(tmp_path, "a") == {"key": "a", "accuracy": 0.5} and cache.read_record(tmp_path, "b") is None
     import socket
     import subprocess
     import sys
@@ -344,7 +340,7 @@ def test_a_torn_results_line_swallows_nothing_and_stale_temporaries_go(tmp_path)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     foreign_old = tmp_path / ".rank_x.npy.elsewhere-17.abc.tmp"
     foreign_new = tmp_path / ".rank_y.npy.elsewhere-17.def.tmp"
-    dead_writer = tmp_path / f".rank_z.npy.{host}-{dead.stdout.strip()}.ghi.tmp"
+    dead_writer = tmp_path / "runs" / f".b.json.{host}-{dead.stdout.strip()}.ghi.tmp"
     live_writer = tmp_path / f".rank_w.npy.{host}-{os.getpid()}.jkl.tmp"
     for path in (foreign_old, foreign_new, dead_writer, live_writer):
         path.write_bytes(b"half")

@@ -2,6 +2,6 @@
 
 from captum_ext.evaluation.results import ROADResult, ROARResult
 from captum_ext.evaluation.road import road
-from captum_ext.evaluation.roar import kar, roar
+from captum_ext.evaluation.roar import ROARPlan, kar, roar, roar_plan
 
-__all__ = ["roar", "kar", "road", "ROARResult", "ROADResult"]
+__all__ = ["roar", "kar", "road", "roar_plan", "ROARPlan", "ROARResult", "ROADResult"]

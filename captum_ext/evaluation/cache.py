@@ -5,11 +5,10 @@ and the base model's weights. Nothing here is loaded with pickle (``allow_pickle
   (0 = most relevant) as an (N, H*W) int16/int32 ``.npy`` array. It is written batch by batch to a temporary
   file and renamed into place, so memory does not grow with the dataset and a crash leaves no half-written
   cache.
-* The results file ``results.jsonl`` gets one JSON line per finished run, appended with a single
-  ``O_APPEND`` write (atomic with respect to other appenders, so concurrent workers can share it);
-  a torn last line (a writer killed in the middle of a write) is ended before the next record is appended and
-  skipped when reading. Temporary files of interrupted writes are removed when ROAR starts (a dead writer's at once, other hosts' after six
-  hours without a change).
+* Every finished run has its own record ``runs/<key>.json``, written atomically, so drivers and job-array tasks on
+  several hosts can share the folder on a network filesystem (:mod:`captum_ext.evaluation.claims` decides who
+  trains a run). Temporary files of interrupted writes are removed when ROAR starts (a dead writer's at once,
+  other hosts' after six hours without a change).
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from captum_ext import maps
-from captum_ext._io import atomic_path
+from captum_ext._io import atomic_path, owner_alive, write_json_atomic
 from captum_ext.batches import unpack_batch
 from captum_ext.evaluation._common import model_device
 from captum_ext.explainer import Explainer, canonical
@@ -42,8 +39,9 @@ __all__ = [
     "data_fingerprint",
     "compute_rankings",
     "load_rankings",
-    "append_record",
-    "read_records",
+    "record_path",
+    "write_record",
+    "read_record",
     "save_weights",
     "load_weights",
 ]
@@ -139,51 +137,30 @@ def load_rankings(path: str | os.PathLike) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append ``record`` as one JSON line with a single ``O_APPEND`` write, then fsync. A torn last line (a writer
-    killed mid-write) is ended first, so it cannot swallow this record."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+def record_path(folder: str | os.PathLike, key: str) -> Path:
+    """Where the record of run ``key`` lives: ``folder/runs/<key>.json``."""
+    return Path(folder) / "runs" / f"{key}.json"
+
+
+def write_record(folder: str | os.PathLike, key: str, record: dict[str, Any]) -> Path:
+    """Write run ``key``'s record as its own JSON file, atomically (temporary file + rename; safe on NFS, where
+    appends from several hosts are not)."""
+    return write_json_atomic(record, record_path(folder, key), sort_keys=True)
+
+
+def read_record(folder: str | os.PathLike, key: str) -> dict[str, Any] | None:
+    """Run ``key``'s record, or None when the run has not finished."""
     try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_records(path: str | os.PathLike) -> Iterable[dict[str, Any]]:
-    """The records of a results file, skipping blank or unparsable (interrupted) lines."""
-    target = Path(path)
-    if not target.exists():
-        return []
-    records = []
-    for line in target.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+        record = json.loads(record_path(folder, key).read_text())
+    except FileNotFoundError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _writer_alive(tmp: Path) -> bool | None:
     """Whether the process that writes ``tmp`` (named ``.<target>.<host>-<pid>.<random>.tmp`` by
     :func:`captum_ext._io.atomic_path`) is alive: None when it ran on another host or the name carries no owner."""
-    owner = tmp.name.split(".")[-3] if tmp.name.count(".") >= 4 else ""
-    host, _, pid = owner.rpartition("-")
-    if host != socket.gethostname().replace(".", "_") or not pid.isdigit():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
+    return owner_alive(tmp.name.split(".")[-3] if tmp.name.count(".") >= 4 else "")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, max_age_s: float = 6 * 3600.0) -> list[Path]:
@@ -192,7 +169,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, max_age_s: float = 6 * 3
     file is never touched. Returns the paths removed."""
     removed = []
     now = time.time()
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("runs/.*.tmp")]:
         alive = _writer_alive(tmp)
         try:
             if alive is False or (alive is None and now - tmp.stat().st_mtime > max_age_s):

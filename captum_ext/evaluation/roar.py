@@ -1,43 +1,42 @@
 """ROAR and KAR (Hooker et al., NeurIPS 2019): remove (or keep) each method's top-ranked pixels, retrain from
 scratch with Lightning, and compare the test accuracy with a random ranking's.
 
-The runner is resumable and parallelisable: rankings are cached on disk (keyed by fingerprints of the model
-weights, the explainer recipe and the data), every finished (method, fraction, repeat) run is appended to
-``cache_dir/results.jsonl`` at once, and each run's seed is derived from (seed, method, fraction, repeat), so
-runs are independent of their order and of the process that executes them.
+The benchmark is a plan (:func:`roar_plan`: base model and rankings on disk, one run per (method, fraction,
+repeat)) whose runs any process that sees the cache folder can execute: here, on an executor (processes, Ray,
+Dask, Slurm through submitit, see :mod:`captum_ext.evaluation.executors`), in a Slurm job array, or from several
+drivers at once. Each run's seed is derived from (seed, method, fraction, repeat), each finished run has its own
+record file, and a run is trained by whoever claims it first (:mod:`captum_ext.evaluation.claims`), so results
+depend neither on order nor on where runs execute, and a rerun resumes.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import hashlib
 import importlib
 import json
 import numbers
 import os
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from captum_ext import maps
 from captum_ext._checks import check_int
-from captum_ext.batches import unpack_batch, with_images
-from captum_ext.evaluation import cache
+from captum_ext.evaluation import cache, claims, retraining
 from captum_ext.evaluation._common import accuracy, check_fractions
 from captum_ext.evaluation.results import ROARResult
-from captum_ext.explainer import Explainer, as_explainer
+from captum_ext.evaluation.retraining import Job, PlannedRun, RankedMaskDataset
+from captum_ext.explainer import Explainer, as_explainer, canonical
 from captum_ext.imputation import MeanImputer
 from captum_ext.models import QUIET_TRAINER_KWARGS
 
-__all__ = ["roar", "kar", "RankedMaskDataset", "DEFAULT_TRAINER_KWARGS"]
+__all__ = ["roar", "kar", "roar_plan", "ROARPlan", "RankedMaskDataset", "DEFAULT_TRAINER_KWARGS"]
 
 #: What ``trainer_kwargs=None`` means; a given ``trainer_kwargs`` is applied on top of these.
 DEFAULT_TRAINER_KWARGS: dict[str, Any] = {**QUIET_TRAINER_KWARGS, "max_epochs": 5, "num_sanity_val_steps": 0}
@@ -45,80 +44,12 @@ DEFAULT_TRAINER_KWARGS: dict[str, Any] = {**QUIET_TRAINER_KWARGS, "max_epochs": 
 _SPLITS = ("train", "val", "test")
 #: Part of every run's cache key; bumped when the same settings would give a different run (2: the imputer fills a
 #: batch per call, which changes where ``NoisyLinearImputer``'s noise lands; 3: rankings break ties alike for every
-#: image).
-_RESULTS_FORMAT = 3
+#: image; 4: one record file per run, the training order from ``RunSampler``).
+_RESULTS_FORMAT = 4
 #: Part of every ranking file's key: 2 since ties are broken by one permutation for every image (batch-independent).
 _RANKING_FORMAT = 2
-
-
-class RankedMaskDataset(Dataset):
-    """A view of ``dataset`` whose images have their top ``fraction`` of ranked pixels imputed (ROAR), or all
-    but the top ``fraction`` (KAR, ``keep=True``), applied on the fly when an item is read.
-
-    A ``DataLoader`` reads a whole batch through :meth:`__getitems__`, so the imputer fills the batch in one call
-    (what makes a solver such as :class:`~captum_ext.imputation.NoisyLinearImputer` affordable inside ROAR). An
-    imputer that looks only at each image itself (``MeanImputer``, ``ConstantImputer``, ``BlurImputer``) gives
-    the same image either way; ``NoisyLinearImputer`` adds noise by position in the batch (the same noise tensor
-    for every batch of one shape), so with a shuffled loader an image's noise changes from epoch to epoch.
-
-    Args:
-        dataset: yields ``(image (C, H, W), label, ...)`` items, or dicts with the usual keys (see
-            :func:`captum_ext.batches.unpack_batch`), in the order the rankings were computed; each masked item keeps
-            its structure (a dict stays a dict), so the module trains on the batches it expects.
-        rankings: path of an (N, H*W) rank-position ``.npy`` file (:func:`captum_ext.evaluation.cache.compute_rankings`).
-        fraction: Share of pixels removed (ROAR) or kept (KAR), in [0, 1].
-        keep: Keep the top pixels and impute the rest. Default False.
-        imputer: Fills the removed pixels, e.g. ``MeanImputer(train_mean)``.
-    """
-
-    def __init__(self, dataset: Dataset, rankings: str | os.PathLike, fraction: float, keep: bool, imputer: Callable):
-        self.dataset, self.rankings, self.fraction, self.keep, self.imputer = dataset, str(rankings), fraction, keep, imputer
-        self._positions: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_positions": None}  # the memory map is reopened in each process
-
-    def __getitem__(self, index: int) -> tuple:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple]:
-        if self._positions is None:
-            self._positions = cache.load_rankings(self.rankings)
-        items = [self.dataset[index] for index in indices]
-        images = torch.stack([unpack_batch(item)[0] for item in items])
-        h, w = images.shape[-2:]
-        positions = torch.from_numpy(np.asarray(self._positions[list(indices)], dtype=np.int64))
-        count = maps.pixel_count(self.fraction, h * w)
-        removed = positions >= count if self.keep else positions < count
-        images = self.imputer(images, removed.reshape(-1, h, w))
-        return [with_images(item, image) for image, item in zip(images, items)]
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What every retraining run shares (picklable, so an Executor can ship it to another process)."""
-
-    module_factory: Callable[[], Any]
-    namespace: str
-    datasets: dict[str, Dataset]
-    batch_sizes: dict[str, int]
-    imputer: Callable
-    keep: bool
-    trainer_kwargs: dict[str, Any]
-    results_path: str
-
-
-@dataclass(frozen=True)
-class _Run:
-    key: str
-    method: str
-    fraction: float
-    repeat: int
-    seed: int
-    rankings: dict[str, str]
+#: Seconds between two looks at the cache while every missing run is trained by workers elsewhere.
+_POLL_S = 2.0
 
 
 def _run_seed(seed: int, method: str, fraction: float, repeat: int) -> int:
@@ -127,36 +58,109 @@ def _run_seed(seed: int, method: str, fraction: float, repeat: int) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
 
 
-def _loaders(job: _Job, views: dict[str, Dataset], seed: int) -> dict[str, DataLoader]:
-    out = {}
-    for split, dataset in views.items():
-        shuffle = split == "train"
-        gen = torch.Generator().manual_seed(seed) if shuffle else None
-        out[split] = DataLoader(dataset, batch_size=job.batch_sizes[split], shuffle=shuffle, generator=gen)
-    return out
+class ROARPlan:
+    """A prepared ROAR / KAR benchmark: the base model and every ranking are on disk, the runs are listed, and each
+    run can be executed by any process that sees ``cache_dir`` (a Slurm array task, a Ray or Dask worker, a second
+    driver), in any order, any number of times: the first to claim a run trains it, a finished run is skipped.
 
+    Made by :func:`roar_plan`; :func:`roar` and :func:`kar` are ``roar_plan(...).execute(executor)``.
 
-def _fit(job: _Job, module: Any, loaders: dict[str, DataLoader]) -> None:
-    trainer = importlib.import_module(job.namespace).Trainer(**copy.deepcopy(job.trainer_kwargs))
-    trainer.fit(module, train_dataloaders=loaders["train"], val_dataloaders=loaders.get("val"))
+    Attributes:
+        runs: the :class:`~captum_ext.evaluation.retraining.PlannedRun` of every (method, fraction, repeat), in a
+            fixed order (methods as given, then ``"random"``; fractions; repeats): ``run(i)`` executes ``runs[i]``.
+        baseline_accuracy: test accuracy of the base model on unmodified data.
+        keep: False for ROAR, True for KAR.
+        cache_dir: the absolute cache folder.
 
+    Example::
 
-def _execute(job: _Job, run: _Run) -> dict[str, Any]:
-    """Retrain one (method, fraction, repeat) from scratch on the masked data, test it, append the record."""
-    with torch.random.fork_rng():
-        torch.manual_seed(run.seed)
-        module = job.module_factory()
-        views = {
-            split: RankedMaskDataset(dataset, run.rankings[split], run.fraction, job.keep, job.imputer)
-            for split, dataset in job.datasets.items()
-        }
-        loaders = _loaders(job, views, run.seed)
-        _fit(job, module, loaders)
-        score = accuracy(module, loaders["test"])
-    record = {"key": run.key, "method": run.method, "fraction": run.fraction, "repeat": run.repeat,
-              "seed": run.seed, "keep": job.keep, "accuracy": score}
-    cache.append_record(job.results_path, record)
-    return record
+        >>> import tempfile
+        >>> from captum_ext.data import CleverHansDigits
+        >>> from captum_ext.models import small_cnn_module
+        >>> quick = {"max_epochs": 1, "limit_train_batches": 2}
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     plan = roar_plan(small_cnn_module, CleverHansDigits(), ["saliency"], fractions=(0.5,), repeats=2,
+        ...                      trainer_kwargs=quick, cache_dir=cache, progress=False)
+        ...     first = plan.run(0)                  # e.g. one Slurm array task
+        ...     missing = plan.missing()
+        ...     result = plan.execute(progress=False)  # the rest
+        >>> len(plan), missing, sorted(result.accuracy)
+        (4, [1, 2, 3], ['random', 'saliency'])
+    """
+
+    def __init__(self, job: Job, runs: list[PlannedRun], baseline_accuracy: float):
+        self._job, self.runs, self.baseline_accuracy = job, runs, baseline_accuracy
+        self.keep, self.cache_dir = job.keep, Path(job.cache_dir)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __repr__(self) -> str:
+        return (f"ROARPlan({'KAR' if self.keep else 'ROAR'}, {len(self)} runs, {len(self.missing())} missing, "
+                f"cache_dir={str(self.cache_dir)!r})")
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One plain dict per run (index, method, fraction, repeat, seed, key, done), e.g. for ``plan.json``."""
+        return [{"index": i, "method": r.method, "fraction": r.fraction, "repeat": r.repeat, "seed": r.seed,
+                 "key": r.key, "done": cache.read_record(self.cache_dir, r.key) is not None}
+                for i, r in enumerate(self.runs)]
+
+    def missing(self) -> list[int]:
+        """Indices of the runs without a record yet."""
+        return [i for i, run in enumerate(self.runs) if cache.read_record(self.cache_dir, run.key) is None]
+
+    def run(self, index: int) -> dict[str, Any] | None:
+        """Execute run ``index`` here, unless it is recorded (returns its record) or claimed by a live worker
+        elsewhere (returns None)."""
+        check_int("index", index, 0)
+        if index >= len(self.runs):
+            raise ValueError(f"Expected argument `index` to be below the plan's {len(self.runs)} runs, but got {index}.")
+        return retraining.execute(self._job, self.runs[index])
+
+    def collect(self) -> ROARResult:
+        """The result from the records; a RuntimeError naming the missing run indices when some have not finished."""
+        missing = self.missing()
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
+            raise RuntimeError(f"{len(missing)} of {len(self.runs)} runs have no record yet in {self.cache_dir}: "
+                               f"indices {shown}. Execute them (run(i), execute(), or --run-index), then collect.")
+        table: dict[str, dict[float, list[float]]] = {}
+        for run in self.runs:
+            record = cache.read_record(self.cache_dir, run.key)
+            table.setdefault(run.method, {}).setdefault(run.fraction, []).append(float(record["accuracy"]))
+        return ROARResult(table, self.baseline_accuracy, keep=self.keep)
+
+    def execute(self, executor: concurrent.futures.Executor | None = None, progress: bool = True) -> ROARResult:
+        """Execute every missing run (here, one after another, or on ``executor``), wait for those that other workers
+        hold, and :meth:`collect`. An executor with ``share`` (:mod:`captum_ext.evaluation.executors`) receives the
+        datasets once; the job is checked to be picklable by the executor's serializer before anything is submitted.
+        """
+        _check_executor(executor)
+        shared: Any = self._job
+        if executor is not None:
+            _check_sendable(self._job, executor)
+            if hasattr(executor, "share"):
+                shared = executor.share(self._job)
+        title = "KAR" if self.keep else "ROAR"
+        missing = self.missing()
+        with tqdm(total=len(self.runs), initial=len(self.runs) - len(missing), desc=f"{title} retraining",
+                  disable=not progress) as bar:
+            while missing:
+                free = [self.runs[i] for i in missing if not claims.held_elsewhere(self.cache_dir / "runs", self.runs[i].key)]
+                if free:
+                    if executor is None:
+                        records = (retraining.execute(shared, run) for run in free)
+                    else:
+                        futures = [executor.submit(retraining.execute, shared, run) for run in free]
+                        records = (future.result() for future in concurrent.futures.as_completed(futures))
+                    for record in records:
+                        bar.update(record is not None)
+                else:  # every missing run is held by a live worker elsewhere: wait for its record
+                    time.sleep(_POLL_S)
+                missing = self.missing()
+                bar.n = len(self.runs) - len(missing)
+                bar.refresh()
+        return self.collect()
 
 
 def _namespace(module: Any) -> str:
@@ -216,7 +220,7 @@ def _plain(value: Any) -> bool:
     return False
 
 
-def _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model, seed, executor) -> list[Explainer]:
+def _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model, seed) -> list[Explainer]:
     if not callable(module_factory):
         raise TypeError(f"Expected argument `module_factory` to be a callable returning a LightningModule, but got {module_factory!r}.")
     if isinstance(explainers, (str, Explainer)) or not isinstance(explainers, Sequence) or not explainers:
@@ -234,31 +238,105 @@ def _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model,
         raise TypeError(f"Expected argument `model` to be an nn.Module or None, but got {type(model).__name__}.")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
-    if executor is not None and not isinstance(executor, concurrent.futures.Executor):
-        raise TypeError(f"Expected argument `executor` to be a concurrent.futures.Executor or None, but got {executor!r}.")
     return recipes
 
 
-def _benchmark(
-    keep: bool,
+def _module_settings(module: Any) -> dict[str, Any]:
+    """What configures a module beyond its weights: Lightning's ``hparams`` and its plain public attributes (such as
+    an ``lr`` stored in ``__init__``), so a factory with another learning rate misses the cache."""
+    attributes = {k: v for k, v in vars(module).items() if not k.startswith("_") and _plain(v)}
+    return {"hparams": canonical(dict(getattr(module, "hparams", None) or {})), "attributes": attributes}
+
+
+def _pickler(executor: Any) -> str:
+    """The serializer an executor sends work with: its ``pickler`` attribute, cloudpickle for Dask's and Ray's own
+    executors, pickle otherwise (``ProcessPoolExecutor``)."""
+    named = getattr(executor, "pickler", None)
+    if named is not None:
+        return named
+    return "cloudpickle" if type(executor).__module__.split(".")[0] in ("distributed", "ray") else "pickle"
+
+
+def _check_sendable(job: Job, executor: Any) -> None:
+    """A TypeError naming the argument that ``executor`` cannot send to its workers, before anything is submitted."""
+    pickler = _pickler(executor)
+    dumps = importlib.import_module(pickler).dumps
+    parts = {"module_factory": job.module_factory, "datamodule": job.datasets, "imputer": job.imputer,
+             "trainer_kwargs": job.trainer_kwargs}
+    for name, value in parts.items():
+        try:
+            dumps(value)
+        except Exception as err:  # noqa: BLE001 - any pickling failure is reported the same way
+            hint = " (a module-level function or class, not a lambda or a local function)" if pickler == "pickle" else ""
+            raise TypeError(
+                f"Expected argument `{name}` to be picklable{hint}, as {type(executor).__name__} sends it to its "
+                f"workers with {pickler}, but pickling failed: {type(err).__name__}: {err}"
+            ) from err
+
+
+def _check_executor(executor: Any) -> None:
+    if executor is not None and not isinstance(executor, concurrent.futures.Executor):
+        raise TypeError(
+            "Expected argument `executor` to be a concurrent.futures.Executor or None (wrap Ray, Dask or submitit "
+            f"with captum_ext.evaluation.executors), but got {type(executor).__name__}."
+        )
+
+
+def _base_model(job: Job, model: nn.Module | None, folder: Path, key: str, seed: int, compute: bool) -> nn.Module:
+    """``model``, or the base module trained on unmodified data (cached as ``base_<key>.pt``)."""
+    if model is not None:
+        return model
+    path = folder / f"base_{key[:24]}.pt"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = job.module_factory()
+        if path.exists():
+            return cache.load_weights(module, path)
+        _require(compute, path)
+        retraining.fit(job, module, retraining.loaders(job, job.datasets, seed))
+    cache.save_weights(module, path)
+    return module
+
+
+def _require(compute: bool, path: Path) -> None:
+    if not compute:
+        raise FileNotFoundError(
+            f"Expected {path} in the cache (compute=False): prepare the plan first, with roar_plan(...) or "
+            "`captum-ext roar --config FILE --plan`, on the same settings and cache_dir."
+        )
+
+
+def roar_plan(
     module_factory: Callable[[], Any],
     datamodule: Any,
     explainers: Sequence[Explainer | str],
-    fractions: Sequence[float],
-    repeats: int,
-    imputer: Callable | None,
-    trainer_kwargs: dict[str, Any] | None,
-    model: nn.Module | None,
-    cache_dir: str | os.PathLike,
-    seed: int,
-    executor: concurrent.futures.Executor | None,
-    batch_size: int,
-    progress: bool,
-) -> ROARResult:
-    recipes = _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model, seed, executor)
+    fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    repeats: int = 3,
+    imputer: Callable | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
+    model: nn.Module | None = None,
+    cache_dir: str | os.PathLike = "roar_cache",
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = True,
+    keep: bool = False,
+    compute: bool = True,
+) -> ROARPlan:
+    """Prepare a ROAR (or KAR, ``keep=True``) benchmark without retraining anything: train or load the base model,
+    compute or load every ranking, list the runs. The arguments are :func:`roar`'s; in addition:
+
+    Args:
+        keep: KAR instead of ROAR. Default False.
+        compute: Train the base model and compute rankings that are not cached. With False (a job-array task, a
+            collecting step) a missing file is a FileNotFoundError instead. Default True.
+
+    Returns:
+        a :class:`ROARPlan`; ``len(plan)`` runs, each executed by ``plan.run(i)`` wherever ``cache_dir`` is visible.
+    """
+    recipes = _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model, seed)
     fractions = check_fractions(fractions)
     recipes.append(Explainer("random", seed=seed))
-    folder = Path(cache_dir)
+    folder = Path(cache_dir).resolve()  # workers may start elsewhere: every path they get is absolute
     folder.mkdir(parents=True, exist_ok=True)
     cache.remove_stale_temporaries(folder)
 
@@ -266,24 +344,17 @@ def _benchmark(
         torch.manual_seed(seed)
         probe = module_factory()
     namespace = _namespace(probe)
-    factory_fp = cache.digest(type(probe).__module__, type(probe).__qualname__, cache.weights_fingerprint(probe))
+    factory_fp = cache.digest(type(probe).__module__, type(probe).__qualname__, cache.weights_fingerprint(probe),
+                              _module_settings(probe))
     datasets, batch_sizes = _split_datasets(datamodule)
     data_fp, train_mean = cache.data_fingerprint(datasets, batch_size)
     imputer = imputer if imputer is not None else MeanImputer(train_mean)
     settings = {**DEFAULT_TRAINER_KWARGS, **(trainer_kwargs or {})}
     trainer_key = {k: v for k, v in settings.items() if _plain(v)}  # callbacks, loggers: not part of the key
-    job = _Job(module_factory, namespace, datasets, batch_sizes, imputer, keep, settings, str(folder / "results.jsonl"))
+    job = Job(module_factory, namespace, datasets, batch_sizes, imputer, keep, settings, str(folder))
 
-    if model is None:  # 1. the base model on unmodified data, trained once and cached
-        base_path = folder / f"base_{cache.digest('base', namespace, factory_fp, data_fp, trainer_key, seed)[:24]}.pt"
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = module_factory()
-            if base_path.exists():
-                cache.load_weights(model, base_path)
-            else:
-                _fit(job, model, _loaders(job, datasets, seed))
-                cache.save_weights(model, base_path)
+    base_key = cache.digest("base", _RESULTS_FORMAT, namespace, factory_fp, data_fp, trainer_key, seed)
+    model = _base_model(job, model, folder, base_key, seed, compute)  # 1. the base model
     baseline = accuracy(model, DataLoader(datasets["test"], batch_size=batch_size))
     base_fp = cache.weights_fingerprint(model)
 
@@ -294,6 +365,7 @@ def _benchmark(
             key = cache.digest("ranking", _RANKING_FORMAT, base_fp, recipe.fingerprint(), data_fp, split, seed)
             path = folder / f"rank_{key[:24]}.npy"
             if not path.exists():
+                _require(compute, path)
                 cache.compute_rankings(model, as_explainer(recipe), dataset, path, batch_size, seed, progress,
                                        description=f"ranking {recipe.name} ({split})")
             rankings[recipe.name][split] = str(path)
@@ -301,35 +373,19 @@ def _benchmark(
     setup = cache.digest(
         _RESULTS_FORMAT, "keep" if keep else "roar", namespace, factory_fp, data_fp, base_fp, imputer, trainer_key, seed
     )
-    runs = [
-        _Run(cache.digest(setup, recipe.name, recipe.fingerprint(), repr(f), r), recipe.name, f, r,
-             _run_seed(seed, recipe.name, f, r), rankings[recipe.name])
+    runs = [  # 3. one run per (method, fraction, repeat)
+        PlannedRun(cache.digest(setup, recipe.name, recipe.fingerprint(), repr(f), r), recipe.name, f, r,
+                   _run_seed(seed, recipe.name, f, r), rankings[recipe.name])
         for recipe in recipes for f in fractions for r in range(repeats)
     ]
-    done = {rec["key"]: rec for rec in cache.read_records(job.results_path) if "key" in rec}
-    pending = [run for run in runs if run.key not in done]
-    title = "KAR" if keep else "ROAR"
-    with tqdm(total=len(runs), initial=len(runs) - len(pending), desc=f"{title} retraining", disable=not progress) as bar:
-        if executor is None:  # 3. retrain each (method, fraction, repeat)
-            for run in pending:
-                done[run.key] = _execute(job, run)
-                bar.update(1)
-        else:
-            futures = [executor.submit(_execute, job, run) for run in pending]
-            for future in concurrent.futures.as_completed(futures):
-                record = future.result()
-                done[record["key"]] = record
-                bar.update(1)
-    accuracy_table: dict[str, dict[float, list[float]]] = {}
-    for run in runs:
-        accuracy_table.setdefault(run.method, {}).setdefault(run.fraction, []).append(float(done[run.key]["accuracy"]))
-    return ROARResult(accuracy_table, baseline, keep=keep)
+    return ROARPlan(job, runs, baseline)
 
 
 _ARGS_DOC = """
     Args:
         module_factory: returns a fresh, untrained ``LightningModule`` (of ``pytorch_lightning`` or
-            ``lightning.pytorch``; that namespace's ``Trainer`` is used). Must be picklable for an ``executor``.
+            ``lightning.pytorch``; that namespace's ``Trainer`` is used). Its weights, ``hparams`` and plain public
+            attributes (an ``lr`` set in ``__init__``) enter the cache key. Must be picklable for an ``executor``.
         datamodule: provides ``train_dataloader()``, ``test_dataloader()`` and optionally ``val_dataloader()``;
             their datasets (items ``(image, label, ...)``) and batch sizes are used, all three splits masked.
         explainers: :class:`~captum_ext.Explainer` objects or short names with unique names; ``"random"`` is
@@ -340,14 +396,20 @@ _ARGS_DOC = """
         trainer_kwargs: Keyword arguments for each ``Trainer`` (GPU, DDP, epochs...), applied over
             :data:`DEFAULT_TRAINER_KWARGS` (5 epochs, no logger, no checkpoints, no progress bar); deep-copied
             for each run. Only plain values (numbers, strings, lists) enter the cache key, not callbacks or
-            loggers.
+            loggers. With ``strategy="ddp"`` or ``"ddp_spawn"`` and ``devices=N`` each run trains on N processes,
+            only global rank 0 tests and records it, and the run's seed still decides the shuffle (each rank reads
+            its share of :class:`~captum_ext.evaluation.retraining.RunSampler`'s order; ``use_distributed_sampler``
+            is always False). The effective batch is N times the loader's, so results differ from ``devices=1``.
         model: A trained model to rank pixels with and report as the baseline, left unchanged. Default None:
             train ``module_factory()`` on the unmodified data (cached in ``cache_dir``).
-        cache_dir: Rankings, the base model and ``results.jsonl`` live here. Default ``"roar_cache"``.
+        cache_dir: Rankings, the base model and one record per run (``runs/<key>.json``) live here; made absolute, so
+            workers that start in another directory find it. Share it (a network filesystem) with every worker.
+            Default ``"roar_cache"``.
         seed: Seeds the base model, the tie-breaking jitter, the random ranking and (with method, fraction and
             repeat) every run. Default 0.
-        executor: A ``concurrent.futures.Executor`` to run the retrainings concurrently (processes, Slurm via
-            submitit, Ray...), or None to run them one after another. Default None.
+        executor: A ``concurrent.futures.Executor`` to run the retrainings concurrently, or None to run them one after
+            another here. The adapters of :mod:`captum_ext.evaluation.executors` (``ProcessPool``, ``RayExecutor``,
+            ``DaskExecutor``, ``SubmititExecutor`` for Slurm) send the datasets once per worker. Default None.
         batch_size: Images per batch when computing the rankings. Default 256.
         progress: Show tqdm progress bars. Default True.
 
@@ -357,7 +419,8 @@ _ARGS_DOC = """
     Raises:
         ValueError: empty or duplicate ``explainers``, the name ``"random"``, bad ``fractions`` or ``repeats``, a
             datamodule without train or test loaders.
-        TypeError: a factory that does not return a LightningModule, a non-Executor ``executor``.
+        TypeError: a factory that does not return a LightningModule, a non-Executor ``executor``, a job the
+            executor cannot pickle (named before anything is submitted).
 """
 
 
@@ -396,8 +459,9 @@ def roar(
         >>> sorted(result.accuracy)
         ['random', 'saliency']
     """
-    return _benchmark(False, module_factory, datamodule, explainers, fractions, repeats, imputer, trainer_kwargs,
-                      model, cache_dir, seed, executor, batch_size, progress)
+    plan = roar_plan(module_factory, datamodule, explainers, fractions, repeats, imputer, trainer_kwargs, model,
+                     cache_dir, seed, batch_size, progress, keep=False)
+    return plan.execute(executor, progress)
 
 
 def kar(
@@ -432,8 +496,9 @@ def kar(
         >>> result.keep, sorted(result.accuracy["saliency"])
         (True, [0.1])
     """
-    return _benchmark(True, module_factory, datamodule, explainers, fractions, repeats, imputer, trainer_kwargs,
-                      model, cache_dir, seed, executor, batch_size, progress)
+    plan = roar_plan(module_factory, datamodule, explainers, fractions, repeats, imputer, trainer_kwargs, model,
+                     cache_dir, seed, batch_size, progress, keep=True)
+    return plan.execute(executor, progress)
 
 
 if roar.__doc__ is not None:  # None under ``python -OO``, which strips docstrings

@@ -1,0 +1,212 @@
+"""One ROAR / KAR retraining run, as a worker executes it: the masked data view, the run's seeded loaders, the
+claim, the fit (one process or Lightning DDP), the test accuracy and the run's record.
+
+Everything here is picklable, so an executor can send it to another process, node or Slurm job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from captum_ext import maps
+from captum_ext._io import owner
+from captum_ext.batches import unpack_batch, with_images
+from captum_ext.data.digits import EpochShuffle
+from captum_ext.evaluation import cache, claims
+from captum_ext.evaluation._common import accuracy
+from captum_ext.evaluation.executors import resolve
+
+__all__ = ["RankedMaskDataset", "RunSampler", "PlannedRun"]
+
+#: Seconds a DDP rank other than 0 waits for rank 0's record of the run they trained together.
+RECORD_WAIT_S = 600.0
+
+
+class RankedMaskDataset(Dataset):
+    """A view of ``dataset`` whose images have their top ``fraction`` of ranked pixels imputed (ROAR), or all
+    but the top ``fraction`` (KAR, ``keep=True``), applied on the fly when an item is read.
+
+    A ``DataLoader`` reads a whole batch through :meth:`__getitems__`, so the imputer fills the batch in one call
+    (what makes a solver such as :class:`~captum_ext.imputation.NoisyLinearImputer` affordable inside ROAR). An
+    imputer that looks only at each image itself (``MeanImputer``, ``ConstantImputer``, ``BlurImputer``) gives
+    the same image either way; ``NoisyLinearImputer`` adds noise by position in the batch (the same noise tensor
+    for every batch of one shape), so with a shuffled loader an image's noise changes from epoch to epoch.
+
+    Args:
+        dataset: yields ``(image (C, H, W), label, ...)`` items, or dicts with the usual keys (see
+            :func:`captum_ext.batches.unpack_batch`), in the order the rankings were computed; each masked item keeps
+            its structure (a dict stays a dict), so the module trains on the batches it expects.
+        rankings: path of an (N, H*W) rank-position ``.npy`` file (:func:`captum_ext.evaluation.cache.compute_rankings`).
+        fraction: Share of pixels removed (ROAR) or kept (KAR), in [0, 1].
+        keep: Keep the top pixels and impute the rest. Default False.
+        imputer: Fills the removed pixels, e.g. ``MeanImputer(train_mean)``.
+    """
+
+    def __init__(self, dataset: Dataset, rankings: str | os.PathLike, fraction: float, keep: bool, imputer: Callable):
+        self.dataset, self.rankings, self.fraction, self.keep, self.imputer = dataset, str(rankings), fraction, keep, imputer
+        self._positions: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_positions": None}  # the memory map is reopened in each process
+
+    def __getitem__(self, index: int) -> tuple:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple]:
+        if self._positions is None:
+            self._positions = cache.load_rankings(self.rankings)
+        items = [self.dataset[index] for index in indices]
+        images = torch.stack([unpack_batch(item)[0] for item in items])
+        h, w = images.shape[-2:]
+        positions = torch.from_numpy(np.asarray(self._positions[list(indices)], dtype=np.int64))
+        count = maps.pixel_count(self.fraction, h * w)
+        removed = positions >= count if self.keep else positions < count
+        images = self.imputer(images, removed.reshape(-1, h, w))
+        return [with_images(item, image) for image, item in zip(images, items)]
+
+
+class RunSampler(EpochShuffle):
+    """The training order of one run: :class:`~captum_ext.data.EpochShuffle`'s order for (seed, epoch), and under
+    DDP each rank's share of it (every ``world``-th index, the order padded to a multiple of ``world`` as
+    ``DistributedSampler`` does), so the run's seed, not Lightning's sampler, decides the shuffle.
+
+    Example::
+
+        >>> sampler = RunSampler(5, seed=3)
+        >>> sorted(sampler) == [0, 1, 2, 3, 4] and list(sampler) == list(EpochShuffle(5, seed=3))
+        True
+    """
+
+    @staticmethod
+    def _shard() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self._shard()[1])
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = self._shard()
+        order = list(super().__iter__())
+        if world == 1:
+            return iter(order)
+        order += order[: len(self) * world - len(order)]
+        return iter(order[rank::world])
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every run of one plan shares; shipped to each worker once when the executor can share objects."""
+
+    module_factory: Callable[[], Any]
+    namespace: str
+    datasets: dict[str, Dataset]
+    batch_sizes: dict[str, int]
+    imputer: Callable
+    keep: bool
+    trainer_kwargs: dict[str, Any]
+    cache_dir: str
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (method, fraction, repeat) retraining of a plan: its cache ``key``, its derived ``seed`` and the paths of
+    its method's ranking files per split."""
+
+    key: str
+    method: str
+    fraction: float
+    repeat: int
+    seed: int
+    rankings: dict[str, str]
+
+
+def loaders(job: Job, views: dict[str, Dataset], seed: int) -> dict[str, DataLoader]:
+    """The run's loaders: the training split in :class:`RunSampler`'s order for ``seed``, the others in order."""
+    out = {}
+    for split, dataset in views.items():
+        sampler = RunSampler(len(dataset), seed) if split == "train" else None
+        out[split] = DataLoader(dataset, batch_size=job.batch_sizes[split], sampler=sampler)
+    return out
+
+
+def trainer(job: Job) -> Any:
+    """A ``Trainer`` of the module's namespace with the job's settings; our sampler already shards under DDP."""
+    settings = {**copy.deepcopy(job.trainer_kwargs), "use_distributed_sampler": False}
+    return importlib.import_module(job.namespace).Trainer(**settings)
+
+
+def fit(job: Job, module: Any, splits: dict[str, DataLoader], fitter: Any = None) -> Any:
+    """Fit ``module`` on the loaders (train, and val when present) with ``fitter`` or a new :func:`trainer`."""
+    fitter = fitter if fitter is not None else trainer(job)
+    fitter.fit(module, train_dataloaders=splits["train"], val_dataloaders=splits.get("val"))
+    return fitter
+
+
+def _wait_for_record(folder: str, run: PlannedRun) -> dict[str, Any]:
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while (record := cache.read_record(folder, run.key)) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"DDP rank 0 did not record run {run.method} / {run.fraction} / {run.repeat} "
+                               f"within {RECORD_WAIT_S:.0f} s; see its log.")
+        time.sleep(0.2)
+    return record
+
+
+def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
+    """Retrain ``run`` from scratch on the masked data, test it and write its record; returns the record, or None
+    when another worker holds the run's claim (it will write the record).
+
+    ``shared`` is the :class:`Job` or an executor's handle of it (:func:`captum_ext.evaluation.executors.resolve`).
+    Under DDP (a ``Trainer`` with ``world_size > 1``) every rank trains, nothing is claimed (the ranks act as one
+    worker) and only global rank 0 tests and records; the other ranks return rank 0's record.
+    """
+    job = resolve(shared)
+    record = cache.read_record(job.cache_dir, run.key)
+    if record is not None:
+        return record
+    fitter = trainer(job)
+    distributed = fitter.world_size > 1
+    held = None if distributed else claims.claim(Path(job.cache_dir) / "runs", run.key)
+    if not distributed and held is None:
+        return None
+    try:
+        with held.beating() if held is not None else contextlib.nullcontext():
+            started = time.time()
+            with torch.random.fork_rng():
+                torch.manual_seed(run.seed)
+                module = job.module_factory()
+                views = {
+                    split: RankedMaskDataset(dataset, run.rankings[split], run.fraction, job.keep, job.imputer)
+                    for split, dataset in job.datasets.items()
+                }
+                splits = loaders(job, views, run.seed)
+                fit(job, module, splits, fitter)
+                if fitter.global_rank != 0:
+                    return _wait_for_record(job.cache_dir, run)
+                score = accuracy(module, splits["test"])
+            record = {"key": run.key, "method": run.method, "fraction": run.fraction, "repeat": run.repeat,
+                      "seed": run.seed, "keep": job.keep, "accuracy": score, "worker": owner(),
+                      "seconds": round(time.time() - started, 3)}
+            cache.write_record(job.cache_dir, run.key, record)
+            return record
+    finally:
+        if held is not None:
+            held.release()
