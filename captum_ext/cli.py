@@ -7,17 +7,20 @@ Example::
 
     $ captum-ext demo --out runs/demo --fast
     $ captum-ext sanity --config sanity.yaml
+    $ captum-ext roar --config roar.yaml --plan            # then, per task: --run-index $SLURM_ARRAY_TASK_ID
+    $ captum-ext roar --config roar.yaml --collect
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captum_ext._io import save_figure, write_text_atomic
+from captum_ext._io import save_figure, write_json_atomic, write_text_atomic
 from captum_ext.config import FIELDS, ConfigError, field_help
 
 __all__ = ["main"]
@@ -41,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.add_argument("--config", required=True, help="YAML file with the fields listed below")
+        if name == "roar":  # the steps of a job array (Slurm): plan once, one run per task, collect once
+            steps = sub.add_mutually_exclusive_group()
+            steps.add_argument("--plan", action="store_true", help="train the base model, rank, write plan.json; no retraining")
+            steps.add_argument("--run-index", type=int, metavar="I", help="execute run I of the plan (e.g. $SLURM_ARRAY_TASK_ID)")
+            steps.add_argument("--collect", action="store_true", help="write roar.json / roar.png from the finished runs")
     return parser
 
 
@@ -61,19 +69,39 @@ def _explainers(config: dict) -> list:
     return [build_explainer(spec) for spec in specs]
 
 
-def _run_roar(config: dict) -> None:
+def _run_roar(config: dict, step: dict[str, Any]) -> None:
+    """All runs here (no ``step``), or one step of a job array: ``plan``, ``run_index`` or ``collect``."""
     from captum_ext.config import build_datamodule, import_object
-    from captum_ext.evaluation import kar, roar
+    from captum_ext.evaluation import roar_plan
 
     out = _out(config, "roar")
     factory = import_object(config.get("module_factory"), "module_factory")
-    runner = kar if config.get("keep", False) else roar
     kwargs: dict[str, Any] = {
         k: config[k] for k in ("fractions", "repeats", "trainer_kwargs", "seed") if config.get(k) is not None
     }
-    result = runner(
-        factory, build_datamodule(config), _explainers(config), cache_dir=config.get("cache_dir") or out / "cache", **kwargs
-    )
+    first = step.get("plan") or not step
+    try:
+        plan = roar_plan(factory, build_datamodule(config), _explainers(config),
+                         cache_dir=config.get("cache_dir") or out / "cache", keep=bool(config.get("keep", False)),
+                         compute=first, progress=first, **kwargs)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+    if step.get("plan"):
+        write_json_atomic({"runs": plan.describe(), "cache_dir": str(plan.cache_dir)}, out / "plan.json", indent=1)
+        last = len(plan) - 1
+        print(f"{plan}\nwrote {out / 'plan.json'}\n\nrun each index, e.g. as a Slurm job array:\n"
+              f"  sbatch --array=0-{last} --wrap 'captum-ext roar --config FILE --run-index $SLURM_ARRAY_TASK_ID'\n"
+              "then: captum-ext roar --config FILE --collect")
+        return
+    if step.get("run_index") is not None:
+        record = plan.run(step["run_index"])
+        print(json.dumps(record) if record is not None else f"run {step['run_index']} is being trained elsewhere")
+        return
+    if step.get("collect") and plan.missing():
+        missing = plan.missing()
+        raise ConfigError(f"{len(missing)} of {len(plan)} runs have no record yet (indices {missing[:20]}"
+                          f"{' ...' if len(missing) > 20 else ''}); run them with --run-index first.")
+    result = plan.collect() if step.get("collect") else plan.execute()
     result.to_json(out / "roar.json")
     save_figure(result.plot(), out / "roar.png")
     print(result)
@@ -128,9 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from captum_ext.config import load_config
 
-    runners = {"roar": _run_roar, "sanity": _run_sanity, "audit": _run_audit}
+    runners = {"sanity": _run_sanity, "audit": _run_audit}
     try:
-        runners[args.command](load_config(args.config, args.command))
+        config = load_config(args.config, args.command)
+        if args.command == "roar":
+            chosen = {k: getattr(args, k) for k in ("plan", "run_index", "collect")}
+            _run_roar(config, {k: v for k, v in chosen.items() if v is not None and v is not False})
+        else:
+            runners[args.command](config)
     except (ConfigError, ValueError, TypeError) as err:
         print(f"captum-ext {args.command}: error: {err}", file=sys.stderr)
         return 2

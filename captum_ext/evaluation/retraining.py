@@ -187,6 +187,9 @@ def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
     held = None if distributed else claims.claim(Path(job.cache_dir) / "runs", run.key)
     if not distributed and held is None:
         return None
+    if held is not None and (record := cache.read_record(job.cache_dir, run.key)) is not None:
+        held.release()  # finished (record written, then claim released) between the first look and the claim
+        return record
     try:
         with held.beating() if held is not None else contextlib.nullcontext():
             started = time.time()
