@@ -118,3 +118,80 @@ def test_two_process_ddp_fit_matches_one_process(trained_cnn, digits, tmp_path):
     # class 0 is detected at the first check and both ranks stop together
     assert [r["detected"] for r in ranks] == [{"0": 0}, {"0": 0}]
     assert [r["checks"] for r in ranks] == [1, 1]
+
+
+TRAINING_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, warnings
+    import pytorch_lightning as pl
+    import torch
+    from captum_ext.callbacks import AttributionMonitor
+    from captum_ext.data import CleverHansDigits
+    from captum_ext.models import ClassifierModule, SmallCNN
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    out = sys.argv[1]
+
+
+    class Record(pl.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):  # after the monitor's check of this epoch
+            epoch = trainer.current_epoch
+            if trainer.is_global_zero:
+                torch.save(pl_module.model.state_dict(), f"{out}/weights{epoch}.pt")
+            record = {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("attribution/")},
+                      "maps": monitor.maps["input_x_gradient"].tolist()}
+            with open(f"{out}/rank{trainer.global_rank}_epoch{epoch}.json", "w") as handle:
+                json.dump(record, handle)
+
+
+    torch.manual_seed(0)
+    monitor = AttributionMonitor(["input_x_gradient"], num_samples=%(attr)d, metrics=("deletion_auc", "insertion_auc", "aopc"),
+                                 metric_kwargs={"steps": 8}, log_images=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, limit_train_batches=3, limit_val_batches=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, callbacks=[monitor, Record()],
+    )
+    trainer.fit(ClassifierModule(SmallCNN(), lr=0.05), datamodule=CleverHansDigits())
+    """
+) % {"attr": NUM_ATTR}
+
+
+def test_training_ddp_fit_logs_the_one_process_values_of_its_weights(digits, tmp_path):
+    """Issue #15: with lr > 0 the weights change every epoch, and input x gradient on the digits' zero background
+    gives maps full of ties (the case where per-shard tie-breaks once moved insertion AUC from 0.4575 to 0.4536).
+    Every value the 2-process fit logs, at every epoch, equals what one process computes with that epoch's weights
+    on the whole probe set."""
+    from captum_ext.metrics import AOPC, InsertionAUC
+    from captum_ext.models import SmallCNN
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(TRAINING_SCRIPT)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
+    env.pop("LOCAL_RANK", None)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    x, y, _ = digits.split("val")
+    indices = balanced_indices(y, NUM_ATTR, seed=0)
+    px, py = x[indices], y[indices]
+    weights = [torch.load(tmp_path / f"weights{epoch}.pt", weights_only=True) for epoch in range(2)]
+    assert not torch.equal(weights[0]["classifier.weight"], weights[1]["classifier.weight"])  # lr > 0: it trained
+    for epoch in range(2):
+        model = SmallCNN().eval()
+        model.load_state_dict(weights[epoch])
+        attributions = Explainer("input_x_gradient").attribute(model, px, py)
+        reduced = attributions.abs().sum(1)
+        ties = sum(int(row.numel() - row.unique().numel()) for row in reduced)
+        assert ties > reduced.numel() // 4  # tie-heavy, as intended
+        expected = {}
+        for name, metric in (("deletion_auc", DeletionAUC(steps=8)), ("insertion_auc", InsertionAUC(steps=8)),
+                             ("aopc", AOPC(steps=8))):
+            metric.update(model, px, attributions, py)
+            expected[f"attribution/input_x_gradient/{name}"] = float(metric.compute())
+        for rank in range(2):
+            logged = json.loads((tmp_path / f"rank{rank}_epoch{epoch}.json").read_text())
+            assert logged["metrics"] == pytest.approx(expected, abs=1e-6)
+            torch.testing.assert_close(torch.tensor(logged["maps"]), reduced, rtol=1e-5, atol=1e-7)
