@@ -26,6 +26,14 @@ Short names and their defaults (everything can be overridden by keyword):
 ``"rollout"``               :class:`captum_ext.attr.AttentionRollout` (ViTs).
 ``"gradient_rollout"``      :class:`captum_ext.attr.GradientRollout` (ViTs).
 ``"random"``                :class:`captum_ext.attr.random_map.RandomAttribution`: a seeded random map.
+``"cam"``                   :class:`captum_ext.attr.cam.CAM` (Zhou 2016): the layer's channels weighted by the
+                            linear classifier after its global average pool; same default layer as Grad-CAM;
+                            refused for any other head.
+``"gradcam_plus_plus"``     :class:`captum_ext.attr.cam.GradCAMPlusPlus` (Chattopadhyay 2018); same default layer.
+``"layerwise_input_x_gradient"``  :class:`captum_ext.attr.layerwise.LayerwiseInputXGradient`: input x gradient
+                            at every convolution, upsampled, scaled, averaged (``init_kwargs={"skip_first": k}``).
+``"lime"``                  :class:`captum_ext.attr.superpixels.SuperpixelLime`: Captum's ``Lime`` over 50 SLIC
+                            superpixels, 64 samples, the batch's per-channel mean as the "off" value; seeded.
 ==========================  ====================================================================================
 
 Memory: the multi-sample methods are chunked by default so that no forward / backward pass holds more than
@@ -166,7 +174,22 @@ _CHUNK_SETTING = {
     "smoothgrad_sq": "nt_samples_batch_size",
     "vargrad": "nt_samples_batch_size",
     "occlusion": "perturbations_per_eval",
+    "lime": "perturbations_per_eval",
 }
+
+
+def _lime_defaults(x: torch.Tensor) -> dict:
+    return {"perturbations_per_eval": min(64, 4 * images_per_pass(x[:1]))}  # Lime perturbs one image at a time
+
+
+def _ours_built(module: str, class_name: str, layer: bool) -> Callable[[nn.Module, nn.Module | None, dict], captum_attr.Attribution]:
+    """Build ``module.class_name`` (imported late: those modules import this one), with the layer when ``layer``."""
+
+    def build(model: nn.Module, resolved: nn.Module | None, kwargs: dict) -> captum_attr.Attribution:
+        cls = getattr(importlib.import_module(module), class_name)
+        return cls(model, resolved, **kwargs) if layer else cls(model, **kwargs)
+
+    return build
 
 
 def _rollout(class_name: str) -> Callable[[nn.Module, nn.Module | None, dict], captum_attr.Attribution]:
@@ -214,6 +237,20 @@ METHODS: dict[str, _Method] = {
     "gradient_rollout": _Method(_rollout("GradientRollout"), _ours("captum_ext.attr.rollout", "GradientRollout")),
     "random": _Method(
         lambda m, l, k: RandomAttribution(m, **k), lambda: (RandomAttribution, (RandomAttribution,)), stochastic=True
+    ),
+    "cam": _Method(_ours_built("captum_ext.attr.cam", "CAM", True), _ours("captum_ext.attr.cam", "CAM"), layer=True),
+    "gradcam_plus_plus": _Method(
+        _ours_built("captum_ext.attr.cam", "GradCAMPlusPlus", True), _ours("captum_ext.attr.cam", "GradCAMPlusPlus"), layer=True
+    ),
+    "layerwise_input_x_gradient": _Method(
+        _ours_built("captum_ext.attr.layerwise", "LayerwiseInputXGradient", False),
+        _ours("captum_ext.attr.layerwise", "LayerwiseInputXGradient"),
+    ),
+    "lime": _Method(
+        _ours_built("captum_ext.attr.superpixels", "SuperpixelLime", False),
+        _ours("captum_ext.attr.superpixels", "SuperpixelLime"),
+        stochastic=True,
+        defaults=_lime_defaults,
     ),
 }
 

@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import free_port
 
-from captum_ext.metrics import AOPC, DeletionAUC, InsertionAUC, MapSimilarity
+from captum_ext.metrics import AOPC, DeletionAUC, InsertionAUC, LocalisationError, MapSimilarity
+from captum_ext.metrics.localisation import largest_component_box
 
 FAITHFULNESS = {"DeletionAUC": DeletionAUC, "InsertionAUC": InsertionAUC, "AOPC": AOPC}
 
@@ -31,6 +32,10 @@ def _values(x: torch.Tensor, attr: torch.Tensor, maps_b: torch.Tensor, target: t
     similarity = MapSimilarity(("spearman", "spearman_abs", "ssim"))
     similarity.update(attr, maps_b)
     values.update({f"similarity/{k}": float(v) for k, v in similarity.compute().items()})
+    localisation = LocalisationError()  # the maps' own boxes: the error is 1 exactly where "predicted" != label
+    predicted = torch.where(attr.flatten(1).sum(1) > 0, target, (target + 1) % 3)  # by content, not by shard position
+    localisation.update(attr, largest_component_box(attr), predicted, target)
+    values["LocalisationError"] = float(localisation.compute())
     return values
 
 

@@ -1,8 +1,12 @@
-"""Localisation metrics: how much of a map's positive relevance falls inside a given region?
+"""Localisation metrics: how much of a map's positive relevance falls inside a given region, and does the map's
+box find the object?
 
 Arras, Osman & Samek (2022), "CLEVR-XAI: A benchmark dataset for the ground truth evaluation of neural network
 explanations", Information Fusion 81: *relevance mass accuracy* and *relevance rank accuracy*; Zhang et al.
-(2018), "Top-down neural attention by excitation backprop", IJCV: the *pointing game*.
+(2018), "Top-down neural attention by excitation backprop", IJCV: the *pointing game*; Selvaraju et al. (2017),
+"Grad-CAM", ICCV (after Zhou et al.'s CAM, CVPR 2016): the *top-1 localisation error*, where a map is binarised at
+15% of its maximum and the box around its largest connected component must overlap the object's box with
+IoU >= 0.5, for a correctly classified image.
 
 Only the positive part of a map is used: a (N, C, H, W) attribution is reduced to ``sum_c max(a, 0)`` (the
 ``"positive"`` reduction of :func:`captum_ext.maps.reduce_channels`), a (N, H, W) map to ``max(a, 0)``.
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 
@@ -52,6 +57,10 @@ __all__ = [
     "RelevanceMass",
     "RelevanceRankAccuracy",
     "PointingGame",
+    "largest_component_box",
+    "box_iou",
+    "localisation_error",
+    "LocalisationError",
 ]
 
 
@@ -267,3 +276,139 @@ class PointingGame(_RegionMetric):
 
     def _score(self, attributions: torch.Tensor) -> torch.Tensor:
         return pointing_game(attributions, self.region, self.seed)
+
+
+def largest_component_box(attributions: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
+    """The box around the largest 8-connected component of each map's pixels at or above ``threshold`` x its
+    maximum (Grad-CAM's 15%): (N, 4) long ``(top, left, bottom, right)``, bottom and right exclusive. A map with no
+    positive relevance gets the empty box (0, 0, 0, 0).
+
+    Example::
+
+        >>> heat = torch.zeros(1, 6, 6); heat[0, 1:3, 1:4] = 1.0; heat[0, 5, 5] = 0.9
+        >>> largest_component_box(heat).tolist()
+        [[1, 1, 3, 4]]
+    """
+    from scipy import ndimage
+
+    threshold = float(threshold)
+    if not 0 < threshold <= 1:
+        raise ValueError(f"Expected argument `threshold` to be in (0, 1], but got {threshold!r}.")
+    positive = positive_map(attributions).detach().cpu()
+    boxes = torch.zeros(positive.shape[0], 4, dtype=torch.long)
+    for i, heat in enumerate(positive):
+        peak = float(heat.max())
+        if peak <= 0:
+            continue
+        labels, count = ndimage.label((heat >= threshold * peak).numpy(), structure=np.ones((3, 3)))
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        rows, cols = np.nonzero(labels == 1 + int(np.argmax(sizes)))
+        boxes[i] = torch.tensor([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
+    return boxes
+
+
+def _as_boxes(boxes: torch.Tensor, n: int, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 4) boxes from (N, 4) / (4,) boxes or (N, H, W) / (H, W) bool object masks (their bounding boxes)."""
+    if isinstance(boxes, torch.Tensor) and boxes.dtype == torch.bool:
+        masks = check_region(boxes, size, n).expand(n, *size).cpu()
+        out = torch.zeros(n, 4, dtype=torch.long)
+        for i, mask in enumerate(masks):
+            rows, cols = torch.nonzero(mask, as_tuple=True)
+            out[i] = torch.stack([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
+        return out
+    if not isinstance(boxes, torch.Tensor) or boxes.shape not in ((4,), (n, 4)) or boxes.is_floating_point():
+        got = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+        raise ValueError(
+            f"Expected argument `boxes` to be (N, 4) integer (top, left, bottom, right) boxes or (N, H, W) bool object "
+            f"masks, but got {got}."
+        )
+    return boxes.reshape(-1, 4).expand(n, 4).long().cpu()
+
+
+def _area(box: torch.Tensor) -> torch.Tensor:
+    return ((box[:, 2] - box[:, 0]).clamp(min=0) * (box[:, 3] - box[:, 1]).clamp(min=0)).double()
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) intersection over union of paired (N, 4) ``(top, left, bottom, right)`` boxes (exclusive ends); 0 when
+    both are empty.
+
+    Example::
+
+        >>> box_iou(torch.tensor([[0, 0, 2, 2]]), torch.tensor([[1, 1, 3, 3]]))
+        tensor([0.1429])
+    """
+    height = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    width = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = (height * width).double()
+    union = _area(a) + _area(b) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union)).float()
+
+
+def localisation_error(
+    attributions: torch.Tensor,
+    boxes: torch.Tensor,
+    predictions: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float = 0.15,
+    iou: float = 0.5,
+) -> torch.Tensor:
+    """Top-1 localisation error per image (Grad-CAM's protocol): 0.0 when the image is classified correctly and the
+    box of its map (:func:`largest_component_box`) overlaps the object's box with IoU >= ``iou``, else 1.0.
+
+    Args:
+        attributions: (N, H, W) or (N, C, H, W) maps, usually for the predicted class; only the positive part counts.
+        boxes: the objects' (N, 4) ``(top, left, bottom, right)`` boxes (exclusive ends), or (N, H, W) / (H, W)
+            bool masks whose bounding boxes are used.
+        predictions, labels: (N,) predicted and true classes.
+        threshold: binarisation level, a share of each map's maximum. Default 0.15.
+        iou: the overlap needed. Default 0.5.
+
+    Returns:
+        (N,) float tensor of 0.0 / 1.0.
+    """
+    found = largest_component_box(attributions, threshold)
+    n = found.shape[0]
+    truth = _as_boxes(boxes, n, tuple(attributions.shape[-2:]))
+    predictions, labels = torch.as_tensor(predictions).reshape(-1).cpu(), torch.as_tensor(labels).reshape(-1).cpu()
+    if predictions.shape != (n,) or labels.shape != (n,):
+        raise ValueError(f"Expected arguments `predictions` and `labels` to have shape ({n},), but got "
+                         f"{tuple(predictions.shape)} and {tuple(labels.shape)}.")
+    correct = (predictions == labels) & (box_iou(found, truth) >= iou)
+    return (~correct).float().to(attributions.device)
+
+
+class LocalisationError(Metric):
+    """Top-1 localisation error over all images seen (:func:`localisation_error`); lower is better. Sum and count
+    states, synced under DDP.
+
+    Example::
+
+        >>> heat = torch.zeros(2, 8, 8); heat[:, 2:6, 2:6] = 1.0
+        >>> metric = LocalisationError()
+        >>> metric.update(heat, torch.tensor([2, 2, 6, 6]), predictions=torch.tensor([1, 0]), labels=torch.tensor([1, 1]))
+        >>> metric.compute()   # the first is found, the second misclassified
+        tensor(0.5000)
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, threshold: float = 0.15, iou: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.threshold, self.iou = float(threshold), float(iou)
+        if not 0 < self.threshold <= 1 or not 0 < self.iou <= 1:
+            raise ValueError(f"Expected arguments `threshold` and `iou` in (0, 1], but got {threshold!r} and {iou!r}.")
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, attributions: torch.Tensor, boxes: torch.Tensor, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch: maps, object boxes or masks, predicted and true classes."""
+        errors = localisation_error(attributions, boxes, predictions, labels, self.threshold, self.iou)
+        self.total += errors.sum().to(self.total)
+        self.count += errors.numel()
+
+    def compute(self) -> torch.Tensor:
+        """The share of images mislocalised or misclassified (float32 scalar)."""
+        return (self.total / self.count).float()
