@@ -59,9 +59,12 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
 
 
 def write_json_atomic(data: Any, path: str | os.PathLike, **json_kwargs: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically and return the path (``json_kwargs`` go to ``json.dump``)."""
+    """Write ``data`` as JSON to ``path`` atomically (flushed to disk before the rename) and return the path
+    (``json_kwargs`` go to ``json.dump``)."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
         json.dump(data, handle, **json_kwargs)
+        handle.flush()
+        os.fsync(handle.fileno())
     return Path(path)
 
 

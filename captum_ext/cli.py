@@ -69,8 +69,9 @@ def _explainers(config: dict) -> list:
     return [build_explainer(spec) for spec in specs]
 
 
-def _run_roar(config: dict, step: dict[str, Any]) -> None:
-    """All runs here (no ``step``), or one step of a job array: ``plan``, ``run_index`` or ``collect``."""
+def _run_roar(config: dict, step: dict[str, Any], path: str = "FILE") -> None:
+    """All runs here (no ``step``), or one step of a job array: ``plan``, ``run_index`` or ``collect`` (``path``: the
+    config file, for the commands printed after ``plan``)."""
     from captum_ext.config import build_datamodule, import_object
     from captum_ext.evaluation import roar_plan
 
@@ -90,8 +91,8 @@ def _run_roar(config: dict, step: dict[str, Any]) -> None:
         write_json_atomic({"runs": plan.describe(), "cache_dir": str(plan.cache_dir)}, out / "plan.json", indent=1)
         last = len(plan) - 1
         print(f"{plan}\nwrote {out / 'plan.json'}\n\nrun each index, e.g. as a Slurm job array:\n"
-              f"  sbatch --array=0-{last} --wrap 'captum-ext roar --config FILE --run-index $SLURM_ARRAY_TASK_ID'\n"
-              "then: captum-ext roar --config FILE --collect")
+              f"  sbatch --array=0-{last} --wrap 'captum-ext roar --config {path} --run-index $SLURM_ARRAY_TASK_ID'\n"
+              f"then: captum-ext roar --config {path} --collect")
         return
     if step.get("run_index") is not None:
         record = plan.run(step["run_index"])
@@ -161,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.command)
         if args.command == "roar":
             chosen = {k: getattr(args, k) for k in ("plan", "run_index", "collect")}
-            _run_roar(config, {k: v for k, v in chosen.items() if v is not None and v is not False})
+            _run_roar(config, {k: v for k, v in chosen.items() if v is not None and v is not False}, args.config)
         else:
             runners[args.command](config)
     except (ConfigError, ValueError, TypeError) as err:

@@ -65,6 +65,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib
 import inspect
@@ -385,7 +386,9 @@ def default_cam_layer(model: nn.Module, inputs: torch.Tensor) -> str:
 
 def canonical(value: Any) -> Any:
     """A stable JSON-able form of settings for fingerprints: tensors by content hash, classes by qualified name,
-    other objects by class and public attributes (never by ``repr``, which may hold a memory address)."""
+    functions by qualified name and a hash of their bytecode (two lambdas differ), ``functools.partial`` by function
+    and arguments, other objects by class and public attributes (never by ``repr``, which may hold a memory
+    address)."""
     if isinstance(value, torch.Tensor):
         data = value.detach().cpu().contiguous()
         return {"sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest(), "shape": list(data.shape), "dtype": str(data.dtype)}
@@ -397,6 +400,14 @@ def canonical(value: Any) -> Any:
         return value
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, functools.partial):
+        return {"partial": canonical(value.func), "args": canonical(list(value.args)), "keywords": canonical(value.keywords)}
+    if callable(value) and hasattr(value, "__code__"):  # a function: its name and its compiled body
+        code = value.__code__
+        constants = [c for c in code.co_consts if isinstance(c, (str, bytes, int, float, tuple, type(None)))]
+        body = hashlib.sha256(code.co_code + repr((code.co_names, constants)).encode()).hexdigest()
+        return {"function": f"{value.__module__}.{value.__qualname__}", "code": body,
+                "defaults": canonical(list(value.__defaults__ or ()))}
     attributes = {k: v for k, v in vars(value).items() if not k.startswith("_")} if hasattr(value, "__dict__") else {}
     return {"class": f"{type(value).__module__}.{type(value).__qualname__}", "attributes": canonical(attributes)}
 

@@ -111,19 +111,29 @@ def test_module_hyperparameters_enter_the_cache_key(data, tmp_path):
 
 def test_claims_back_off_expire_and_never_take_a_fresh_claim(tmp_path):
     first = claims.claim(tmp_path, "k")
-    assert first is not None and claims.claim(tmp_path, "k") is None and claims.held_elsewhere(tmp_path, "k")
+    assert first is not None and claims.claim(tmp_path, "k") is None and claims.live_keys(tmp_path) == {"k"}
     old = time.time() - 3600
     os.utime(first.path, (old, old))  # no heartbeat for an hour: expired
-    assert not claims.held_elsewhere(tmp_path, "k")
+    assert not claims.held_elsewhere(tmp_path, "k") and claims.live_keys(tmp_path) == set()
     second = claims.claim(tmp_path, "k")
     assert second is not None and second.path.name == "k.1.lock"
     assert claims.claim(tmp_path, "k") is None  # the new generation is live; the expired one is not broken again
-    second.release()
-    assert list(tmp_path.iterdir()) == []  # both generations gone
+    first.release(recorded=True)  # the stale worker finishes after all: it deletes its own generation, not the newer
+    assert second.path.exists() and claims.claim(tmp_path, "k") is None
+    second.release(recorded=False)  # failed without a record: marked expired, kept, so generations keep growing
+    third = claims.claim(tmp_path, "k")
+    assert third is not None and third.path.name == "k.2.lock"
+    third.release(recorded=True)
+    assert list(tmp_path.iterdir()) == []  # recorded: every generation up to its own is gone
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "d.0.lock").write_text(json.dumps({"owner": f"{claims.owner().rpartition('-')[0]}-{dead.stdout.strip()}"}))
     assert claims.claim(tmp_path, "d") is not None  # its owner on this host died: taken at once
+
+    (tmp_path / "t.0.lock").write_text('{"owner": "elsewhere-12')  # cut short by a crash
+    assert claims.claim(tmp_path, "t") is None  # recent: could be a writer still writing
+    os.utime(tmp_path / "t.0.lock", (old, old))
+    assert claims.claim(tmp_path, "t") is not None  # old: its age decides, it never blocks the run for good
 
     beating = claims.claim(tmp_path, "b", expiry_s=0.5)
     os.utime(beating.path, (old, old))
@@ -241,8 +251,9 @@ def test_submitit_adapter_matches_sequential(data, sweep, tmp_path, monkeypatch)
     local.update_parameters(timeout_min=10)
     with SubmititExecutor(local, poll_s=0.2) as executor:
         result = roar(make_pl, data, [ORACLE], cache_dir=tmp_path / "cache", executor=executor, **ONE_FRACTION)
+        assert len(list((tmp_path / "jobs").glob("captum_ext_shared_*.pkl"))) == 1  # the datasets, written once
     assert _at_03(result) == _at_03(reference)
-    assert len(list((tmp_path / "jobs").glob("captum_ext_shared_*.pkl"))) == 1  # the datasets were written once
+    assert list((tmp_path / "jobs").glob("captum_ext_shared_*.pkl")) == []  # deleted at shutdown
 
 
 def test_run_sampler_shards_one_order_across_ranks(monkeypatch):
@@ -270,13 +281,11 @@ DDP_DRIVER = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from captum_ext.evaluation import roar
-    from test_roar import ORACLE, TRAINER, OracleData, make_pl
+    from test_roar import ORACLE, TRAINER, OracleData, make_bn
 
     if __name__ == "__main__":
-        model = make_pl()
-        model.load_state_dict(torch.load(sys.argv[3], weights_only=True))
-        strategy, folder = sys.argv[2], sys.argv[4]
-        result = roar(make_pl, OracleData(), [ORACLE], fractions=(0.3,), repeats=1, model=model, cache_dir=folder,
+        strategy, folder = sys.argv[2], sys.argv[3]
+        result = roar(make_bn, OracleData(), [ORACLE], fractions=(0.3,), repeats=1, cache_dir=folder,
                       trainer_kwargs={**TRAINER, "devices": 2, "strategy": strategy}, progress=False)
         with open(os.path.join(folder, f"result_{os.environ.get('LOCAL_RANK', '0')}.json"), "w") as handle:
             json.dump({"accuracy": {m: {str(f): v for f, v in per.items()} for m, per in result.accuracy.items()},
@@ -285,10 +294,11 @@ DDP_DRIVER = textwrap.dedent(
 )
 
 
-def test_ddp_and_ddp_spawn_inside_each_retraining_record_once_on_rank_zero(sweep, tmp_path):
-    """Both strategies train each run on 2 processes; only rank 0 tests and records (one record per run, not one
-    per rank), and both give the same accuracies: the run's seed decides each rank's share of the order."""
-    base = next(sweep[1].glob("base_*.pt"))
+def test_ddp_and_ddp_spawn_inside_each_retraining_record_once_on_rank_zero(tmp_path):
+    """Both strategies train the base model and each run on 2 processes; only rank 0 tests and records (one record
+    per run, not one per rank), and both give the same accuracies: the run's seed decides each rank's share of the
+    order. The module has a BatchNorm, whose running statistics differ between ranks: every rank loads rank 0's
+    base model, so all derive the same rankings and run keys (one ranking file per method and split)."""
     script = tmp_path / "ddp_driver.py"
     script.write_text(DDP_DRIVER)
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
@@ -296,12 +306,13 @@ def test_ddp_and_ddp_spawn_inside_each_retraining_record_once_on_rank_zero(sweep
     tables = {}
     for strategy in ("ddp", "ddp_spawn"):
         folder = tmp_path / strategy
-        done = subprocess.run([sys.executable, str(script), TESTS, strategy, str(base), str(folder)],
+        done = subprocess.run([sys.executable, str(script), TESTS, strategy, str(folder)],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         records = [json.loads(p.read_text()) for p in (folder / "runs").glob("*.json")]
         results = [json.loads(p.read_text()) for p in sorted(folder.glob("result_*.json"))]
         assert len(records) == 2 and {r["worker"].rpartition("-")[2] for r in records} == {str(results[0]["pid"])}
+        assert len(list(folder.glob("rank_*.npy"))) == 6 and len(list(folder.glob("base_*.pt"))) == 1
         assert len(results) == (2 if strategy == "ddp" else 1)  # ddp re-runs the script on rank 1: same table there
         assert all(r["accuracy"] == results[0]["accuracy"] for r in results)
         tables[strategy] = results[0]["accuracy"]

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "record_path",
     "write_record",
     "read_record",
+    "recorded_keys",
     "save_weights",
     "load_weights",
 ]
@@ -67,21 +69,23 @@ def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
 
 
 def data_fingerprint(datasets: dict[str, Dataset], batch_size: int) -> tuple[str, torch.Tensor]:
-    """SHA-256 of every split's images and labels in order, and the per-channel mean of the ``"train"`` split
-    (float64 running sums: one streaming pass, nothing kept)."""
+    """SHA-256 of every split's images and labels in order (images and labels hashed as two streams, so the value
+    does not depend on ``batch_size``), and the per-channel mean of the ``"train"`` split (float64 running sums: one
+    streaming pass, nothing kept)."""
     sha = hashlib.sha256()
     total, count = None, 0
     for split in sorted(datasets):
-        sha.update(f"split:{split}|{len(datasets[split])}|".encode())
+        streams = [hashlib.sha256(), hashlib.sha256()]
         for batch in _loader(datasets[split], batch_size):
             images, labels = unpack_batch(batch)
-            for tensor in (images, labels):
-                sha.update(torch.as_tensor(tensor).detach().cpu().contiguous().numpy().tobytes())
+            for stream, tensor in zip(streams, (images, labels)):
+                stream.update(torch.as_tensor(tensor).detach().cpu().contiguous().numpy().tobytes())
             if split == "train":
                 x = images.detach().double()
                 sums = x.sum(dim=(0, 2, 3))
                 total = sums if total is None else total + sums
                 count += x.shape[0] * x.shape[2] * x.shape[3]
+        sha.update(f"split:{split}|{len(datasets[split])}|{streams[0].hexdigest()}|{streams[1].hexdigest()}|".encode())
     if total is None:
         raise ValueError("Expected the datamodule to provide a non-empty training set.")
     return sha.hexdigest(), (total / count).float()
@@ -149,12 +153,27 @@ def write_record(folder: str | os.PathLike, key: str, record: dict[str, Any]) ->
 
 
 def read_record(folder: str | os.PathLike, key: str) -> dict[str, Any] | None:
-    """Run ``key``'s record, or None when the run has not finished."""
+    """Run ``key``'s record, or None when the run has not finished (or its file is unreadable: it is then trained
+    again, with a warning)."""
+    path = record_path(folder, key)
     try:
-        record = json.loads(record_path(folder, key).read_text())
+        record = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except ValueError:
+        warnings.warn(f"The ROAR record {path} is not valid JSON; the run will be trained again.", RuntimeWarning, stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
     return record if isinstance(record, dict) else None
+
+
+def recorded_keys(folder: str | os.PathLike) -> set[str]:
+    """The keys of every run with a record file, from one directory listing."""
+    try:
+        with os.scandir(Path(folder) / "runs") as entries:
+            return {entry.name[: -len(".json")] for entry in entries if entry.name.endswith(".json") and not entry.name.startswith(".")}
+    except FileNotFoundError:
+        return set()
 
 
 def _writer_alive(tmp: Path) -> bool | None:

@@ -4,8 +4,11 @@ folder, on a network filesystem too.
 A claim is a lock file ``<key>.<generation>.lock`` created with ``O_CREAT | O_EXCL`` (atomic on local disks and on
 NFS v3+), holding its owner (host, pid). While the run trains, a heartbeat thread refreshes the file's mtime; a
 claim whose file has not changed for ``expiry_s`` seconds (its worker died or hangs), or whose owner on this host has
-died, has expired, and the next claimant creates the next generation's file. Expired claims are never deleted or
-renamed by others, so two workers can never both break the same claim and take over each other's fresh one.
+died, has expired, and the next claimant creates the next generation's file. A claim given up without a record
+(the run failed) is marked expired (mtime set to 0), never deleted, and nobody deletes or renames another worker's
+file: generation numbers only grow while a run is unrecorded, so two workers can never hold the same generation or
+take over each other's fresh claim. Lock files are deleted only by the worker that wrote the run's record (its own
+generation and the older ones).
 
 Example::
 
@@ -14,9 +17,9 @@ Example::
     >>> first = claim(folder, "run-a")
     >>> first is not None, claim(folder, "run-a") is None   # held: a second worker backs off
     (True, True)
-    >>> first.release()
-    >>> claim(folder, "run-a") is not None                  # released: free again
-    True
+    >>> first.release(recorded=False)                       # given up (the run failed): expired at once
+    >>> claim(folder, "run-a").path.name                    # the next claimant takes the next generation
+    'run-a.1.lock'
 """
 
 from __future__ import annotations
@@ -32,37 +35,61 @@ from pathlib import Path
 
 from captum_ext._io import owner, owner_alive
 
-__all__ = ["Claim", "claim", "held_elsewhere", "EXPIRY_S"]
+__all__ = ["Claim", "claim", "held_elsewhere", "live_keys", "EXPIRY_S"]
 
 #: Seconds without a heartbeat after which a claim has expired (the heartbeat beats every ``EXPIRY_S / 10``).
 EXPIRY_S = 600.0
 
 
+_LOCK = re.compile(r"(.+)\.(\d+)\.lock")
+
+
+def _locks(folder: Path) -> dict[str, list[tuple[int, Path]]]:
+    """Every key's lock files in ``folder``, oldest generation first, from one directory listing."""
+    found: dict[str, list[tuple[int, Path]]] = {}
+    try:
+        entries = os.scandir(folder)
+    except FileNotFoundError:
+        return found
+    with entries:
+        for entry in entries:
+            match = _LOCK.fullmatch(entry.name)
+            if match:
+                found.setdefault(match.group(1), []).append((int(match.group(2)), Path(entry.path)))
+    return {key: sorted(files) for key, files in found.items()}
+
+
 def _generations(folder: Path, key: str) -> list[tuple[int, Path]]:
-    pattern = re.compile(rf"{re.escape(key)}\.(\d+)\.lock")
-    found = []
-    for path in folder.glob(f"{key}.*.lock"):
-        match = pattern.fullmatch(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+    return _locks(folder).get(key, [])
 
 
 def _expired(path: Path, expiry_s: float) -> bool:
     try:
         age = time.time() - path.stat().st_mtime
-        holder = json.loads(path.read_text() or "{}").get("owner", "")
-    except FileNotFoundError:  # released meanwhile
+    except FileNotFoundError:  # deleted with the run's record: the claimant will find the record
         return True
-    except (OSError, ValueError):  # being written: its creator is alive
-        return False
+    try:
+        holder = json.loads(path.read_text() or "{}").get("owner", "")
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):  # being written, or cut short by a crash: its age decides
+        holder = ""
     return age > expiry_s or owner_alive(holder) is False
 
 
-def held_elsewhere(folder: str | os.PathLike, key: str, expiry_s: float = EXPIRY_S) -> bool:
-    """Whether a live claim on ``key`` exists (someone is training that run now)."""
+def _expiry(expiry_s: float | None) -> float:
+    return EXPIRY_S if expiry_s is None else float(expiry_s)
+
+
+def held_elsewhere(folder: str | os.PathLike, key: str, expiry_s: float | None = None) -> bool:
+    """Whether a live claim on ``key`` exists (some worker, this one included, is training that run now)."""
     found = _generations(Path(folder), key)
-    return bool(found) and not _expired(found[-1][1], expiry_s)
+    return bool(found) and not _expired(found[-1][1], _expiry(expiry_s))
+
+
+def live_keys(folder: str | os.PathLike, expiry_s: float | None = None) -> set[str]:
+    """The keys with a live claim, from one directory listing (what a driver polls on a network filesystem)."""
+    return {key for key, files in _locks(Path(folder)).items() if not _expired(files[-1][1], _expiry(expiry_s))}
 
 
 class Claim:
@@ -89,16 +116,23 @@ class Claim:
             stop.set()
             thread.join()
 
-    def release(self) -> None:
-        """Delete this claim and every older generation of it (expired by construction)."""
-        key = self.path.name.rsplit(".", 2)[0]
-        for _, path in _generations(self.path.parent, key):
-            path.unlink(missing_ok=True)
+    def release(self, recorded: bool) -> None:
+        """End this claim. With the run's record written (``recorded``), delete this generation's file and the older
+        ones; otherwise only mark it expired, so that the next claimant takes the next generation."""
+        if not recorded:
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(self.path, (0, 0))
+            return
+        key, generation = self.path.name.rsplit(".", 2)[0], int(self.path.name.rsplit(".", 2)[1])
+        for number, path in _generations(self.path.parent, key):
+            if number <= generation:
+                path.unlink(missing_ok=True)
 
 
-def claim(folder: str | os.PathLike, key: str, expiry_s: float = EXPIRY_S) -> Claim | None:
+def claim(folder: str | os.PathLike, key: str, expiry_s: float | None = None) -> Claim | None:
     """Claim ``key`` for this process: a :class:`Claim`, or None when a live claim is held elsewhere (or another
-    worker won the race for an expired one)."""
+    worker won the race for an expired one). ``expiry_s`` defaults to :data:`EXPIRY_S` (read at each call)."""
+    expiry_s = _expiry(expiry_s)
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     found = _generations(target, key)

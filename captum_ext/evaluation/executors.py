@@ -161,7 +161,8 @@ class DaskExecutor(concurrent.futures.Executor):
     """Runs on a Dask ``distributed`` client; :meth:`share` scatters an object to every worker once.
 
     Args:
-        client: a ``distributed.Client`` (``Client(LocalCluster(...))``, or one connected to a scheduler).
+        client: a ``distributed.Client`` (``Client(LocalCluster(...))``, or one connected to a scheduler) whose
+            workers have one thread each (checked: concurrent runs in one process would share torch's RNG).
         **submit_kwargs: passed to every ``client.submit`` (``resources``, ``workers``, ``retries``...).
     """
 
@@ -170,6 +171,13 @@ class DaskExecutor(concurrent.futures.Executor):
     def __init__(self, client: Any, **submit_kwargs: Any):
         if not hasattr(client, "scatter") or not hasattr(client, "get_executor"):
             raise TypeError(f"Expected argument `client` to be a distributed.Client, but got {type(client).__name__}.")
+        threads = client.nthreads()
+        if any(count > 1 for count in threads.values()):
+            raise ValueError(
+                "Expected argument `client` to have one thread per worker (LocalCluster(threads_per_worker=1), "
+                f"`dask worker --nthreads 1`), but got {sorted(set(threads.values()))}: runs in threads of one process "
+                "share torch's global random state, so their results would depend on what else ran."
+            )
         self.client = client
         self._executor = client.get_executor(pure=False, **submit_kwargs)
 
@@ -203,17 +211,21 @@ class SubmititExecutor(concurrent.futures.Executor):
         self.executor, self.poll_s = executor, check_real("poll_s", poll_s, 0, low_open=True)
         self._jobs: list[tuple[Any, concurrent.futures.Future]] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._shared: list[Path] = []
 
     def share(self, obj: Any) -> _File:
-        """Write ``obj`` with cloudpickle to the executor's folder; returns its handle for :func:`resolve`."""
+        """Write ``obj`` with cloudpickle to the executor's folder (the deepest part of it without submitit's ``%j``
+        placeholders); returns its handle for :func:`resolve`. The file is deleted by :meth:`shutdown`."""
         import cloudpickle
 
-        folder = Path(str(self.executor.folder).split("%")[0])  # the part without submitit's %j placeholders
+        folder = Path(self.executor.folder)
+        while "%" in str(folder):
+            folder = folder.parent
         path = folder / f"captum_ext_shared_{uuid.uuid4().hex}.pkl"
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             cloudpickle.dump(obj, handle)
+        self._shared.append(path)
         return _File(str(path))
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
@@ -227,31 +239,43 @@ class SubmititExecutor(concurrent.futures.Executor):
         return future
 
     def _poll(self) -> None:
-        while True:
-            with self._lock:
-                jobs, self._jobs = self._jobs, []
-            waiting = []
-            for job, future in jobs:
-                if not job.done():
-                    waiting.append((job, future))
-                    continue
-                try:
-                    future.set_result(job.result())
-                except BaseException as err:  # noqa: BLE001 - the job's failure belongs to its Future
-                    future.set_exception(err)
-            with self._lock:
-                self._jobs = waiting + self._jobs
-                if not self._jobs and self._stop.is_set():
-                    self._poller = None
-                    return
-                busy = bool(self._jobs)
-            if busy:
+        """Deliver finished jobs' results to their Futures; cancel the job of a cancelled Future; stop when idle."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._jobs:
+                        return
+                    jobs, self._jobs = self._jobs, []
+                waiting = []
+                for job, future in jobs:
+                    if future.cancelled():
+                        job.cancel(check=False)
+                    elif not job.done():
+                        waiting.append((job, future))
+                    elif future.set_running_or_notify_cancel():
+                        try:
+                            future.set_result(job.result())
+                        except BaseException as err:  # noqa: BLE001 - the job's failure belongs to its Future
+                            future.set_exception(err)
+                with self._lock:
+                    self._jobs = waiting + self._jobs
                 time.sleep(self.poll_s)
-            else:
-                self._stop.wait(self.poll_s)
+        finally:
+            with self._lock:
+                self._poller = None
+                if self._jobs:  # submitted while this thread was finishing: start another
+                    self._poller = threading.Thread(target=self._poll, name="submitit-poller", daemon=True)
+                    self._poller.start()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._stop.set()
-        poller = self._poller
-        if wait and poller is not None:
-            poller.join()
+        """Wait for the submitted jobs (``cancel_futures`` cancels those not finished), then delete the shared files."""
+        if cancel_futures:
+            with self._lock:
+                for _, future in self._jobs:
+                    future.cancel()
+        while wait and self._poller is not None:
+            time.sleep(min(self.poll_s, 0.1))
+        if wait:
+            for path in self._shared:
+                path.unlink(missing_ok=True)
+            self._shared.clear()

@@ -31,10 +31,6 @@ from captum_ext.evaluation.executors import resolve
 
 __all__ = ["RankedMaskDataset", "RunSampler", "PlannedRun"]
 
-#: Seconds a DDP rank other than 0 waits for rank 0's record of the run they trained together.
-RECORD_WAIT_S = 600.0
-
-
 class RankedMaskDataset(Dataset):
     """A view of ``dataset`` whose images have their top ``fraction`` of ranked pixels imputed (ROAR), or all
     but the top ``fraction`` (KAR, ``keep=True``), applied on the fly when an item is read.
@@ -160,14 +156,15 @@ def fit(job: Job, module: Any, splits: dict[str, DataLoader], fitter: Any = None
     return fitter
 
 
-def _wait_for_record(folder: str, run: PlannedRun) -> dict[str, Any]:
-    deadline = time.monotonic() + RECORD_WAIT_S
-    while (record := cache.read_record(folder, run.key)) is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"DDP rank 0 did not record run {run.method} / {run.fraction} / {run.repeat} "
-                               f"within {RECORD_WAIT_S:.0f} s; see its log.")
-        time.sleep(0.2)
-    return record
+def after_rank_zero(fitter: Any, write: Callable[[], Any], read: Callable[[], Any]) -> Any:
+    """What rank 0 writes, seen by every rank: rank 0 calls ``write`` and every rank of a still-initialised DDP
+    process group waits at a barrier, then the others ``read`` it. Without a process group (one process, or the main
+    process after ``ddp_spawn``) this is ``write()``."""
+    if fitter.global_rank == 0:
+        value = write()
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and fitter.world_size > 1:
+        torch.distributed.barrier()
+    return value if fitter.global_rank == 0 else read()
 
 
 def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
@@ -176,7 +173,8 @@ def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
 
     ``shared`` is the :class:`Job` or an executor's handle of it (:func:`captum_ext.evaluation.executors.resolve`).
     Under DDP (a ``Trainer`` with ``world_size > 1``) every rank trains, nothing is claimed (the ranks act as one
-    worker) and only global rank 0 tests and records; the other ranks return rank 0's record.
+    worker: keep one DDP driver per cache) and only global rank 0 tests and records; the other ranks wait for it at a
+    barrier and return rank 0's record.
     """
     job = resolve(shared)
     record = cache.read_record(job.cache_dir, run.key)
@@ -188,8 +186,9 @@ def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
     if not distributed and held is None:
         return None
     if held is not None and (record := cache.read_record(job.cache_dir, run.key)) is not None:
-        held.release()  # finished (record written, then claim released) between the first look and the claim
+        held.release(recorded=True)  # finished (record written, then claim released) between the first look and now
         return record
+    recorded = False
     try:
         with held.beating() if held is not None else contextlib.nullcontext():
             started = time.time()
@@ -202,14 +201,17 @@ def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
                 }
                 splits = loaders(job, views, run.seed)
                 fit(job, module, splits, fitter)
-                if fitter.global_rank != 0:
-                    return _wait_for_record(job.cache_dir, run)
-                score = accuracy(module, splits["test"])
-            record = {"key": run.key, "method": run.method, "fraction": run.fraction, "repeat": run.repeat,
-                      "seed": run.seed, "keep": job.keep, "accuracy": score, "worker": owner(),
-                      "seconds": round(time.time() - started, 3)}
-            cache.write_record(job.cache_dir, run.key, record)
-            return record
+
+                def write() -> dict[str, Any]:
+                    record = {"key": run.key, "method": run.method, "fraction": run.fraction, "repeat": run.repeat,
+                              "seed": run.seed, "keep": job.keep, "accuracy": accuracy(module, splits["test"]),
+                              "worker": owner(), "seconds": round(time.time() - started, 3)}
+                    cache.write_record(job.cache_dir, run.key, record)
+                    return record
+
+                record = after_rank_zero(fitter, write, lambda: cache.read_record(job.cache_dir, run.key))
+                recorded = True
+                return record
     finally:
         if held is not None:
-            held.release()
+            held.release(recorded)

@@ -106,8 +106,9 @@ class ROARPlan:
                 for i, r in enumerate(self.runs)]
 
     def missing(self) -> list[int]:
-        """Indices of the runs without a record yet."""
-        return [i for i, run in enumerate(self.runs) if cache.read_record(self.cache_dir, run.key) is None]
+        """Indices of the runs without a record yet (one directory listing, not one look per run)."""
+        recorded = cache.recorded_keys(self.cache_dir)
+        return [i for i, run in enumerate(self.runs) if run.key not in recorded]
 
     def run(self, index: int) -> dict[str, Any] | None:
         """Execute run ``index`` here, unless it is recorded (returns its record) or claimed by a live worker
@@ -119,14 +120,14 @@ class ROARPlan:
 
     def collect(self) -> ROARResult:
         """The result from the records; a RuntimeError naming the missing run indices when some have not finished."""
-        missing = self.missing()
+        records = [cache.read_record(self.cache_dir, run.key) for run in self.runs]
+        missing = [i for i, record in enumerate(records) if record is None]
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
             raise RuntimeError(f"{len(missing)} of {len(self.runs)} runs have no record yet in {self.cache_dir}: "
                                f"indices {shown}. Execute them (run(i), execute(), or --run-index), then collect.")
         table: dict[str, dict[float, list[float]]] = {}
-        for run in self.runs:
-            record = cache.read_record(self.cache_dir, run.key)
+        for run, record in zip(self.runs, records):
             table.setdefault(run.method, {}).setdefault(run.fraction, []).append(float(record["accuracy"]))
         return ROARResult(table, self.baseline_accuracy, keep=self.keep)
 
@@ -135,18 +136,19 @@ class ROARPlan:
         hold, and :meth:`collect`. An executor with ``share`` (:mod:`captum_ext.evaluation.executors`) receives the
         datasets once; the job is checked to be picklable by the executor's serializer before anything is submitted.
         """
-        _check_executor(executor)
+        _check_executor(executor, self._job)
+        missing = self.missing()
         shared: Any = self._job
-        if executor is not None:
+        if executor is not None and missing:
             _check_sendable(self._job, executor)
             if hasattr(executor, "share"):
                 shared = executor.share(self._job)
         title = "KAR" if self.keep else "ROAR"
-        missing = self.missing()
         with tqdm(total=len(self.runs), initial=len(self.runs) - len(missing), desc=f"{title} retraining",
                   disable=not progress) as bar:
             while missing:
-                free = [self.runs[i] for i in missing if not claims.held_elsewhere(self.cache_dir / "runs", self.runs[i].key)]
+                held = claims.live_keys(self.cache_dir / "runs")
+                free = [self.runs[i] for i in missing if self.runs[i].key not in held]
                 if free:
                     if executor is None:
                         records = (retraining.execute(shared, run) for run in free)
@@ -156,6 +158,7 @@ class ROARPlan:
                     for record in records:
                         bar.update(record is not None)
                 else:  # every missing run is held by a live worker elsewhere: wait for its record
+                    bar.set_postfix_str(f"waiting for {len(missing)} runs trained elsewhere")
                     time.sleep(_POLL_S)
                 missing = self.missing()
                 bar.n = len(self.runs) - len(missing)
@@ -274,16 +277,23 @@ def _check_sendable(job: Job, executor: Any) -> None:
             ) from err
 
 
-def _check_executor(executor: Any) -> None:
+def _check_executor(executor: Any, job: Job) -> None:
     if executor is not None and not isinstance(executor, concurrent.futures.Executor):
         raise TypeError(
             "Expected argument `executor` to be a concurrent.futures.Executor or None (wrap Ray, Dask or submitit "
             f"with captum_ext.evaluation.executors), but got {type(executor).__name__}."
         )
+    if executor is not None and job.trainer_kwargs.get("strategy") == "ddp":
+        raise ValueError(
+            "Expected `trainer_kwargs` without strategy='ddp' when an `executor` runs the retrainings: Lightning's ddp "
+            "re-runs the worker's own command for each rank. Use strategy='ddp_spawn' on an executor, or ddp without one."
+        )
 
 
 def _base_model(job: Job, model: nn.Module | None, folder: Path, key: str, seed: int, compute: bool) -> nn.Module:
-    """``model``, or the base module trained on unmodified data (cached as ``base_<key>.pt``)."""
+    """``model``, or the base module trained on unmodified data (cached as ``base_<key>.pt``). Under DDP rank 0
+    saves it and every rank loads that file: ranks may differ in what DDP does not synchronise (BatchNorm's running
+    statistics), and all must derive the same fingerprints and run keys from it."""
     if model is not None:
         return model
     path = folder / f"base_{key[:24]}.pt"
@@ -293,8 +303,8 @@ def _base_model(job: Job, model: nn.Module | None, folder: Path, key: str, seed:
         if path.exists():
             return cache.load_weights(module, path)
         _require(compute, path)
-        retraining.fit(job, module, retraining.loaders(job, job.datasets, seed))
-    cache.save_weights(module, path)
+        fitter = retraining.fit(job, module, retraining.loaders(job, job.datasets, seed))
+    retraining.after_rank_zero(fitter, lambda: cache.save_weights(module, path), lambda: cache.load_weights(module, path))
     return module
 
 
@@ -353,7 +363,7 @@ def roar_plan(
     trainer_key = {k: v for k, v in settings.items() if _plain(v)}  # callbacks, loggers: not part of the key
     job = Job(module_factory, namespace, datasets, batch_sizes, imputer, keep, settings, str(folder))
 
-    base_key = cache.digest("base", _RESULTS_FORMAT, namespace, factory_fp, data_fp, trainer_key, seed)
+    base_key = cache.digest("base", _RESULTS_FORMAT, namespace, factory_fp, data_fp, batch_sizes, trainer_key, seed)
     model = _base_model(job, model, folder, base_key, seed, compute)  # 1. the base model
     baseline = accuracy(model, DataLoader(datasets["test"], batch_size=batch_size))
     base_fp = cache.weights_fingerprint(model)
@@ -370,9 +380,8 @@ def roar_plan(
                                        description=f"ranking {recipe.name} ({split})")
             rankings[recipe.name][split] = str(path)
 
-    setup = cache.digest(
-        _RESULTS_FORMAT, "keep" if keep else "roar", namespace, factory_fp, data_fp, base_fp, imputer, trainer_key, seed
-    )
+    setup = cache.digest(_RESULTS_FORMAT, "keep" if keep else "roar", namespace, factory_fp, data_fp, batch_sizes, base_fp,
+                         imputer, trainer_key, seed)
     runs = [  # 3. one run per (method, fraction, repeat)
         PlannedRun(cache.digest(setup, recipe.name, recipe.fingerprint(), repr(f), r), recipe.name, f, r,
                    _run_seed(seed, recipe.name, f, r), rankings[recipe.name])
