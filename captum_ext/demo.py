@@ -33,7 +33,8 @@ from captum_ext.audit import CleverHansAudit
 from captum_ext.callbacks import AttributionMonitor, EmbeddingProjector, FilterMonitor, RandomizationMonitor, ShortcutMonitor
 from captum_ext.data import CleverHansDigits
 from captum_ext.evaluation import roar
-from captum_ext.evaluation._common import accuracy
+from captum_ext.evaluation._common import accuracy, predict
+from captum_ext.failures import failure_modes
 from captum_ext.features import ActivationMaximization, first_layer_filters
 from captum_ext.models import SmallCNN, TinyViT, fit_classifier, small_cnn_module
 from captum_ext.report import Report
@@ -103,6 +104,14 @@ def run_demo(out: str | os.PathLike = "runs/demo", seed: int = 0, fast: bool = F
         f"{summary['shortcut_class_accuracy_untagged']:.3f} with it removed. Maps, metrics and the shortcut ratio of "
         f"every epoch are in TensorBoard ({summary['tensorboard_logdir']}). ({time.perf_counter() - start:.0f} s)",
         figures=[plots.overlay_grid(x[:8], {name: Explainer(name).saliency(model, x[:8], y[:8]) for name in ("saliency", "input_x_gradient")})],
+    )
+
+    failures = failure_modes(model, "input_x_gradient", x, y, limit=8)
+    report.add_section(
+        "Failure modes",
+        text=f"The first {len(failures.indices)} misclassified test images (of {int((_predictions(model, x) != y).sum())}), each "
+        "with input x gradient for the true class and for the class the model chose: what it looked at when it went wrong.",
+        figures=[failures.plot()] if len(failures.indices) else [],
     )
 
     start = _stage("2/6 sanity checks (cascading model randomisation)")
@@ -193,6 +202,11 @@ def run_demo(out: str | os.PathLike = "runs/demo", seed: int = 0, fast: bool = F
     summary["report"] = str(report.write(out / "report.html"))
     write_json_atomic(summary, out / "summary.json", indent=2, sort_keys=True)
     return summary
+
+
+def _predictions(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return predict(model, x)
 
 
 def _image_row(images: torch.Tensor, titles: list[str] | None = None):

@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import free_port
 
-from captum_ext.metrics import AOPC, DeletionAUC, InsertionAUC, LocalisationError, MapSimilarity
+from captum_ext.metrics import (AOPC, IROF, DeletionAUC, FaithfulnessCorrelation, InsertionAUC, LocalisationError, MapSimilarity,
+                                MaxSensitivity, RandomLogit, Sparseness)
 from captum_ext.metrics.localisation import largest_component_box
 
 FAITHFULNESS = {"DeletionAUC": DeletionAUC, "InsertionAUC": InsertionAUC, "AOPC": AOPC}
@@ -36,6 +37,14 @@ def _values(x: torch.Tensor, attr: torch.Tensor, maps_b: torch.Tensor, target: t
     predicted = torch.where(attr.flatten(1).sum(1) > 0, target, (target + 1) % 3)  # by content, not by shard position
     localisation.update(attr, largest_component_box(attr), predicted, target)
     values["LocalisationError"] = float(localisation.compute())
+    # the metrics beyond Quantus: every random draw (subsets, noise, other classes) is the same for every image
+    for name, metric in (("FaithfulnessCorrelation", FaithfulnessCorrelation(runs=12, subset_size=8)), ("IROF", IROF(n_segments=4)),
+                         ("MaxSensitivity", MaxSensitivity("saliency", samples=3)), ("RandomLogit", RandomLogit("saliency", 3))):
+        metric.update(model, x, None if name in ("MaxSensitivity", "RandomLogit") else attr, target)
+        values[name] = float(metric.compute())
+    sparse = Sparseness()
+    sparse.update(attr)
+    values["Sparseness"] = float(sparse.compute())
     return values
 
 

@@ -48,6 +48,7 @@ from torchmetrics import Metric
 
 from captum_ext import maps as _maps
 from captum_ext._checks import check_finite
+from captum_ext.metrics._mean import MeanOverImages
 
 __all__ = [
     "positive_map",
@@ -378,7 +379,7 @@ def localisation_error(
     return (~correct).float().to(attributions.device)
 
 
-class LocalisationError(Metric):
+class LocalisationError(MeanOverImages):
     """Top-1 localisation error over all images seen (:func:`localisation_error`); lower is better. Sum and count
     states, synced under DDP.
 
@@ -391,24 +392,14 @@ class LocalisationError(Metric):
         tensor(0.5000)
     """
 
-    is_differentiable = False
     higher_is_better = False
-    full_state_update = False
 
     def __init__(self, threshold: float = 0.15, iou: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
         self.threshold, self.iou = float(threshold), float(iou)
         if not 0 < self.threshold <= 1 or not 0 < self.iou <= 1:
             raise ValueError(f"Expected arguments `threshold` and `iou` in (0, 1], but got {threshold!r} and {iou!r}.")
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, attributions: torch.Tensor, boxes: torch.Tensor, predictions: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch: maps, object boxes or masks, predicted and true classes."""
-        errors = localisation_error(attributions, boxes, predictions, labels, self.threshold, self.iou)
-        self.total += errors.sum().to(self.total)
-        self.count += errors.numel()
-
-    def compute(self) -> torch.Tensor:
-        """The share of images mislocalised or misclassified (float32 scalar)."""
-        return (self.total / self.count).float()
+        self.add(localisation_error(attributions, boxes, predictions, labels, self.threshold, self.iou))

@@ -1,0 +1,145 @@
+"""Faithfulness correlation (Bhatt et al., IJCAI 2020) and IROF (Rieger & Hansen, 2020): do the attributions of a
+set of features predict what removing that set does to the model's score?
+
+* faithfulness correlation: for ``runs`` random subsets of ``subset_size`` input values (each channel's values
+  counted separately, as Quantus does; the same subsets for every image, so a score does not depend on the other
+  images of the batch or on a DDP shard), the Pearson correlation over the runs between the sum of the
+  attributions in the subset and the drop of the target logit when the subset is set to the image's minimum
+  ("black"); higher is better. NaN where either series is constant.
+* IROF, iterative removal of features: the image is cut into SLIC superpixels, which are replaced one after the
+  other, in the order of their mean attribution (highest first), by the image's per-channel mean; the score is the
+  mean over the steps of ``1 - p_t / p_0`` (the area over the curve of the class probability relative to the
+  unperturbed one, per step), higher is better. Quantus 0.6.0 fills with the mean of the whole current batch
+  (earlier replacements included), pads images with fewer segments with zeros, and returns the unnormalised area.
+
+Every perturbed image of the batch is built at once and scored in chunks of ``batch_size``.
+
+Example::
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> x, a = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    >>> faithfulness_correlation(net, x, a, torch.tensor([0, 1]), runs=20, subset_size=8).shape
+    torch.Size([2])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from captum_ext._checks import check_int, class_targets
+from captum_ext.attr.superpixels import superpixel_mask
+from captum_ext.metrics._mean import MeanOverImages
+from captum_ext.metrics._scores import class_scores
+from captum_ext.model_output import OutputFn
+
+__all__ = ["faithfulness_correlation", "irof", "FaithfulnessCorrelation", "IROF"]
+
+
+def _check(inputs: torch.Tensor, attributions: torch.Tensor) -> None:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+        raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {getattr(inputs, 'shape', inputs)!r}.")
+    if not isinstance(attributions, torch.Tensor) or attributions.shape[0] != inputs.shape[0] or attributions.dim() != 4 \
+            or attributions.shape[-2:] != inputs.shape[-2:]:
+        raise ValueError(f"Expected argument `attributions` to be (N, C or 1, H, W) for inputs {tuple(inputs.shape)}, but got "
+                         f"{tuple(getattr(attributions, 'shape', ()))}.")
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation along the last dimension (NaN where one side is constant)."""
+    a, b = a.double() - a.double().mean(-1, keepdim=True), b.double() - b.double().mean(-1, keepdim=True)
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+
+def faithfulness_correlation(
+    model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target, runs: int = 100, subset_size: int = 224,
+    seed: int = 0, batch_size: int = 128, output_fn: OutputFn | None = None,
+) -> torch.Tensor:
+    """(N,) Pearson correlation between subset attribution sums and logit drops over ``runs`` random subsets."""
+    _check(inputs, attributions)
+    check_int("runs", runs, 2)
+    n = inputs.shape[0]
+    features = inputs[0].numel()
+    subset_size = check_int("subset_size", subset_size, 1)
+    if subset_size > features:
+        raise ValueError(f"Expected argument `subset_size` to be at most the {features} input values, but got {subset_size}.")
+    target = class_targets(target, n, None, inputs.device)
+    flat_x = inputs.detach().flatten(1)
+    flat_a = attributions.detach().expand_as(inputs).flatten(1).double()
+    gen = torch.Generator().manual_seed(seed)  # the same subsets for every image: a score never depends on the batch
+    chosen = torch.rand(runs, 1, features, generator=gen).argsort(dim=2)[:, :, :subset_size].expand(runs, n, subset_size)
+    chosen = chosen.to(inputs.device)
+    black = flat_x.amin(1)[None, :, None].expand(runs, n, subset_size)
+    perturbed = flat_x[None].expand(runs, n, features).clone().scatter_(2, chosen, black)
+    scores = class_scores(model, torch.cat([inputs.detach(), perturbed.reshape(runs * n, *inputs.shape[1:])]),
+                          target.repeat(runs + 1), batch_size, output_fn=output_fn).reshape(runs + 1, n)
+    drops = scores[:1] - scores[1:]  # (runs, N)
+    sums = flat_a[None].expand(runs, n, features).gather(2, chosen).sum(2)
+    return _pearson(sums.T, drops.T).float()
+
+
+def irof(
+    model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target, n_segments: int = 100,
+    compactness: float = 10.0, batch_size: int = 128, output_fn: OutputFn | None = None,
+) -> torch.Tensor:
+    """(N,) IROF: ``mean_t (1 - p_t / p_0)`` while SLIC superpixels are replaced by the image's per-channel mean,
+    most relevant (highest mean attribution) first, cumulatively."""
+    _check(inputs, attributions)
+    n = inputs.shape[0]
+    target = class_targets(target, n, None, inputs.device)
+    segments = superpixel_mask(inputs, n_segments, compactness)[:, 0]  # (N, H, W), ids 0..K_i-1
+    counts = segments.flatten(1).amax(1) + 1
+    k_max = int(counts.max())
+    relevance = attributions.detach().double().mean(1)  # (N, H, W): the channel mean, as Quantus averages them
+    sums = torch.zeros(n, k_max, dtype=torch.float64, device=inputs.device).scatter_add_(1, segments.flatten(1), relevance.flatten(1))
+    sizes = torch.zeros(n, k_max, dtype=torch.float64, device=inputs.device).scatter_add_(
+        1, segments.flatten(1), torch.ones_like(relevance.flatten(1)))
+    means = torch.where(sizes > 0, sums / sizes.clamp(min=1), torch.full_like(sums, -torch.inf))
+    order = means.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(k_max, device=order.device).expand(n, -1))
+    pixel_rank = rank.gather(1, segments.flatten(1)).reshape(n, 1, *inputs.shape[-2:])
+    fill = inputs.detach().mean(dim=(2, 3), keepdim=True)
+    steps = torch.arange(1, k_max + 1, device=inputs.device)[:, None, None, None, None]  # (K, 1, 1, 1, 1)
+    perturbed = torch.where(pixel_rank[None] < steps, fill[None], inputs.detach()[None])  # (K, N, C, H, W)
+    scores = class_scores(model, torch.cat([inputs.detach(), perturbed.reshape(-1, *inputs.shape[1:])]),
+                          target.repeat(k_max + 1), batch_size, apply_softmax=True, output_fn=output_fn).reshape(k_max + 1, n)
+    ratios = scores[1:] / scores[:1].clamp(min=torch.finfo(scores.dtype).tiny)  # (K, N)
+    valid = torch.arange(k_max, device=inputs.device)[:, None] < counts[None, :]
+    return ((1 - ratios) * valid).sum(0) / counts.to(ratios.dtype)
+
+
+class FaithfulnessCorrelation(MeanOverImages):
+    """Mean over images of :func:`faithfulness_correlation` (NaN images skipped, as a constant series has no
+    correlation); DDP-synced; higher is better."""
+
+    higher_is_better = True
+
+    def __init__(self, runs: int = 100, subset_size: int = 224, seed: int = 0, batch_size: int = 128,
+                 output_fn: OutputFn | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.runs, self.subset_size = check_int("runs", runs, 2), check_int("subset_size", subset_size, 1)
+        self.seed, self.batch_size, self.output_fn = seed, check_int("batch_size", batch_size, 1), output_fn
+
+    def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
+        """Add a batch: the model, the inputs, their attributions and the explained classes."""
+        scores = faithfulness_correlation(model, inputs, attributions, target, self.runs, self.subset_size, self.seed,
+                                          self.batch_size, self.output_fn)
+        self.add(scores[~scores.isnan()])
+
+
+class IROF(MeanOverImages):
+    """Mean over images of :func:`irof`; DDP-synced; higher is better."""
+
+    higher_is_better = True
+
+    def __init__(self, n_segments: int = 100, compactness: float = 10.0, batch_size: int = 128,
+                 output_fn: OutputFn | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.n_segments, self.compactness = check_int("n_segments", n_segments, 1), float(compactness)
+        self.batch_size, self.output_fn = check_int("batch_size", batch_size, 1), output_fn
+
+    def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
+        """Add a batch: the model, the inputs, their attributions and the explained classes."""
+        self.add(irof(model, inputs, attributions, target, self.n_segments, self.compactness, self.batch_size,
+                      self.output_fn))

@@ -1,0 +1,148 @@
+"""Robustness, randomisation and faithfulness-correlation metrics (issue #16), each against a loop written here from
+the paper's definition, or an oracle model whose answer is known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import Saliency
+from skimage.metrics import structural_similarity
+from torch import nn
+
+from captum_ext import Explainer
+from captum_ext.attr.superpixels import superpixel_mask
+from captum_ext.metrics import (IROF, AvgSensitivity, FaithfulnessCorrelation, LocalLipschitzEstimate, MaxSensitivity,
+                                RandomLogit)
+from captum_ext.metrics.faithfulness_correlation import faithfulness_correlation, irof
+from captum_ext.metrics.random_logit import other_classes, random_logit
+from captum_ext.metrics.robustness import avg_sensitivity, local_lipschitz_estimate, max_sensitivity
+
+
+class Quadratic(nn.Module):
+    """Class c scores sum_i w_ci x_i^2: its gradient 2 w_c x moves with the input (a known sensitivity)."""
+
+    def __init__(self, classes: int = 3, side: int = 8):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(classes, side * side, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x):
+        return (x.flatten(1) ** 2) @ self.weight.T
+
+
+class Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.T
+
+
+@pytest.fixture(scope="module")
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(5, 1, 8, 8, generator=gen), torch.tensor([0, 1, 2, 0, 1])
+
+
+def test_sensitivities_and_lipschitz_equal_their_definitions(batch):
+    """Yeh et al. 2019 (relative, as Quantus) and Alvarez-Melis & Jaakkola 2018, with the documented seeded noise,
+    recomputed sample by sample with Captum's Saliency."""
+    x, y = batch
+    model = Quadratic()
+    saliency = lambda inputs: Saliency(model).attribute(inputs, target=y, abs=False)  # noqa: E731
+    base = saliency(x)
+    uniform = (torch.rand((6, 1, *x.shape[1:]), generator=torch.Generator().manual_seed(3)) * 2 - 1) * 0.2  # per sample
+    relative = torch.stack([(saliency(x + u) - base).flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1) for u in uniform])
+    explainer = Explainer("saliency")
+    torch.testing.assert_close(max_sensitivity(model, explainer, x, y, samples=6, seed=3), relative.amax(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(avg_sensitivity(model, explainer, x, y, samples=6, seed=3), relative.mean(0), rtol=1e-4, atol=1e-6)
+
+    gauss = (torch.randn((6, 1, *x.shape[1:]), generator=torch.Generator().manual_seed(4)) * 0.1).expand(6, *x.shape)
+    unit = lambda m: m / m.flatten(1).abs().amax(1)[:, None, None, None]  # noqa: E731
+    lipschitz = torch.stack([(unit(saliency(x + g)) - unit(base)).flatten(1).norm(dim=1) / (g.flatten(1).norm(dim=1) + 1e-10)
+                             for g in gauss])
+    torch.testing.assert_close(local_lipschitz_estimate(model, explainer, x, y, samples=6, seed=4), lipschitz.amax(0),
+                               rtol=1e-4, atol=1e-6)
+
+    linear = Linear(torch.randn(3, 64, generator=torch.Generator().manual_seed(5)))  # its gradient ignores the input
+    assert max_sensitivity(linear, explainer, x, y, samples=4).abs().max() < 1e-6
+    metric = MaxSensitivity(explainer, samples=6, scale=0.2, seed=3)
+    metric.update(model, x[:2], None, y[:2])
+    metric.update(model, x[2:], base[2:], y[2:])
+    assert float(metric.compute()) == pytest.approx(float(torch.cat([
+        max_sensitivity(model, explainer, x[:2], y[:2], samples=6, seed=3),
+        max_sensitivity(model, explainer, x[2:], y[2:], samples=6, seed=3)]).mean()), rel=1e-5)
+    for cls in (AvgSensitivity, LocalLipschitzEstimate):
+        assert cls(explainer, samples=2).higher_is_better is False
+
+
+def test_random_logit_is_one_for_class_blind_maps_and_uses_two_dimensional_ssim(batch):
+    """Sixt et al. 2020: maps that do not depend on the class score SSIM 1; maps on disjoint regions score low."""
+    x, y = batch
+    pattern = torch.rand(64, generator=torch.Generator().manual_seed(6))
+    blind = Linear(torch.stack([pattern * (c + 1) for c in range(3)]))  # every class: the same map, rescaled
+    assert torch.allclose(random_logit(blind, "saliency", x, y, num_classes=3), torch.ones(5), atol=1e-6)
+    regions = torch.zeros(3, 8, 8)
+    regions[0, :4, :4], regions[1, 4:, 4:], regions[2, :4, 4:] = 1.0, 1.0, 1.0
+    disjoint = Linear(regions.reshape(3, 64) * pattern)
+    scores = random_logit(disjoint, "saliency", x, y, num_classes=3, seed=2)
+    other = other_classes(y, 3, seed=2)
+    assert bool((other != y).all())
+    for i in range(5):  # skimage's 2-D SSIM on |map| scaled to [0, 1]
+        a = (regions[y[i]].reshape(64) * pattern).reshape(8, 8).numpy()
+        b = (regions[other[i]].reshape(64) * pattern).reshape(8, 8).numpy()
+        expected = structural_similarity(a / a.max(), b / b.max(), data_range=1.0, win_size=7)
+        assert float(scores[i]) == pytest.approx(expected, abs=1e-5)
+    metric = RandomLogit("saliency", num_classes=3, seed=2)
+    metric.update(disjoint, x, None, y)
+    assert float(metric.compute()) == pytest.approx(float(scores.mean()), rel=1e-5)
+
+
+def test_faithfulness_correlation_is_one_for_the_exact_linear_attribution(batch):
+    """Bhatt et al. 2020: for a linear model, w * (x - black) predicts every subset's logit drop exactly."""
+    x, y = batch
+    weight = torch.randn(3, 64, generator=torch.Generator().manual_seed(7))
+    model = Linear(weight)
+    black = x.flatten(1).amin(1)[:, None, None, None]
+    exact = weight[y].reshape(5, 1, 8, 8) * (x - black)
+    torch.testing.assert_close(faithfulness_correlation(model, x, exact, y, runs=30, subset_size=10), torch.ones(5),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(faithfulness_correlation(model, x, -exact, y, runs=30, subset_size=10), -torch.ones(5),
+                               atol=1e-5, rtol=0)
+    noise = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    assert faithfulness_correlation(model, x, noise, y, runs=200, subset_size=10).abs().mean() < 0.3
+    metric = FaithfulnessCorrelation(runs=30, subset_size=10)
+    metric.update(model, x, exact, y)
+    assert float(metric.compute()) == pytest.approx(1.0, abs=1e-5)
+
+
+def _irof_loop(model, x, a, y, n_segments):
+    """Rieger & Hansen 2020, one image at a time: cumulative removal of superpixels by mean relevance."""
+    out = []
+    for i in range(x.shape[0]):
+        seg = superpixel_mask(x[i : i + 1], n_segments, 10.0)[0, 0]
+        k = int(seg.max()) + 1
+        relevance = [float(a[i].mean(0)[seg == s].mean()) for s in range(k)]
+        order = sorted(range(k), key=lambda s: -relevance[s])
+        image, fill = x[i].clone(), x[i].mean(dim=(1, 2), keepdim=True)
+        p0 = torch.softmax(model(x[i : i + 1]), 1)[0, y[i]]
+        drops = []
+        for s in order:
+            image = torch.where(seg == s, fill, image)
+            drops.append(1 - float(torch.softmax(model(image[None]), 1)[0, y[i]] / p0))
+        out.append(sum(drops) / k)
+    return torch.tensor(out)
+
+
+def test_irof_equals_the_segment_by_segment_loop_and_rewards_the_true_relevance(batch):
+    x, y = batch
+    weight = torch.randn(3, 64, generator=torch.Generator().manual_seed(9)) * 3
+    model = Linear(weight)
+    truth = weight[y].reshape(5, 1, 8, 8) * x
+    with torch.no_grad():
+        expected = _irof_loop(model, x, truth, y, 16)
+    torch.testing.assert_close(irof(model, x, truth, y, n_segments=16), expected, rtol=1e-4, atol=1e-6)
+    assert irof(model, x, truth, y, n_segments=16).mean() > irof(model, x, -truth, y, n_segments=16).mean()
+    metric = IROF(n_segments=16)
+    metric.update(model, x, truth, y)
+    assert float(metric.compute()) == pytest.approx(float(expected.mean()), rel=1e-4)
