@@ -491,3 +491,29 @@ def test_a_resumed_fit_logs_what_an_uninterrupted_fit_logs(digits, tmp_path):
     torch.testing.assert_close(resumed_monitor.maps["smoothgrad"], whole_monitor.maps["smoothgrad"], rtol=0, atol=0)
     key = "attribution/smoothgrad/deletion_auc"
     assert float(resumed.callback_metrics[key]) == float(whole.callback_metrics[key])
+
+
+def test_attribution_monitor_logs_the_metrics_beyond_quantus(digits):
+    """Issue #16: the new metrics are loggable by name; each logged value is the functional's on the probe set."""
+    from captum_ext.metrics.complexity import sparseness
+    from captum_ext.metrics.faithfulness_correlation import faithfulness_correlation
+    from captum_ext.metrics.random_logit import random_logit
+    from captum_ext.metrics.robustness import max_sensitivity
+
+    names = ("sparseness", "faithfulness_correlation", "max_sensitivity", "random_logit")
+    monitor = AttributionMonitor(["saliency"], num_samples=8, metrics=names, log_images=False,
+                                 metric_kwargs={"runs": 10, "subset_size": 64, "samples": 2})
+    trainer, module = _fit(digits, [monitor], max_epochs=1, limit_train_batches=2)
+    x, y, _ = _probe(digits, 8)
+    explainer = Explainer("saliency")
+    maps = explainer.attribute(module, x, y)
+    expected = {
+        "sparseness": sparseness(maps).mean(),
+        "faithfulness_correlation": faithfulness_correlation(module, x, maps, y, runs=10, subset_size=64).nanmean(),
+        "max_sensitivity": max_sensitivity(module, explainer, x, y, samples=2, attributions=maps).mean(),
+        "random_logit": random_logit(module, explainer, x, y, attributions=maps).mean(),
+    }
+    for name, value in expected.items():
+        assert float(trainer.callback_metrics[f"attribution/saliency/{name}"]) == pytest.approx(float(value), abs=1e-5), name
+    with pytest.raises(TypeError, match=r"keys of `metric_kwargs` to be arguments of the metrics \['sparseness'\], but got 'runs'"):
+        AttributionMonitor(metrics=("sparseness",), metric_kwargs={"runs": 3})

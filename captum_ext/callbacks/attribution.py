@@ -9,6 +9,7 @@ states synced across ranks.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -20,14 +21,39 @@ from captum_ext import maps
 from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback, overlay_grid, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
-from captum_ext.metrics.faithfulness import AOPC, DeletionAUC, InsertionAUC
+from captum_ext import metrics as _metrics
 from captum_ext.model_output import OutputFn
 from captum_ext.normalization import Normalization, check_normalization
 
 __all__ = ["AttributionMonitor", "METRICS", "check_target"]
 
 #: Metric names accepted by :class:`AttributionMonitor` and the torchmetrics classes they stand for.
-METRICS: dict[str, type] = {"deletion_auc": DeletionAUC, "insertion_auc": InsertionAUC, "aopc": AOPC}
+METRICS: dict[str, type] = {
+    "deletion_auc": _metrics.DeletionAUC,
+    "insertion_auc": _metrics.InsertionAUC,
+    "aopc": _metrics.AOPC,
+    "faithfulness_correlation": _metrics.FaithfulnessCorrelation,
+    "irof": _metrics.IROF,
+    "sparseness": _metrics.Sparseness,
+    "complexity": _metrics.Complexity,
+    "effective_complexity": _metrics.EffectiveComplexity,
+    "max_sensitivity": _metrics.MaxSensitivity,
+    "avg_sensitivity": _metrics.AvgSensitivity,
+    "local_lipschitz_estimate": _metrics.LocalLipschitzEstimate,
+    "random_logit": _metrics.RandomLogit,
+}
+#: The metrics that read only the maps (``update(attributions)``); the others take (model, inputs, maps, target).
+MAP_ONLY = {"sparseness", "complexity", "effective_complexity"}
+
+
+def build_metric(name: str, explainer: Explainer, options: Mapping[str, Any]) -> Any:
+    """``METRICS[name]`` made with the ``options`` its constructor accepts (and ``explainer`` where it takes one)."""
+    cls = METRICS[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted}
+    if "explainer" in accepted:
+        kwargs["explainer"] = explainer
+    return cls(**kwargs)
 Target = Literal["label", "prediction"]
 
 
@@ -49,12 +75,17 @@ class AttributionMonitor(ExplanationCallback):
             Default ``("saliency", "integrated_gradients")``.
         num_samples: probe images, balanced over classes. Default 16.
         every_n_epochs: Default 1.
-        metrics: names from ``"deletion_auc"``, ``"insertion_auc"``, ``"aopc"``. Default the first two.
+        metrics: names from :data:`METRICS`: ``"deletion_auc"``, ``"insertion_auc"``, ``"aopc"``,
+            ``"faithfulness_correlation"``, ``"irof"``, ``"sparseness"``, ``"complexity"``, ``"effective_complexity"``,
+            ``"max_sensitivity"``, ``"avg_sensitivity"``, ``"local_lipschitz_estimate"``, ``"random_logit"``
+            (:mod:`captum_ext.metrics`; the robustness metrics and random logit explain extra inputs with the same
+            explainer). Default the first two.
         log_images: write the overlay grid of each explainer (rank 0, TensorBoard). Default True.
         target: explain the true ``"label"`` or the model's ``"prediction"``. Default ``"label"``.
         reduce: channel reduction of the displayed maps (see :func:`captum_ext.maps.reduce_channels`); the
             metrics get the full (N, C, H, W) attributions. Default ``"sum_abs"``.
-        metric_kwargs: keyword arguments for every metric's constructor (``steps``, ``imputer``, ...). Default
+        metric_kwargs: keyword arguments for the metrics' constructors, each getting those it accepts (``steps``,
+            ``imputer``, ``samples``, ``runs``, ``num_classes``...). Default
             ``{"steps": 8}``: half the metrics' own default, since a per-epoch trend on a few probe images needs no
             finer curve, and it keeps a check within ~1.5x the bare attribution time (``benchmarks/callbacks.py``).
         probe, classes, seed, probe_scan, output_fn, unpack: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
@@ -120,6 +151,13 @@ class AttributionMonitor(ExplanationCallback):
         if metric_kwargs is not None and not isinstance(metric_kwargs, Mapping):
             raise TypeError(f"Expected argument `metric_kwargs` to be a mapping or None, but got {type(metric_kwargs).__name__}.")
         self.metric_names = list(metrics)
+        accepted = {name for m in self.metric_names for name in inspect.signature(METRICS[m].__init__).parameters}
+        unknown = sorted(set(metric_kwargs or {}) - accepted - {"steps"})
+        if unknown:
+            raise TypeError(
+                f"Expected the keys of `metric_kwargs` to be arguments of the metrics {self.metric_names}, but got "
+                f"{', '.join(map(repr, unknown))}."
+            )
         self.metric_kwargs = {"steps": 8, **(metric_kwargs or {})}
         self.log_images = bool(log_images)
         self.target = check_target(target)
@@ -128,7 +166,7 @@ class AttributionMonitor(ExplanationCallback):
         self.normalization = check_normalization(normalization)
         shared = {"output_fn": self.output_fn, "normalization": self.normalization}
         self._metrics = {
-            e.name: {m: METRICS[m](**{**shared, **self.metric_kwargs}) for m in self.metric_names} for e in self.explainers
+            e.name: {m: build_metric(m, e, {**shared, **self.metric_kwargs}) for m in self.metric_names} for e in self.explainers
         }
 
     def _state_key_fields(self) -> dict[str, Any]:
@@ -147,7 +185,9 @@ class AttributionMonitor(ExplanationCallback):
             attributions = None if empty else self.attribute(explainer, pl_module, inputs, target)
             for metric_name, metric in self._metrics[explainer.name].items():
                 metric.to(pl_module.device).reset()
-                if not empty:
+                if not empty and metric_name in MAP_ONLY:
+                    metric.update(attributions)
+                elif not empty:
                     metric.update(pl_module, inputs, attributions, target)  # run in eval mode without gradients
                 values[f"attribution/{explainer.name}/{metric_name}"] = synced_compute(metric)
             shard_maps = inputs.new_zeros(len(inputs), *inputs.shape[-2:]) if empty else maps.reduce_channels(attributions, self.reduce)

@@ -25,7 +25,8 @@ from captum_ext._checks import check_int, class_targets
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.metrics.similarity import ssim_similarity
-from captum_ext.model_output import OutputFn
+from captum_ext._context import eval_mode
+from captum_ext.model_output import OutputFn, logits
 
 __all__ = ["random_logit", "other_classes", "RandomLogit"]
 
@@ -47,7 +48,7 @@ def other_classes(target: torch.Tensor, num_classes: int, seed: int = 0) -> torc
 
 
 def random_logit(
-    model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, target, num_classes: int,
+    model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, target, num_classes: int | None = None,
     attributions: torch.Tensor | None = None, seed: int = 0, reduce: maps.Reduction = "sum",
     output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
@@ -55,12 +56,16 @@ def random_logit(
 
     Args:
         model: the classifier; explainer: an :class:`~captum_ext.Explainer` or a short name.
-        inputs: (N, C, H, W); target: the explained classes; num_classes: the model's class count.
+        inputs: (N, C, H, W); target: the explained classes.
+        num_classes: the model's class count. Default None: read from its output on one image.
         attributions: the maps for ``target``, (N, C, H, W). Default None: computed.
         seed: seeds the choice of the other classes. Default 0.
         reduce: channel reduction before SSIM (:func:`captum_ext.maps.reduce_channels`). Default ``"sum"``.
     """
     recipe = as_explainer(explainer)
+    if num_classes is None:
+        with torch.no_grad(), eval_mode(model):
+            num_classes = int(logits(model(inputs[:1]), output_fn).shape[1])
     target = class_targets(target, inputs.shape[0], num_classes, inputs.device)
     if attributions is None:
         attributions = recipe.attribute(model, inputs, target, output_fn=output_fn)
@@ -76,10 +81,11 @@ class RandomLogit(MeanOverImages):
 
     higher_is_better = False
 
-    def __init__(self, explainer: Explainer | str, num_classes: int, seed: int = 0, reduce: maps.Reduction = "sum",
-                 output_fn: OutputFn | None = None, **kwargs) -> None:
+    def __init__(self, explainer: Explainer | str, num_classes: int | None = None, seed: int = 0,
+                 reduce: maps.Reduction = "sum", output_fn: OutputFn | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.explainer, self.num_classes = as_explainer(explainer), check_int("num_classes", num_classes, 2)
+        self.explainer = as_explainer(explainer)
+        self.num_classes = check_int("num_classes", num_classes, 2) if num_classes is not None else None
         maps.check_reduction(reduce)
         self.seed, self.reduce, self.output_fn = seed, reduce, output_fn
 
