@@ -146,3 +146,66 @@ def test_irof_equals_the_segment_by_segment_loop_and_rewards_the_true_relevance(
     metric = IROF(n_segments=16)
     metric.update(model, x, truth, y)
     assert float(metric.compute()) == pytest.approx(float(expected.mean()), rel=1e-4)
+
+
+def test_relative_stabilities_equal_their_definitions(batch):
+    """Agarwal et al. 2022, sample by sample: the relative map change over the relative input change, the logit
+    change, or the relative change of a layer's output, maximised over perturbations that keep the prediction."""
+    from captum_ext.metrics import RelativeOutputStability, RelativeRepresentationStability
+    from captum_ext.metrics.robustness import relative_stability
+
+    x, y = batch
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(16, 64, generator=torch.Generator().manual_seed(10)))
+    saliency = lambda inputs: Saliency(model).attribute(inputs, target=y, abs=False)  # noqa: E731
+    safe = lambda t: torch.where(t == 0, torch.full_like(t, 1e-6), t)  # noqa: E731
+    hidden = lambda inputs: model[:3](inputs).detach()  # noqa: E731
+    base, logits0 = saliency(x), model(x).detach()
+    noise = (torch.rand((8, 1, *x.shape[1:]), generator=torch.Generator().manual_seed(11)) * 2 - 1) * 0.3
+    expected = {kind: torch.full((8, 5), -float("inf")) for kind in ("input", "output", "representation")}
+    for s, u in enumerate(noise):
+        moved, logits1 = saliency(x + u), model(x + u).detach()
+        top = ((moved - base) / safe(base)).flatten(1).norm(dim=1)
+        denominators = {"input": (u.expand_as(x) / safe(x)).flatten(1).norm(dim=1),
+                        "output": (logits1 - logits0).norm(dim=1),
+                        "representation": ((hidden(x + u) - hidden(x)) / safe(hidden(x))).norm(dim=1)}
+        kept = logits1.argmax(1) == logits0.argmax(1)
+        for kind, below in denominators.items():
+            expected[kind][s] = torch.where(kept, top / below.clamp(min=1e-6), -float("inf"))
+    for kind in expected:
+        layer = "2" if kind == "representation" else None
+        ours = relative_stability(kind, model, "saliency", x, y, samples=8, radius=0.3, seed=11, layer=layer)
+        torch.testing.assert_close(ours, expected[kind].amax(0).nan_to_num(neginf=float("nan")), rtol=1e-4, atol=1e-6,
+                                   equal_nan=True)
+    metric = RelativeOutputStability("saliency", samples=8, scale=0.3, seed=11)
+    metric.update(model, x, None, y)
+    assert float(metric.compute()) == pytest.approx(float(expected["output"].amax(0).mean()), rel=1e-4)
+    metric = RelativeRepresentationStability("saliency", "2", samples=8, scale=0.3, seed=11)
+    metric.update(model, x, None, y)
+    assert float(metric.compute()) == pytest.approx(float(expected["representation"].amax(0).mean()), rel=1e-4)
+    with pytest.raises(ValueError, match="`layer`"):
+        relative_stability("representation", model, "saliency", x, y)
+
+
+def test_monotonicity_correlation_is_one_for_the_true_feature_importance():
+    """Nguyen & Martínez 2020: with a logit difference of 0 at the input and every feature perturbed to the same
+    values, the probability change grows with |w_i|, so |w| ranks the features exactly as their effects do."""
+    from captum_ext.metrics import MonotonicityCorrelation
+    from captum_ext.metrics.faithfulness_correlation import monotonicity_correlation
+
+    w = torch.randn(64, generator=torch.Generator().manual_seed(12))
+    w = w - w.mean()  # at x = 0.5 everywhere the two logits are equal
+    model = Linear(torch.stack([w, -w]))
+    x = torch.full((2, 1, 8, 8), 0.5)
+    y = torch.tensor([0, 1])
+    importance = w.abs().reshape(1, 1, 8, 8).expand(2, 1, 8, 8)
+    torch.testing.assert_close(monotonicity_correlation(model, x, importance, y, features_in_step=1, samples=5),
+                               torch.ones(2), atol=1e-6, rtol=0)
+    reversed_ = monotonicity_correlation(model, x, 1 / importance, y, features_in_step=1, samples=5)
+    torch.testing.assert_close(reversed_, -torch.ones(2), atol=1e-6, rtol=0)
+    metric = MonotonicityCorrelation(features_in_step=1, samples=3)
+    metric.update(model, x, importance, y)
+    assert float(metric.compute()) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="`features_in_step` to divide the 64"):
+        monotonicity_correlation(model, x, importance, y, features_in_step=5)

@@ -40,6 +40,9 @@ METRICS: dict[str, type] = {
     "max_sensitivity": _metrics.MaxSensitivity,
     "avg_sensitivity": _metrics.AvgSensitivity,
     "local_lipschitz_estimate": _metrics.LocalLipschitzEstimate,
+    "relative_input_stability": _metrics.RelativeInputStability,
+    "relative_output_stability": _metrics.RelativeOutputStability,
+    "monotonicity_correlation": _metrics.MonotonicityCorrelation,
     "random_logit": _metrics.RandomLogit,
 }
 #: The metrics that read only the maps (``update(attributions)``); the others take (model, inputs, maps, target).
@@ -77,7 +80,8 @@ class AttributionMonitor(ExplanationCallback):
         every_n_epochs: Default 1.
         metrics: names from :data:`METRICS`: ``"deletion_auc"``, ``"insertion_auc"``, ``"aopc"``,
             ``"faithfulness_correlation"``, ``"irof"``, ``"sparseness"``, ``"complexity"``, ``"effective_complexity"``,
-            ``"max_sensitivity"``, ``"avg_sensitivity"``, ``"local_lipschitz_estimate"``, ``"random_logit"``
+            ``"max_sensitivity"``, ``"avg_sensitivity"``, ``"local_lipschitz_estimate"``, ``"relative_input_stability"``,
+            ``"relative_output_stability"``, ``"monotonicity_correlation"``, ``"random_logit"``
             (:mod:`captum_ext.metrics`; the robustness metrics and random logit explain extra inputs with the same
             explainer). Default the first two.
         log_images: write the overlay grid of each explainer (rank 0, TensorBoard). Default True.

@@ -12,6 +12,12 @@ set of features predict what removing that set does to the model's score?
   unperturbed one, per step), higher is better. Quantus 0.6.0 fills with the mean of the whole current batch
   (earlier replacements included), pads images with fewer segments with zeros, and returns the unnormalised area.
 
+* monotonicity correlation (Nguyen & Martínez, 2020): the input values are taken in groups of ``features_in_step``
+  in ascending order of ``|a|``; each group alone is set to ``samples`` uniform values (the same ``samples`` values
+  for every group and image, so groups are compared on common draws), and the score is the Spearman correlation
+  between a group's ``sum |a|`` and the mean squared change of the class probability; higher is better. Quantus
+  draws a fresh value per group, and crashes when a probability is below its ``eps``.
+
 Every perturbed image of the batch is built at once and scored in chunks of ``batch_size``.
 
 Example::
@@ -32,9 +38,11 @@ from captum_ext._checks import check_int, class_targets
 from captum_ext.attr.superpixels import superpixel_mask
 from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.metrics._scores import class_scores
+from captum_ext.metrics.similarity import average_ranks, pearson_rows
 from captum_ext.model_output import OutputFn
 
-__all__ = ["faithfulness_correlation", "irof", "FaithfulnessCorrelation", "IROF"]
+__all__ = ["faithfulness_correlation", "monotonicity_correlation", "irof", "FaithfulnessCorrelation",
+           "MonotonicityCorrelation", "IROF"]
 
 
 def _check(inputs: torch.Tensor, attributions: torch.Tensor) -> None:
@@ -46,10 +54,11 @@ def _check(inputs: torch.Tensor, attributions: torch.Tensor) -> None:
                          f"{tuple(getattr(attributions, 'shape', ()))}.")
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation along the last dimension (NaN where one side is constant)."""
-    a, b = a.double() - a.double().mean(-1, keepdim=True), b.double() - b.double().mean(-1, keepdim=True)
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Pearson correlation of (N, P) tensors; NaN where a row is constant (no correlation is defined)."""
+    constant = (a.amax(1) == a.amin(1)) | (b.amax(1) == b.amin(1))
+    return torch.where(constant, torch.full((a.shape[0],), float("nan"), dtype=torch.float64, device=a.device),
+                       pearson_rows(a, b))
 
 
 def faithfulness_correlation(
@@ -76,7 +85,37 @@ def faithfulness_correlation(
                           target.repeat(runs + 1), batch_size, output_fn=output_fn).reshape(runs + 1, n)
     drops = scores[:1] - scores[1:]  # (runs, N)
     sums = flat_a[None].expand(runs, n, features).gather(2, chosen).sum(2)
-    return _pearson(sums.T, drops.T).float()
+    return _correlation(sums.T, drops.T).float()
+
+
+def monotonicity_correlation(
+    model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target, features_in_step: int = 16,
+    samples: int = 10, seed: int = 0, batch_size: int = 128, output_fn: OutputFn | None = None,
+) -> torch.Tensor:
+    """(N,) Spearman correlation between each group's ``sum |a|`` and the mean squared change of the class
+    probability when that group alone is set to each of ``samples`` uniform values in [0, 1)."""
+    _check(inputs, attributions)
+    n = inputs.shape[0]
+    features = inputs[0].numel()
+    step = check_int("features_in_step", features_in_step, 1)
+    if features % step:
+        raise ValueError(f"Expected argument `features_in_step` to divide the {features} input values, but got {step}.")
+    check_int("samples", samples, 1)
+    target = class_targets(target, n, None, inputs.device)
+    groups = features // step
+    magnitude = attributions.detach().expand_as(inputs).flatten(1).abs().double()
+    order = magnitude.argsort(dim=1, stable=True).reshape(n, groups, step)  # ascending |a|, as Quantus
+    values = torch.rand(samples, generator=torch.Generator().manual_seed(seed)).to(inputs)
+    flat = inputs.detach().flatten(1)
+    perturbed = flat[None, None].expand(groups, samples, n, features).clone()
+    index = order.permute(1, 0, 2)[:, None].expand(groups, samples, n, step)
+    perturbed.scatter_(3, index, values[None, :, None, None].expand(groups, samples, n, step))
+    probabilities = class_scores(model, torch.cat([inputs.detach(), perturbed.reshape(-1, *inputs.shape[1:])]),
+                                 target.repeat(groups * samples + 1), batch_size, apply_softmax=True, output_fn=output_fn)
+    base, moved = probabilities[:n], probabilities[n:].reshape(groups, samples, n)
+    variance = ((moved - base[None, None]) ** 2).mean(1).T  # (N, groups)
+    relevance = magnitude.gather(1, order.reshape(n, -1)).reshape(n, groups, step).sum(2)
+    return _correlation(average_ranks(relevance), average_ranks(variance.double())).float()
 
 
 def irof(
@@ -125,6 +164,24 @@ class FaithfulnessCorrelation(MeanOverImages):
         """Add a batch: the model, the inputs, their attributions and the explained classes."""
         scores = faithfulness_correlation(model, inputs, attributions, target, self.runs, self.subset_size, self.seed,
                                           self.batch_size, self.output_fn)
+        self.add(scores[~scores.isnan()])
+
+
+class MonotonicityCorrelation(MeanOverImages):
+    """Mean over images of :func:`monotonicity_correlation` (NaN images skipped); DDP-synced; higher is better."""
+
+    higher_is_better = True
+
+    def __init__(self, features_in_step: int = 16, samples: int = 10, seed: int = 0, batch_size: int = 128,
+                 output_fn: OutputFn | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.features_in_step, self.samples = check_int("features_in_step", features_in_step, 1), check_int("samples", samples, 1)
+        self.seed, self.batch_size, self.output_fn = seed, check_int("batch_size", batch_size, 1), output_fn
+
+    def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
+        """Add a batch: the model, the inputs, their attributions and the explained classes."""
+        scores = monotonicity_correlation(model, inputs, attributions, target, self.features_in_step, self.samples,
+                                          self.seed, self.batch_size, self.output_fn)
         self.add(scores[~scores.isnan()])
 
 

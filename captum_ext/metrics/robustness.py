@@ -3,6 +3,10 @@
 * max- / average-sensitivity (Yeh et al., NeurIPS 2019): for ``samples`` inputs ``x' = x + u``, ``u`` uniform in
   ``[-radius, radius]`` per value, the relative change ``||e(x') - e(x)||_2 / ||e(x)||_2`` of the flattened map
   (Quantus' definition; Yeh et al. report the change itself), its maximum or mean over the samples; lower is better.
+* relative input / output / representation stability (Agarwal et al., 2022): the largest relative map change per
+  relative change of the input, the logits or a layer's output, over perturbations that keep the prediction
+  (Quantus takes ``max`` instead of ``nanmax``, so one flipped prediction among 200 makes the image NaN, and draws
+  positive-only noise in [0.02, 0.2]; here the noise is symmetric like the sensitivities');
 * local Lipschitz estimate (Alvarez-Melis & Jaakkola, 2018): ``max ||ê(x') - ê(x)||_2 / ||x' - x||_2`` over Gaussian
   ``x' = x + N(0, std^2)``, with each map ``ê`` scaled by its own maximum absolute value (Quantus scales by the
   maximum over the whole batch, which makes an image's score depend on the others); lower is better.
@@ -31,10 +35,12 @@ from torch import nn
 from captum_ext._checks import check_int, check_real, class_targets
 from captum_ext.explainer import Explainer, as_explainer, images_per_pass
 from captum_ext.metrics._mean import MeanOverImages
-from captum_ext.model_output import OutputFn
+from captum_ext._context import eval_mode
+from captum_ext.model_output import OutputFn, logits
 
-__all__ = ["max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "MaxSensitivity", "AvgSensitivity",
-           "LocalLipschitzEstimate"]
+__all__ = ["max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "relative_stability", "MaxSensitivity",
+           "AvgSensitivity", "LocalLipschitzEstimate", "RelativeInputStability", "RelativeOutputStability",
+           "RelativeRepresentationStability"]
 
 Noise = Callable[[torch.Generator, tuple[int, ...]], torch.Tensor]
 
@@ -158,3 +164,120 @@ class LocalLipschitzEstimate(_RobustnessMetric):
 
     def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.1, **kwargs) -> None:
         super().__init__(explainer, samples, scale, **kwargs)
+
+
+def _outputs(model: nn.Module, images: torch.Tensor, layer: str | None, output_fn: OutputFn | None, chunk: int
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, K) scores of ``images`` and, with ``layer``, that layer's flattened (B, D) output, ``chunk`` at a time."""
+    from captum_ext.explainer import resolve_layer
+
+    scores, features = [], []
+    hook = None
+    if layer is not None:
+        hook = resolve_layer(model, layer).register_forward_hook(lambda m, a, out: features.append(out.detach().flatten(1)))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for start in range(0, images.shape[0], chunk):
+                scores.append(logits(model(images[start : start + chunk]), output_fn).float())
+    finally:
+        if hook is not None:
+            hook.remove()
+    return torch.cat(scores), (torch.cat(features) if layer is not None else None)
+
+
+def _relative(change: torch.Tensor, reference: torch.Tensor, eps: float) -> torch.Tensor:
+    """``||change / reference||_2`` over everything after the (samples, N) dimensions, a zero of ``reference``
+    replaced by ``eps`` (Agarwal et al.)."""
+    return (change / torch.where(reference == 0, torch.full_like(reference, eps), reference)).flatten(2).norm(dim=-1)
+
+
+def relative_stability(
+    kind: str, model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, target, samples: int = 10,
+    radius: float = 0.2, attributions: torch.Tensor | None = None, seed: int = 0, layer: str | None = None,
+    eps: float = 1e-6, output_fn: OutputFn | None = None,
+) -> torch.Tensor:
+    """(N,) relative input (``kind="input"``), output (``"output"``) or representation (``"representation"``,
+    at ``layer``) stability of Agarwal et al. (2022): the largest, over the ``samples`` uniform perturbations of size
+    ``radius`` that keep the predicted class, of ``||(e_x - e_x') / e_x|| / max(d, eps)`` with ``d`` the relative
+    input change ``||(x - x') / x||``, the logit change ``||h(x) - h(x')||`` or the relative change of the layer's
+    output; NaN when every perturbation changes the prediction. Lower is better."""
+    if kind not in ("input", "output", "representation"):
+        raise ValueError(f"Expected argument `kind` to be one of 'input', 'output', 'representation', but got {kind!r}.")
+    if (kind == "representation") != (layer is not None):
+        raise ValueError("Expected argument `layer` (a dotted module name) exactly when kind='representation'.")
+    check_int("samples", samples, 1)
+    radius, eps = check_real("radius", radius, 0.0), check_real("eps", eps, 0.0, low_open=True)
+    target, base = _prepare(model, explainer, inputs, target, attributions, output_fn)
+    deltas, moved = _perturbed_maps(model, explainer, inputs, target, samples,
+                                    lambda gen, shape: (torch.rand(shape, generator=gen) * 2 - 1) * radius, seed, output_fn)
+    n = inputs.shape[0]
+    chunk = min(256, images_per_pass(inputs))
+    scores, features = _outputs(model, torch.cat([inputs.detach(), (inputs.detach()[None] + deltas).flatten(0, 1)]),
+                                layer, output_fn, chunk)
+    scores = scores.reshape(samples + 1, n, -1)
+    numerator = _relative(moved - base[None], base[None].expand_as(moved), eps)  # (samples, N)
+    if kind == "input":
+        denominator = _relative(-deltas, inputs.detach()[None].expand_as(deltas), eps)
+    elif kind == "output":
+        denominator = (scores[1:] - scores[:1]).norm(dim=-1)
+    else:
+        features = features.reshape(samples + 1, n, -1)
+        denominator = _relative(features[1:] - features[:1], features[:1].expand_as(features[1:]), eps)
+    ratio = numerator / denominator.clamp(min=eps)
+    kept = scores[1:].argmax(-1) == scores[:1].argmax(-1)
+    return torch.where(kept, ratio, torch.full_like(ratio, -torch.inf)).amax(0).nan_to_num(neginf=float("nan"))
+
+
+class _RelativeStability(MeanOverImages):
+    higher_is_better = False
+    _kind = "input"
+
+    def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.2, seed: int = 0,
+                 output_fn: OutputFn | None = None, layer: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.explainer, self.layer = as_explainer(explainer), layer
+        self.samples, self.scale = check_int("samples", samples, 1), check_real("scale", scale, 0.0)
+        self.seed, self.output_fn = seed, output_fn
+
+    def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor | None, target) -> None:
+        """Add a batch: the model, the inputs, their maps (or None to compute them) and the explained classes; images
+        whose every perturbation changes the prediction are skipped."""
+        scores = relative_stability(self._kind, model, self.explainer, inputs, target, self.samples, self.scale,
+                                    attributions, self.seed, self.layer, output_fn=self.output_fn)
+        self.add(scores[~scores.isnan()])
+
+
+class RelativeInputStability(_RelativeStability):
+    """Mean over images of :func:`relative_stability` with ``kind="input"``; DDP-synced; lower is better.
+
+    Example::
+
+        >>> from captum_ext import Explainer
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> metric = RelativeInputStability(Explainer("input_x_gradient"), samples=4)
+        >>> metric.update(net, torch.rand(2, 1, 4, 4), None, torch.tensor([0, 1]))
+        >>> bool(metric.compute() >= 0)
+        True
+    """
+
+    def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.2, seed: int = 0,
+                 output_fn: OutputFn | None = None, **kwargs) -> None:
+        super().__init__(explainer, samples, scale, seed, output_fn, **kwargs)
+
+
+class RelativeOutputStability(RelativeInputStability):
+    """Mean over images of :func:`relative_stability` with ``kind="output"`` (the logit change below the ratio)."""
+
+    _kind = "output"
+
+
+class RelativeRepresentationStability(_RelativeStability):
+    """Mean over images of :func:`relative_stability` with ``kind="representation"`` at ``layer`` (dotted name)."""
+
+    _kind = "representation"
+
+    def __init__(self, explainer: Explainer | str, layer: str, samples: int = 10, scale: float = 0.2, seed: int = 0,
+                 output_fn: OutputFn | None = None, **kwargs) -> None:
+        if not isinstance(layer, str):
+            raise TypeError(f"Expected argument `layer` to be a dotted module name, but got {layer!r}.")
+        super().__init__(explainer, samples, scale, seed, output_fn, layer=layer, **kwargs)
