@@ -209,3 +209,16 @@ def test_monotonicity_correlation_is_one_for_the_true_feature_importance():
     assert float(metric.compute()) == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="`features_in_step` to divide the 64"):
         monotonicity_correlation(model, x, importance, y, features_in_step=5)
+
+
+def test_occlusion_rank_correlation_is_one_where_occlusion_equals_the_method(batch):
+    """For a linear model, occluding one pixel at a time with baseline b changes the logit by w (x - b): exactly
+    input x gradient of (x - b), so their rank correlation is 1; a random map is near 0."""
+    from captum_ext.metrics.similarity import occlusion_rank_correlation
+
+    x, y = batch
+    model = Linear(torch.randn(3, 64, generator=torch.Generator().manual_seed(13)))
+    pixelwise = Explainer("occlusion", sliding_window_shapes=(1, 1, 1), strides=(1, 1, 1), baselines=0.0)
+    same = occlusion_rank_correlation(model, "input_x_gradient", x, y, occlusion=pixelwise)
+    torch.testing.assert_close(same, torch.ones(5), atol=1e-6, rtol=0)
+    assert occlusion_rank_correlation(model, "random", x, y, occlusion=pixelwise).abs().mean() < 0.3
