@@ -35,7 +35,7 @@ from captum_ext.data import CleverHansDigits
 from captum_ext.evaluation import roar
 from captum_ext.evaluation._common import accuracy, predict
 from captum_ext.failures import failure_modes
-from captum_ext.features import ActivationMaximization, first_layer_filters
+from captum_ext.features import ActivationMaximization, activation_atlas, first_layer_filters
 from captum_ext.models import SmallCNN, TinyViT, fit_classifier, small_cnn_module
 from captum_ext.report import Report
 from captum_ext.sanity import model_randomization_test
@@ -191,11 +191,15 @@ def run_demo(out: str | os.PathLike = "runs/demo", seed: int = 0, fast: bool = F
 
     start = _stage("6/6 what the CNN learned")
     classes = ActivationMaximization(model, tuple(x.shape[1:]), steps=64 if fast else 256, seed=seed).visualize(target=list(range(10)))
+    atlas = activation_atlas(model, "features.relu3", x[:300], y[:300], grid=6, steps=32 if fast else 128, seed=seed)
+    logger.experiment.add_figure("features/activation_atlas", atlas.plot(), global_step=0)
     report.add_section(
         "Representation views",
-        text="First-layer filters, and images that maximise each class logit (activation maximisation with L2, "
-        "total-variation, jitter and blur regularisers).",
-        figures=[_image_row(first_layer_filters(model)), _image_row(classes, [f"class {k}" for k in range(10)])],
+        text="First-layer filters; images that maximise each class logit (activation maximisation with L2, "
+        "total-variation, jitter and blur regularisers); and the activation atlas of the last convolution (Carter et "
+        "al. 2019): one activation vector per test image laid out by t-SNE, each cell's mean vector visualised and "
+        "titled with the class its activations support most (also in TensorBoard).",
+        figures=[_image_row(first_layer_filters(model)), _image_row(classes, [f"class {k}" for k in range(10)]), atlas.plot()],
     )
     print(f"    done in {time.perf_counter() - start:.0f} s")
 

@@ -158,14 +158,18 @@ class ActivationMaximization:
         *,
         layer: str | None = None,
         channel: int | Sequence[int] | None = None,
+        direction: torch.Tensor | None = None,
         return_trace: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Optimise one image per class ``target`` or per ``channel`` of ``layer`` (exactly one of the two forms).
+        """Optimise one image per class ``target``, per ``channel`` of ``layer``, or per ``direction`` in ``layer``'s
+        channel space (exactly one of the three forms).
 
         Args:
             target: A class index or a list of K of them (maximise the logit).
-            layer: Dotted name of a submodule (with ``channel``).
+            layer: Dotted name of a submodule (with ``channel`` or ``direction``).
             channel: A channel index or a list of K of them (maximise the channel's mean activation).
+            direction: (K, channels) vectors: maximise the dot product of the layer's mean activation vector with
+                each (an activation atlas' cell, Carter et al. 2019).
             return_trace: Also return the maximised activation at every step. Default False.
 
         Returns:
@@ -176,14 +180,22 @@ class ActivationMaximization:
             ValueError: both or neither of ``target`` and ``layer``/``channel``, a bad index, a model output of
                 the wrong form, or an unknown ``layer``.
         """
-        if (target is None) == (layer is None and channel is None):
+        if (target is None) == (layer is None and channel is None and direction is None):
             raise ValueError(
-                "Expected either argument `target` (class logits) or arguments `layer` and `channel`, "
+                "Expected either argument `target` (class logits) or arguments `layer` and `channel` (or `direction`), "
                 f"but got target={target!r}, layer={layer!r}, channel={channel!r}."
             )
-        if target is None and (layer is None or channel is None):
-            raise ValueError(f"Expected arguments `layer` and `channel` together, but got layer={layer!r}, channel={channel!r}.")
-        indices = _as_index_list(target if target is not None else channel, "target" if target is not None else "channel")
+        if target is None and (layer is None or (channel is None) == (direction is None)):
+            raise ValueError(
+                f"Expected argument `layer` with exactly one of `channel` and `direction`, but got layer={layer!r}, "
+                f"channel={channel!r}, direction of shape {tuple(direction.shape) if direction is not None else None}."
+            )
+        if direction is not None and (not isinstance(direction, torch.Tensor) or direction.dim() != 2):
+            raise ValueError(f"Expected argument `direction` to be a (K, channels) tensor, but got {direction!r}.")
+        if direction is not None:
+            indices = [0] * direction.shape[0]
+        else:
+            indices = _as_index_list(target if target is not None else channel, "target" if target is not None else "channel")
         with eval_mode(self.model), gradients_enabled():
             if layer is None:
                 images, trace = self._optimise(indices, self._logits)
@@ -193,7 +205,10 @@ class ActivationMaximization:
                     def channel_output(x: torch.Tensor) -> torch.Tensor:
                         outputs.clear()
                         self.model(x)
-                        return self._channel_means(outputs[-1], layer)
+                        means = self._channel_means(outputs[-1], layer)
+                        if direction is None:
+                            return means
+                        return (means * direction.to(means)).sum(dim=1, keepdim=True)  # (K, 1): the dot product
 
                     images, trace = self._optimise(indices, channel_output)
         return (images, trace) if return_trace else images
