@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from captum_ext import maps as _maps
 from captum_ext.normalization import Normalization
 
-__all__ = ["overlay_grid", "curve_figure", "class_mean_figure", "figure_to_png", "figure_to_array"]
+__all__ = ["overlay_grid", "curve_figure", "perturbation_figure", "class_mean_figure", "figure_to_png", "figure_to_array"]
 
 
 def _image(img: torch.Tensor, normalization: Normalization | None = None) -> np.ndarray:
@@ -97,6 +97,34 @@ def curve_figure(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def perturbation_figure(curves: Mapping[str, Mapping[str, torch.Tensor]], title: str = "") -> Figure:
+    """One panel per perturbation mode (e.g. ``"deletion"``, ``"insertion"``), each with the mean over images of
+    every named (N, steps + 1) curve against the perturbed fraction: the probability curves and, next to them, the
+    accuracy curves (:func:`captum_ext.metrics.faithfulness.perturbation_curve` with ``top1=True``).
+
+    Example::
+
+        >>> curves = {"deletion": {"probability": torch.rand(4, 9), "accuracy": torch.ones(4, 9)}}
+        >>> len(perturbation_figure(curves).axes)
+        1
+    """
+    fig = Figure(figsize=(4.5 * len(curves), 3.6))
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (mode, series) in zip(axes, curves.items()):
+        for name, values in series.items():
+            mean = values.detach().float().mean(dim=0).cpu()
+            ax.plot(torch.linspace(0, 1, len(mean)).tolist(), mean.tolist(), marker="o", markersize=3, label=name)
+        ax.set_xlabel(f"fraction {'removed' if mode == 'deletion' else 'kept'}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(mode)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 

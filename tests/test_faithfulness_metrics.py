@@ -176,3 +176,27 @@ def test_errors_name_the_argument(batch):
         DeletionAUC().update(model, x, attr, torch.full_like(target, 99))
     with pytest.raises(ValueError, match="Expected argument `mode` to be one of 'deletion', 'insertion'"):
         perturbation_curve(model, x, attr, target, mode="morf")
+
+
+def test_accuracy_curves_say_whether_the_target_is_still_the_top_class():
+    """Issue #16: the insertion / deletion accuracy curves beside the probability curves. A 2-class model whose
+    class-1 logit is fixed at 0: the target 0 stays top exactly while its own logit (the logit curve) is positive."""
+    from captum_ext.metrics.faithfulness import perturbation_curve
+    from captum_ext.plots import perturbation_figure
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, generator=gen)
+
+    def model(x):
+        score = x.flatten(1) @ weight
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+    x, attributions = torch.rand(6, 1, 8, 8, generator=gen), torch.randn(6, 1, 8, 8, generator=gen)
+    target = torch.zeros(6, dtype=torch.long)
+    for mode in ("deletion", "insertion"):
+        logit = perturbation_curve(model, x, attributions, target, steps=8, mode=mode, apply_softmax=False)
+        top1 = perturbation_curve(model, x, attributions, target, steps=8, mode=mode, top1=True)
+        assert torch.equal(top1, (logit >= 0).float())  # a tie (the all-black image: 0 vs 0) goes to class 0, argmax's
+    probability = perturbation_curve(model, x, attributions, target, steps=8)
+    figure = perturbation_figure({"deletion": {"probability": probability, "accuracy": top1}})
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["probability", "accuracy"]

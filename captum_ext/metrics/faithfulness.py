@@ -77,8 +77,10 @@ def perturbation_curve(
     seed: int = 0,
     output_fn: OutputFn | None = None,
     normalization: Normalization | None = None,
+    top1: bool = False,
 ) -> torch.Tensor:
-    """The deletion or insertion curve of each image: the target's score after each of ``steps`` steps.
+    """The deletion or insertion curve of each image: the target's score after each of ``steps`` steps (or, with
+    ``top1``, whether the target is still the top class: the mean over images is the accuracy curve).
 
     Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of Black-box Models", BMVC 2018.
 
@@ -101,6 +103,8 @@ def perturbation_curve(
             (:func:`captum_ext.model_output.logits`: a tensor, ``.logits``, a dict's ``"logits"``, a tuple's first).
         normalization: the model's input normalisation, so that the default deletion fill is black in pixel space
             (:class:`~captum_ext.normalization.Normalization`). Default None (the inputs are pixels).
+        top1: Return 1.0 where the target is the model's top class after the step, else 0.0, instead of its score
+            (``apply_softmax`` is then irrelevant). Default False.
 
     Returns:
         (N, steps + 1) float tensor; column ``k`` is the score at fraction ``k / steps`` (column 0 the
@@ -145,6 +149,9 @@ def perturbation_curve(
                 out = logits(forward_func(perturbed[lo : lo + batch_size]), output_fn)
                 if lo == 0 and start == 0:
                     class_targets(targets, n, out.shape[1])  # every target within the model's classes
+                if top1:
+                    scores.append((out.argmax(dim=1) == labels[lo : lo + batch_size]).float())
+                    continue
                 if apply_softmax:
                     out = torch.softmax(out, dim=1)
                 scores.append(out.gather(1, labels[lo : lo + batch_size, None])[:, 0].float())
