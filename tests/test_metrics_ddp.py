@@ -10,8 +10,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import free_port
 
-from captum_ext.metrics import (AOPC, IROF, DeletionAUC, FaithfulnessCorrelation, InsertionAUC, LocalisationError, MapSimilarity,
-                                MaxSensitivity, RandomLogit, Sparseness)
+from captum_ext.metrics import (AOPC, IROF, AvgSensitivity, Complexity, DeletionAUC, EffectiveComplexity, FaithfulnessCorrelation,
+                                InsertionAUC, LocalisationError, LocalLipschitzEstimate, MapSimilarity, MaxSensitivity,
+                                MonotonicityCorrelation, RandomLogit, RelativeInputStability, RelativeOutputStability,
+                                RelativeRepresentationStability, Sparseness)
 from captum_ext.metrics.localisation import largest_component_box
 
 FAITHFULNESS = {"DeletionAUC": DeletionAUC, "InsertionAUC": InsertionAUC, "AOPC": AOPC}
@@ -38,13 +40,19 @@ def _values(x: torch.Tensor, attr: torch.Tensor, maps_b: torch.Tensor, target: t
     localisation.update(attr, largest_component_box(attr), predicted, target)
     values["LocalisationError"] = float(localisation.compute())
     # the metrics beyond Quantus: every random draw (subsets, noise, other classes) is the same for every image
-    for name, metric in (("FaithfulnessCorrelation", FaithfulnessCorrelation(runs=12, subset_size=8)), ("IROF", IROF(n_segments=4)),
-                         ("MaxSensitivity", MaxSensitivity("saliency", samples=3)), ("RandomLogit", RandomLogit("saliency", 3))):
-        metric.update(model, x, None if name in ("MaxSensitivity", "RandomLogit") else attr, target)
+    with_maps = {"FaithfulnessCorrelation": FaithfulnessCorrelation(runs=12, subset_size=8), "IROF": IROF(n_segments=4),
+                 "MonotonicityCorrelation": MonotonicityCorrelation(features_in_step=8, samples=3)}
+    explaining = {"MaxSensitivity": MaxSensitivity("saliency", samples=3), "AvgSensitivity": AvgSensitivity("saliency", samples=3),
+                  "LocalLipschitzEstimate": LocalLipschitzEstimate("saliency", samples=3), "RandomLogit": RandomLogit("saliency", 3),
+                  "RelativeInputStability": RelativeInputStability("input_x_gradient", samples=3),
+                  "RelativeOutputStability": RelativeOutputStability("input_x_gradient", samples=3),
+                  "RelativeRepresentationStability": RelativeRepresentationStability("input_x_gradient", "1", samples=3)}
+    for name, metric in {**with_maps, **explaining}.items():
+        metric.update(model, x, attr if name in with_maps else None, target)
         values[name] = float(metric.compute())
-    sparse = Sparseness()
-    sparse.update(attr)
-    values["Sparseness"] = float(sparse.compute())
+    for name, metric in (("Sparseness", Sparseness()), ("Complexity", Complexity()), ("EffectiveComplexity", EffectiveComplexity())):
+        metric.update(attr)
+        values[name] = float(metric.compute())
     return values
 
 
