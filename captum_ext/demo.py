@@ -27,6 +27,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from captum_ext import Explainer, plots
+from captum_ext._context import eval_mode
 from captum_ext._io import write_json_atomic, write_text_atomic
 from captum_ext.attr import AttentionRollout
 from captum_ext.audit import CleverHansAudit
@@ -191,7 +192,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", seed: int = 0, fast: bool = F
 
     start = _stage("6/6 what the CNN learned")
     classes = ActivationMaximization(model, tuple(x.shape[1:]), steps=64 if fast else 256, seed=seed).visualize(target=list(range(10)))
-    atlas = activation_atlas(model, "features.relu3", x[:300], y[:300], grid=6, steps=32 if fast else 128, seed=seed)
+    atlas_images = 120 if fast else 300
+    atlas = activation_atlas(model, "features.relu3", x[:atlas_images], y[:atlas_images], grid=4 if fast else 6,
+                             steps=16 if fast else 128, seed=seed)
     logger.experiment.add_figure("features/activation_atlas", atlas.plot(), global_step=0)
     report.add_section(
         "Representation views",
@@ -209,7 +212,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", seed: int = 0, fast: bool = F
 
 
 def _predictions(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         return predict(model, x)
 
 

@@ -33,7 +33,7 @@ Short names and their defaults (everything can be overridden by keyword):
 ``"layerwise_input_x_gradient"``  :class:`captum_ext.attr.layerwise.LayerwiseInputXGradient`: input x gradient
                             at every convolution, upsampled, scaled, averaged (``init_kwargs={"skip_first": k}``).
 ``"lime"``                  :class:`captum_ext.attr.superpixels.SuperpixelLime`: Captum's ``Lime`` over 50 SLIC
-                            superpixels, 64 samples, the batch's per-channel mean as the "off" value; seeded.
+                            superpixels, 64 samples, the image's per-channel mean as the "off" value; seeded.
 ==========================  ====================================================================================
 
 Memory: the multi-sample methods are chunked by default so that no forward / backward pass holds more than
@@ -384,10 +384,21 @@ def default_cam_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     return finished[last][0]
 
 
+def _code_digest(code: Any) -> str:
+    """SHA-256 of a code object's bytecode, names and constants, nested functions' code included."""
+    sha = hashlib.sha256(code.co_code + repr(code.co_names).encode())
+    for constant in code.co_consts:
+        if hasattr(constant, "co_code"):
+            sha.update(_code_digest(constant).encode())
+        elif isinstance(constant, (str, bytes, int, float, tuple, type(None))):
+            sha.update(repr(constant).encode())
+    return sha.hexdigest()
+
+
 def canonical(value: Any) -> Any:
     """A stable JSON-able form of settings for fingerprints: tensors by content hash, classes by qualified name,
-    functions by qualified name and a hash of their bytecode (two lambdas differ), ``functools.partial`` by function
-    and arguments, other objects by class and public attributes (never by ``repr``, which may hold a memory
+    functions by qualified name, a hash of their bytecode (two lambdas differ), their defaults and the values their
+    closure captured, ``functools.partial`` by function and arguments, other objects by class and public attributes (never by ``repr``, which may hold a memory
     address)."""
     if isinstance(value, torch.Tensor):
         data = value.detach().cpu().contiguous()
@@ -402,12 +413,11 @@ def canonical(value: Any) -> Any:
         return f"{value.__module__}.{value.__qualname__}"
     if isinstance(value, functools.partial):
         return {"partial": canonical(value.func), "args": canonical(list(value.args)), "keywords": canonical(value.keywords)}
-    if callable(value) and hasattr(value, "__code__"):  # a function: its name and its compiled body
-        code = value.__code__
-        constants = [c for c in code.co_consts if isinstance(c, (str, bytes, int, float, tuple, type(None)))]
-        body = hashlib.sha256(code.co_code + repr((code.co_names, constants)).encode()).hexdigest()
-        return {"function": f"{value.__module__}.{value.__qualname__}", "code": body,
-                "defaults": canonical(list(value.__defaults__ or ()))}
+    if callable(value) and hasattr(value, "__code__"):  # a function: its name, its compiled body, what it captured
+        cells = [cell.cell_contents for cell in value.__closure__ or ()]
+        return {"function": f"{value.__module__}.{value.__qualname__}", "code": _code_digest(value.__code__),
+                "defaults": canonical(list(value.__defaults__ or ())), "kwdefaults": canonical(value.__kwdefaults__ or {}),
+                "closure": canonical(cells)}
     attributes = {k: v for k, v in vars(value).items() if not k.startswith("_")} if hasattr(value, "__dict__") else {}
     return {"class": f"{type(value).__module__}.{type(value).__qualname__}", "attributes": canonical(attributes)}
 

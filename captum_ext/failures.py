@@ -21,6 +21,7 @@ from torch import nn
 
 from captum_ext import plots
 from captum_ext._checks import check_int
+from captum_ext._context import eval_mode
 from captum_ext.evaluation._common import predict
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.model_output import OutputFn
@@ -83,7 +84,7 @@ def failure_modes(
     labels = torch.as_tensor(labels, device=inputs.device).reshape(-1)
     if labels.shape[0] != inputs.shape[0]:
         raise ValueError(f"Expected argument `labels` to have one class per image ({inputs.shape[0]}), but got {labels.shape[0]}.")
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         predictions = predict(model, inputs, output_fn)
     wrong = torch.nonzero(predictions != labels).reshape(-1)[:limit]
     images = inputs[wrong]

@@ -155,3 +155,14 @@ def test_the_input_level_methods_run_on_a_vit(name):
     maps = Explainer(name).saliency(model, torch.rand(2, 3, 32, 32), target=[1, 2])
     assert maps.shape == (2, 32, 32) and bool(torch.isfinite(maps).all())
     assert bool((maps.flatten(1).std(1) > 0).all())
+
+
+def test_a_lime_map_does_not_depend_on_the_rest_of_the_batch():
+    """Each image is explained alone, with its own superpixel count, its own mean as the "off" value and the same
+    random stream: in a batch of three or alone, the first image gets the same map (what DDP sharding needs)."""
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    alone = Explainer("lime", n_segments=8, n_samples=16, seed=4).attribute(model, x[:1], target=2)
+    batched = Explainer("lime", n_segments=8, n_samples=16, seed=4).attribute(model, x, target=2)
+    torch.testing.assert_close(batched[:1], alone)

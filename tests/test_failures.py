@@ -37,6 +37,8 @@ def test_the_gallery_holds_the_misclassified_images_with_both_maps(model_guard):
     assert len(figure.axes) == 3 * 2 and figure.axes[0].get_title().startswith("label ")
 
     none = failure_modes(model, "saliency", x, predictions)
+    normed = model_guard(nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(16, 3)).train())
+    failure_modes(normed, "saliency", x, labels)  # predicted in eval mode: no running statistic moves
     assert len(none.indices) == 0 and none.true_maps.shape == (0, 4, 4)
     with pytest.raises(ValueError, match="one class per image"):
         failure_modes(model, "saliency", x, labels[:3])

@@ -248,8 +248,12 @@ def test_activation_maximization_errors():
         am.visualize()
     with pytest.raises(ValueError, match="Expected either argument `target`"):
         am.visualize(target=1, layer="features.conv1", channel=0)
-    with pytest.raises(ValueError, match="Expected arguments `layer` and `channel` together, but got layer='features.conv1', channel=None"):
+    with pytest.raises(ValueError, match="Expected argument `layer` with exactly one of `channel` and `direction`, but got layer='features.conv1', channel=None"):
         am.visualize(layer="features.conv1")
+    with pytest.raises(ValueError, match="exactly one of `channel` and `direction`"):
+        am.visualize(layer="features.conv1", channel=0, direction=torch.ones(1, 16))
+    with pytest.raises(ValueError, match=r"`direction` to be a \(K, channels\) tensor"):
+        am.visualize(layer="features.conv1", direction=torch.ones(16))
     with pytest.raises(ValueError, match=r"Expected argument `target` to be a non-negative int or a non-empty list of them, but got \[\]"):
         am.visualize(target=[])
     with pytest.raises(ValueError, match=r"Expected every index to be < 10 .* but got \[3, 10\]"):

@@ -120,7 +120,7 @@ def _irof_loop(model, x, a, y, n_segments):
     """Rieger & Hansen 2020, one image at a time: cumulative removal of superpixels by mean relevance."""
     out = []
     for i in range(x.shape[0]):
-        seg = superpixel_mask(x[i : i + 1], n_segments, 10.0)[0, 0]
+        seg = superpixel_mask(x[i : i + 1], n_segments, 1.0)[0, 0]
         k = int(seg.max()) + 1
         relevance = [float(a[i].mean(0)[seg == s].mean()) for s in range(k)]
         order = sorted(range(k), key=lambda s: -relevance[s])

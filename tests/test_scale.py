@@ -219,7 +219,7 @@ def test_dask_adapter_matches_sequential(data, sweep, tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     reference, folder, _ = sweep
     _reuse(folder, tmp_path)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         executor = DaskExecutor(client)
         carried = _carried(executor, monkeypatch)
@@ -318,3 +318,21 @@ def test_ddp_and_ddp_spawn_inside_each_retraining_record_once_on_rank_zero(tmp_p
         tables[strategy] = results[0]["accuracy"]
     assert tables["ddp"] == tables["ddp_spawn"]
     assert tables["ddp"]["oracle"]["0.3"][0] < 0.65 < tables["ddp"]["random"]["0.3"][0]  # the oracle still works
+
+
+def test_imputer_functions_key_the_runs_by_code_arguments_and_captured_values():
+    """Review finding: two imputer functions (or one closure over another value) must not share a run key."""
+    import functools
+
+    from captum_ext.explainer import canonical
+
+    def fill(images, mask, value=0.0):
+        return images.masked_fill(mask[:, None], value)
+
+    def fill_with(value):
+        return lambda images, mask: images.masked_fill(mask[:, None], value)
+
+    keys = [canonical(f) for f in (fill, functools.partial(fill, value=1.0), functools.partial(fill, value=2.0),
+                                   fill_with(1.0), fill_with(5.0), lambda images, mask: images)]
+    assert len({repr(k) for k in keys}) == len(keys)
+    assert canonical(fill_with(1.0)) == canonical(fill_with(1.0))  # the same code and value: the same key

@@ -26,8 +26,9 @@ def _layer_output(forward_func: nn.Module, layer: nn.Module, inputs: torch.Tenso
     stays in the autograd graph of the scores."""
     captured: list[torch.Tensor] = []
 
-    def keep(module: nn.Module, args: tuple, out: Any) -> None:
+    def keep(module: nn.Module, args: tuple, out: Any) -> Any:
         captured.append(out)
+        return out.clone() if isinstance(out, torch.Tensor) else out  # an in-place ReLU after it changes the copy
 
     handle = layer.register_forward_hook(keep)
     try:

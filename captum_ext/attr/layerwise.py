@@ -3,7 +3,8 @@ the input and averaged, optionally leaving out the first layers (whose maps are 
 
 A map per layer ``m_l = sum_k A_lk * dS/dA_lk`` (the activation times its gradient, summed over channels) shows
 what each depth contributes; averaging them after scaling each to a maximum absolute value of 1 per image gives
-every depth the same say. All layers come from one forward and one backward pass.
+every depth the same say. All layers come from one forward and one backward pass (after a probe forward that finds
+the convolutions' order when ``layers`` is not given).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class LayerwiseInputXGradient(Attribution):
 
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> torch.Tensor:
         """(N, 1, H, W): the mean over the layers of each layer's scaled, upsampled input x gradient map."""
+        if target is None:
+            raise ValueError("Expected argument `target` (class indices); the Explainer passes the predicted class for None.")
         modules = self._modules(inputs)
         captured: dict[int, torch.Tensor] = {}
         handles = [m.register_forward_hook(lambda m, a, out, i=i: captured.setdefault(i, out)) for i, m in enumerate(modules)]

@@ -48,7 +48,7 @@ def superpixel_mask(inputs: torch.Tensor, n_segments: int = 50, compactness: flo
 
 
 class SuperpixelLime(Lime):
-    """Captum's ``Lime`` with SLIC superpixels as its interpretable features and, by default, the batch's
+    """Captum's ``Lime`` with SLIC superpixels as its interpretable features and, by default, each image's own
     per-channel mean as the "off" value of a superpixel (never black, as for occlusion).
 
     ``attribute`` takes ``n_segments`` and ``compactness`` (for :func:`superpixel_mask`) besides Lime's own
@@ -82,11 +82,29 @@ class SuperpixelLime(Lime):
         n_samples: int = 64,
         perturbations_per_eval: int = 1,
     ) -> torch.Tensor:
-        """(N, C, H, W) attributions: each pixel carries its superpixel's coefficient."""
-        mask = feature_mask if feature_mask is not None else superpixel_mask(inputs, n_segments, compactness)
-        if baselines is None:
-            baselines = inputs.detach().mean(dim=(0, 2, 3), keepdim=True).expand_as(inputs).contiguous()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="You are providing multiple inputs for Lime")
-            return super().attribute(inputs, baselines=baselines, target=target, feature_mask=mask, n_samples=n_samples,
-                                     perturbations_per_eval=perturbations_per_eval)
+        """(N, C, H, W) attributions: each pixel carries its superpixel's coefficient.
+
+        Each image is explained on its own, with its own number of superpixels and the same random stream (one seed
+        drawn from the global RNG per call), so an image's map does not depend on the rest of the batch.
+        """
+        masks = feature_mask if feature_mask is not None else superpixel_mask(inputs, n_segments, compactness)
+        seed = int(torch.randint(2**62, ()))
+        devices = [inputs.device] if inputs.device.type == "cuda" else []
+        targets = torch.as_tensor(target, device=inputs.device).reshape(-1).expand(inputs.shape[0]) if target is not None else None
+        out = []
+        for i in range(inputs.shape[0]):
+            image = inputs[i : i + 1]
+            off = baselines
+            if off is None:
+                off = image.detach().mean(dim=(2, 3), keepdim=True).expand_as(image).contiguous()
+            elif isinstance(off, torch.Tensor) and off.dim() == 4 and off.shape[0] == inputs.shape[0]:
+                off = off[i : i + 1]
+            mask = masks[i : i + 1] if masks.shape[0] == inputs.shape[0] else masks
+            mask = torch.unique(mask, return_inverse=True)[1].reshape(mask.shape)  # this image's ids, 0..K-1
+            with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+                torch.manual_seed(seed)
+                warnings.filterwarnings("ignore", message="You are providing multiple inputs for Lime")
+                out.append(super().attribute(image, baselines=off, target=None if targets is None else targets[i : i + 1],
+                                             feature_mask=mask, n_samples=n_samples,
+                                             perturbations_per_eval=perturbations_per_eval))
+        return torch.cat(out)

@@ -105,25 +105,31 @@ def layout_2d(vectors: torch.Tensor, method: str = "tsne", seed: int = 0) -> tor
     return ((points - low) / (high - low).clamp(min=1e-12)).float()
 
 
-def _vectors_and_attribution(model: nn.Module, layer: str, inputs: torch.Tensor, seed: int, output_fn: OutputFn | None
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, channels) activation at one random position per image, and (N, classes) ``h . d logit_c / d h`` there."""
+def _vectors_and_attribution(model: nn.Module, layer: str, inputs: torch.Tensor, seed: int, output_fn: OutputFn | None,
+                             chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, channels) activation at one random position per image, and (N, classes) ``h . d logit_c / d h`` there;
+    ``chunk`` images per forward pass (and one backward pass per class each)."""
+    gen = torch.Generator().manual_seed(seed)
+    vectors, attributions = [], []
     with eval_mode(model), gradients_enabled(), capture_output(model, layer) as outputs:
-        scores = logits(model(inputs.detach()), output_fn)
-        activation = outputs[-1]
-        if activation.dim() != 4:
-            raise ValueError(f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(activation.shape)}.")
-        n, _, h, w = activation.shape
-        gen = torch.Generator().manual_seed(seed)
-        rows = torch.randint(h, (n,), generator=gen).to(inputs.device)
-        cols = torch.randint(w, (n,), generator=gen).to(inputs.device)
-        index = torch.arange(n, device=inputs.device)
-        vectors = activation[index, :, rows, cols].detach()
-        attribution = torch.empty(n, scores.shape[1], device=inputs.device)
-        for c in range(scores.shape[1]):
-            (grad,) = torch.autograd.grad(scores[:, c].sum(), activation, retain_graph=c < scores.shape[1] - 1)
-            attribution[:, c] = (vectors * grad[index, :, rows, cols]).sum(dim=1)
-    return vectors.float(), attribution
+        for start in range(0, inputs.shape[0], chunk):
+            outputs.clear()
+            scores = logits(model(inputs[start : start + chunk].detach()), output_fn)
+            activation = outputs[-1]
+            if activation.dim() != 4:
+                raise ValueError(f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(activation.shape)}.")
+            n, _, h, w = activation.shape
+            rows = torch.randint(h, (n,), generator=gen).to(inputs.device)
+            cols = torch.randint(w, (n,), generator=gen).to(inputs.device)
+            index = torch.arange(n, device=inputs.device)
+            vector = activation[index, :, rows, cols].detach()
+            attribution = torch.empty(n, scores.shape[1], device=inputs.device)
+            for c in range(scores.shape[1]):
+                (grad,) = torch.autograd.grad(scores[:, c].sum(), activation, retain_graph=c < scores.shape[1] - 1)
+                attribution[:, c] = (vector * grad[index, :, rows, cols]).sum(dim=1)
+            vectors.append(vector.float())
+            attributions.append(attribution)
+    return torch.cat(vectors), torch.cat(attributions)
 
 
 def activation_atlas(

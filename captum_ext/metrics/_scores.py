@@ -1,6 +1,9 @@
-"""``class_scores``: the target-class score of many images, forwarded in chunks (no gradients, eval mode)."""
+"""``class_scores``: the target-class score of many images, forwarded in chunks (no gradients, eval mode). The
+images can be built chunk by chunk, so a metric that perturbs each image thousands of times never holds them all."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -13,14 +16,15 @@ __all__ = ["class_scores"]
 
 def class_scores(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | Callable[[int, int], torch.Tensor],
     targets: torch.Tensor,
     batch_size: int = 128,
     apply_softmax: bool = False,
     output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
-    """(B,) float32 score (logit, or probability with ``apply_softmax``) of ``targets[i]`` for ``images[i]``,
-    ``batch_size`` images per forward pass.
+    """(B,) float32 score (logit, or probability with ``apply_softmax``) of ``targets[i]`` for image ``i``,
+    ``batch_size`` images per forward pass. ``images`` is a (B, C, H, W) tensor or a function ``(start, stop)`` that
+    builds images ``start`` to ``stop - 1`` (B is then ``len(targets)``).
 
     Example::
 
@@ -28,11 +32,12 @@ def class_scores(
         >>> class_scores(net, torch.zeros(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])).shape
         torch.Size([5])
     """
+    build = images if callable(images) else (lambda start, stop: images[start:stop])
     out = []
     with torch.no_grad(), eval_mode(model):
-        for start in range(0, images.shape[0], batch_size):
-            scores = logits(model(images[start : start + batch_size]), output_fn)
+        for start in range(0, len(targets), batch_size):
+            scores = logits(model(build(start, min(start + batch_size, len(targets)))), output_fn)
             if apply_softmax:
                 scores = torch.softmax(scores, dim=1)
             out.append(scores.gather(1, targets[start : start + batch_size, None].to(scores.device))[:, 0].float())
-    return torch.cat(out) if out else images.new_zeros(0)
+    return torch.cat(out) if out else torch.zeros(0)

@@ -4,9 +4,11 @@ set of features predict what removing that set does to the model's score?
 * faithfulness correlation: for ``runs`` random subsets of ``subset_size`` input values (each channel's values
   counted separately, as Quantus does; the same subsets for every image, so a score does not depend on the other
   images of the batch or on a DDP shard), the Pearson correlation over the runs between the sum of the
-  attributions in the subset and the drop of the target logit when the subset is set to the image's minimum
-  ("black"); higher is better. NaN where either series is constant.
-* IROF, iterative removal of features: the image is cut into SLIC superpixels, which are replaced one after the
+  attributions in the subset and the drop of the target logit when the subset is set to each channel's minimum in
+  the image ("black", also for normalised inputs; Quantus takes one minimum over all channels); higher is better.
+  NaN where either series is constant.
+* IROF, iterative removal of features: the image is cut into SLIC superpixels (:func:`superpixel_mask`, 100
+  segments, compactness 1 on [0, 1]-scaled channels, which follows edges as scikit-image's Lab default does), which are replaced one after the
   other, in the order of their mean attribution (highest first), by the image's per-channel mean; the score is the
   mean over the steps of ``1 - p_t / p_0`` (the area over the curve of the class probability relative to the
   unperturbed one, per step), higher is better. Quantus 0.6.0 fills with the mean of the whole current batch
@@ -18,7 +20,8 @@ set of features predict what removing that set does to the model's score?
   between a group's ``sum |a|`` and the mean squared change of the class probability; higher is better. Quantus
   draws a fresh value per group, and crashes when a probability is below its ``eps``.
 
-Every perturbed image of the batch is built at once and scored in chunks of ``batch_size``.
+The perturbed images are built and scored ``batch_size`` at a time, never all at once (at 224 px the monotonicity
+correlation perturbs each image 94,080 times).
 
 Example::
 
@@ -77,14 +80,21 @@ def faithfulness_correlation(
     flat_x = inputs.detach().flatten(1)
     flat_a = attributions.detach().expand_as(inputs).flatten(1).double()
     gen = torch.Generator().manual_seed(seed)  # the same subsets for every image: a score never depends on the batch
-    chosen = torch.rand(runs, 1, features, generator=gen).argsort(dim=2)[:, :, :subset_size].expand(runs, n, subset_size)
-    chosen = chosen.to(inputs.device)
-    black = flat_x.amin(1)[None, :, None].expand(runs, n, subset_size)
-    perturbed = flat_x[None].expand(runs, n, features).clone().scatter_(2, chosen, black)
-    scores = class_scores(model, torch.cat([inputs.detach(), perturbed.reshape(runs * n, *inputs.shape[1:])]),
-                          target.repeat(runs + 1), batch_size, output_fn=output_fn).reshape(runs + 1, n)
+    chosen = torch.rand(runs, features, generator=gen).argsort(dim=1)[:, :subset_size].to(inputs.device)
+    black = inputs.detach().amin(dim=(2, 3), keepdim=True).expand_as(inputs).flatten(1)  # each channel's minimum
+
+    def build(start: int, stop: int) -> torch.Tensor:  # image i: run i // n (0 = unperturbed) of image i % n
+        index = torch.arange(start, stop, device=inputs.device)
+        run, image = index // n, index % n
+        out = flat_x[image].clone()
+        perturbed = run > 0
+        columns = chosen[run[perturbed] - 1]
+        out[perturbed] = out[perturbed].scatter(1, columns, black[image[perturbed]].gather(1, columns))
+        return out.reshape(-1, *inputs.shape[1:])
+
+    scores = class_scores(model, build, target.repeat(runs + 1), batch_size, output_fn=output_fn).reshape(runs + 1, n)
     drops = scores[:1] - scores[1:]  # (runs, N)
-    sums = flat_a[None].expand(runs, n, features).gather(2, chosen).sum(2)
+    sums = flat_a[:, chosen].sum(2).T  # (runs, N)
     return _correlation(sums.T, drops.T).float()
 
 
@@ -107,11 +117,20 @@ def monotonicity_correlation(
     order = magnitude.argsort(dim=1, stable=True).reshape(n, groups, step)  # ascending |a|, as Quantus
     values = torch.rand(samples, generator=torch.Generator().manual_seed(seed)).to(inputs)
     flat = inputs.detach().flatten(1)
-    perturbed = flat[None, None].expand(groups, samples, n, features).clone()
-    index = order.permute(1, 0, 2)[:, None].expand(groups, samples, n, step)
-    perturbed.scatter_(3, index, values[None, :, None, None].expand(groups, samples, n, step))
-    probabilities = class_scores(model, torch.cat([inputs.detach(), perturbed.reshape(-1, *inputs.shape[1:])]),
-                                 target.repeat(groups * samples + 1), batch_size, apply_softmax=True, output_fn=output_fn)
+
+    def build(start: int, stop: int) -> torch.Tensor:  # the N originals, then (group, sample, image) in that order
+        index = torch.arange(start, stop, device=inputs.device)
+        image = index % n
+        out = flat[image].clone()
+        moved = index >= n
+        k = index[moved] - n
+        group, sample = k // (samples * n), (k // n) % samples
+        columns = order[image[moved], group]  # (m, step)
+        out[moved] = out[moved].scatter(1, columns, values[sample][:, None].expand_as(columns))
+        return out.reshape(-1, *inputs.shape[1:])
+
+    probabilities = class_scores(model, build, target.repeat(groups * samples + 1), batch_size, apply_softmax=True,
+                                 output_fn=output_fn)
     base, moved = probabilities[:n], probabilities[n:].reshape(groups, samples, n)
     variance = ((moved - base[None, None]) ** 2).mean(1).T  # (N, groups)
     relevance = magnitude.gather(1, order.reshape(n, -1)).reshape(n, groups, step).sum(2)
@@ -120,7 +139,7 @@ def monotonicity_correlation(
 
 def irof(
     model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target, n_segments: int = 100,
-    compactness: float = 10.0, batch_size: int = 128, output_fn: OutputFn | None = None,
+    compactness: float = 1.0, batch_size: int = 128, output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) IROF: ``mean_t (1 - p_t / p_0)`` while SLIC superpixels are replaced by the image's per-channel mean,
     most relevant (highest mean attribution) first, cumulatively."""
@@ -139,10 +158,16 @@ def irof(
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(k_max, device=order.device).expand(n, -1))
     pixel_rank = rank.gather(1, segments.flatten(1)).reshape(n, 1, *inputs.shape[-2:])
     fill = inputs.detach().mean(dim=(2, 3), keepdim=True)
-    steps = torch.arange(1, k_max + 1, device=inputs.device)[:, None, None, None, None]  # (K, 1, 1, 1, 1)
-    perturbed = torch.where(pixel_rank[None] < steps, fill[None], inputs.detach()[None])  # (K, N, C, H, W)
-    scores = class_scores(model, torch.cat([inputs.detach(), perturbed.reshape(-1, *inputs.shape[1:])]),
-                          target.repeat(k_max + 1), batch_size, apply_softmax=True, output_fn=output_fn).reshape(k_max + 1, n)
+    x = inputs.detach()
+
+    def build(start: int, stop: int) -> torch.Tensor:  # image i: step i // n (0 = unperturbed) of image i % n
+        index = torch.arange(start, stop, device=inputs.device)
+        step, image = index // n, index % n
+        removed = pixel_rank[image] < step[:, None, None, None]
+        return torch.where(removed, fill[image], x[image])
+
+    scores = class_scores(model, build, target.repeat(k_max + 1), batch_size, apply_softmax=True,
+                          output_fn=output_fn).reshape(k_max + 1, n)
     ratios = scores[1:] / scores[:1].clamp(min=torch.finfo(scores.dtype).tiny)  # (K, N)
     valid = torch.arange(k_max, device=inputs.device)[:, None] < counts[None, :]
     return ((1 - ratios) * valid).sum(0) / counts.to(ratios.dtype)
@@ -190,7 +215,7 @@ class IROF(MeanOverImages):
 
     higher_is_better = True
 
-    def __init__(self, n_segments: int = 100, compactness: float = 10.0, batch_size: int = 128,
+    def __init__(self, n_segments: int = 100, compactness: float = 1.0, batch_size: int = 128,
                  output_fn: OutputFn | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.n_segments, self.compactness = check_int("n_segments", n_segments, 1), float(compactness)

@@ -13,7 +13,8 @@
 
 All ``N * samples`` perturbed images are explained together, a chunk of images per explainer call. The noise comes
 from a generator seeded by ``seed`` and is the same for every image of the batch (sample ``s`` adds the same
-``u_s`` to each), so an image's score depends neither on the other images nor on its DDP shard. The explanations are computed for
+``u_s`` to each), so with a deterministic explainer an image's score depends neither on the other images nor on
+its DDP shard (a stochastic one, such as SmoothGrad, draws per explainer call, and the calls' chunks depend on N). The explanations are computed for
 ``target`` (the true class, as in Quantus), by an :class:`~captum_ext.Explainer`.
 
 Example::
@@ -128,20 +129,21 @@ def local_lipschitz_estimate(
 class _RobustnessMetric(MeanOverImages):
     higher_is_better = False
     _score: Callable
-    _scale_name = "radius"
 
     def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.2, seed: int = 0,
                  output_fn: OutputFn | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.explainer = as_explainer(explainer)
         self.samples = check_int("samples", samples, 1)
-        self.scale = check_real(self._scale_name, scale, 0.0)
+        self.scale = check_real("scale", scale, 0.0)
         self.seed, self.output_fn = seed, output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor | None, target) -> None:
-        """Add a batch: the model, the inputs, their maps (or None to compute them) and the explained classes."""
-        self.add(type(self)._score(model, self.explainer, inputs, target, self.samples, self.scale, attributions,
-                                   self.seed, self.output_fn))
+        """Add a batch: the model, the inputs, their maps (or None to compute them) and the explained classes; an
+        image whose map is all zero has no relative change and is skipped."""
+        scores = type(self)._score(model, self.explainer, inputs, target, self.samples, self.scale, attributions,
+                                   self.seed, self.output_fn)
+        self.add(scores[~scores.isnan()])
 
 
 class MaxSensitivity(_RobustnessMetric):
@@ -160,10 +162,10 @@ class LocalLipschitzEstimate(_RobustnessMetric):
     """Mean over images of :func:`local_lipschitz_estimate`; DDP-synced. ``scale`` is the noise std (default 0.1)."""
 
     _score = staticmethod(local_lipschitz_estimate)
-    _scale_name = "std"
 
-    def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.1, **kwargs) -> None:
-        super().__init__(explainer, samples, scale, **kwargs)
+    def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.1, seed: int = 0,
+                 output_fn: OutputFn | None = None, **kwargs) -> None:
+        super().__init__(explainer, samples, scale, seed, output_fn, **kwargs)
 
 
 def _outputs(model: nn.Module, images: torch.Tensor, layer: str | None, output_fn: OutputFn | None, chunk: int
