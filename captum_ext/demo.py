@@ -19,8 +19,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -78,6 +82,33 @@ def run_demo(out: str | os.PathLike = "runs/demo", seed: int = 0, fast: bool = F
     Returns:
         The summary dict: accuracies, verdicts, and the paths of what was written.
     """
+    with _quiet_lightning():
+        return _run_demo(out, seed, fast, progress)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's per-fit info lines (accelerators, tips, "fit stopped") and its own deprecation and batch-count
+    warnings are hidden while the demo runs, so its ~10 trainings do not drown the stages; the demo's own findings
+    (e.g. ShortcutMonitor's warning) still show. Everything is restored afterwards."""
+    names = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+             "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+            warnings.filterwarnings("ignore", message=r".*does not have many workers")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _run_demo(out: str | os.PathLike, seed: int, fast: bool, progress: bool) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     epochs = 8 if fast else 15
