@@ -222,3 +222,24 @@ def test_occlusion_rank_correlation_is_one_where_occlusion_equals_the_method(bat
     same = occlusion_rank_correlation(model, "input_x_gradient", x, y, occlusion=pixelwise)
     torch.testing.assert_close(same, torch.ones(5), atol=1e-6, rtol=0)
     assert occlusion_rank_correlation(model, "random", x, y, occlusion=pixelwise).abs().mean() < 0.3
+
+
+def test_nan_inputs_or_maps_are_refused_and_the_model_is_left_alone(batch, model_guard):
+    """No silent wrong answer: a NaN input or map is a ValueError naming it; a model in train mode (BatchNorm) is
+    scored in eval mode and left exactly as it was."""
+    x, y = batch
+    model = model_guard(nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(64, 3)).train())
+    maps = torch.rand(5, 1, 8, 8)
+    faithfulness_correlation(model, x, maps, y, runs=4, subset_size=4)
+    irof(model, x, maps, y, n_segments=4)
+    max_sensitivity(model, "saliency", x, y, samples=2)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inputs"):
+        faithfulness_correlation(model, bad, maps, y, runs=4, subset_size=4)
+    with pytest.raises(ValueError, match="attributions"):
+        irof(model, x, maps * float("nan"), y)
+    with pytest.raises(ValueError, match="inputs"):
+        max_sensitivity(model, "saliency", bad, y, samples=2)
+    with pytest.raises(ValueError, match="attributions"):
+        random_logit(model, "saliency", x, y, attributions=maps.expand(5, 1, 8, 8) * float("nan"))

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from captum_ext._checks import check_int, class_targets
+from captum_ext._checks import check_finite, check_int, class_targets
 from captum_ext.attr.superpixels import superpixel_mask
 from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.metrics._scores import class_scores
@@ -55,6 +55,8 @@ def _check(inputs: torch.Tensor, attributions: torch.Tensor) -> None:
             or attributions.shape[-2:] != inputs.shape[-2:]:
         raise ValueError(f"Expected argument `attributions` to be (N, C or 1, H, W) for inputs {tuple(inputs.shape)}, but got "
                          f"{tuple(getattr(attributions, 'shape', ()))}.")
+    check_finite("inputs", inputs)
+    check_finite("attributions", attributions)
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from captum_ext import maps
-from captum_ext._checks import check_int, class_targets
+from captum_ext._checks import check_finite, check_int, class_targets
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.metrics.similarity import ssim_similarity
@@ -72,6 +72,7 @@ def random_logit(
     elif attributions.shape != inputs.shape:
         raise ValueError(f"Expected argument `attributions` to have the inputs' shape {tuple(inputs.shape)}, but got "
                          f"{tuple(attributions.shape)}.")
+    check_finite("attributions", attributions)
     other = recipe.attribute(model, inputs, other_classes(target, num_classes, seed), output_fn=output_fn)
     return ssim_similarity(maps.reduce_channels(attributions.detach(), reduce), maps.reduce_channels(other, reduce)).float()
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from captum_ext._checks import check_int, check_real, class_targets
+from captum_ext._checks import check_finite, check_int, check_real, class_targets
 from captum_ext.explainer import Explainer, as_explainer, images_per_pass
 from captum_ext.metrics._mean import MeanOverImages
 from captum_ext._context import eval_mode
@@ -65,13 +65,14 @@ def _perturbed_maps(
 def _prepare(model, explainer, inputs, target, attributions, output_fn) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
         raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {getattr(inputs, 'shape', inputs)!r}.")
+    check_finite("inputs", inputs)
     target = class_targets(target, inputs.shape[0], None, inputs.device)
     if attributions is None:
         attributions = as_explainer(explainer).attribute(model, inputs, target, output_fn=output_fn)
     elif attributions.shape != inputs.shape:
         raise ValueError(f"Expected argument `attributions` to have the inputs' shape {tuple(inputs.shape)}, but got "
                          f"{tuple(attributions.shape)}.")
-    return target, attributions.detach()
+    return target, check_finite("attributions", attributions.detach())
 
 
 def _sensitivities(model, explainer, inputs, target, samples, radius, attributions, seed, output_fn) -> torch.Tensor:
