@@ -62,7 +62,9 @@ class Synthetic(pl.LightningDataModule):
         self.batch_size = batch_size
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size)
@@ -72,9 +74,14 @@ def _fit(make_model, datamodule, epochs: int, monitor: TimedMonitor | None) -> t
     torch.manual_seed(0)
     module = ClassifierModule(make_model())
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=TensorBoardLogger(tempfile.mkdtemp(), name="bench"),
-        callbacks=[monitor] if monitor else [], enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tempfile.mkdtemp(), name="bench"),
+        callbacks=[monitor] if monitor else [],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
@@ -101,9 +108,13 @@ def _case(name: str, make_model, datamodule, epochs: int) -> None:
     warm = monitor.seconds[1:] or monitor.seconds  # the first check also chooses the probe set and warms up
     check = statistics.median(warm)
     print(f"== {name}: {epochs} epoch(s)")
-    print(f"  monitor check {check:.3f} s (first {monitor.seconds[0]:.3f} s) / bare Captum (Saliency + IG, 16 images) "
-          f"{bare:.3f} s = {check / bare:.2f}  (target <= 1.5)")
-    print(f"  fit with monitor {monitored_fit:.1f} s / without {bare_fit:.1f} s = {monitored_fit / bare_fit:.2f}  (target <= 1.25)")
+    print(
+        f"  monitor check {check:.3f} s (first {monitor.seconds[0]:.3f} s) / bare Captum (Saliency + IG, 16 images) "
+        f"{bare:.3f} s = {check / bare:.2f}  (target <= 1.5)"
+    )
+    print(
+        f"  fit with monitor {monitored_fit:.1f} s / without {bare_fit:.1f} s = {monitored_fit / bare_fit:.2f}  (target <= 1.25)"
+    )
 
 
 def main() -> None:

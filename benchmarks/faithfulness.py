@@ -36,8 +36,16 @@ from captum_ext._multigrid import solve_neighbour_average
 from captum_ext.imputation import Imputer, NoisyLinearImputer
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFSETS = [((-1, -1), 1 / 12), ((-1, 0), 1 / 6), ((-1, 1), 1 / 12), ((0, -1), 1 / 6),
-           ((0, 1), 1 / 6), ((1, -1), 1 / 12), ((1, 0), 1 / 6), ((1, 1), 1 / 12)]
+OFFSETS = [
+    ((-1, -1), 1 / 12),
+    ((-1, 0), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((0, 1), 1 / 6),
+    ((1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((1, 1), 1 / 12),
+]
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -71,8 +79,10 @@ def scipy_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         known = inside[~unknown]
         np.add.at(rhs, known, weight * image[:, ny[known], nx[known]].T)
     eye = np.arange(len(ys))
-    matrix = sp.coo_matrix((np.concatenate([*vals, diag]), (np.concatenate([*rows, eye]), np.concatenate([*cols, eye]))),
-                           shape=(len(ys), len(ys))).tocsc()
+    matrix = sp.coo_matrix(
+        (np.concatenate([*vals, diag]), (np.concatenate([*rows, eye]), np.concatenate([*cols, eye]))),
+        shape=(len(ys), len(ys)),
+    ).tocsc()
     out = image.astype(np.float64).copy()
     out[:, ys, xs] = spla.spsolve(matrix, rhs).reshape(len(ys), c).T
     return out
@@ -108,7 +118,9 @@ def bench_imputer() -> None:
     for n, size in ((32, 64), (8, 224)):
         x = torch.rand(n, 3, size, size, generator=gen)
         # ROAD-like masks: the top of a smooth random saliency map (blobs, not salt-and-pepper)
-        smooth = torch.nn.functional.interpolate(torch.rand(n, 1, 8, 8, generator=gen), size=(size, size), mode="bilinear")
+        smooth = torch.nn.functional.interpolate(
+            torch.rand(n, 1, 8, 8, generator=gen), size=(size, size), mode="bilinear"
+        )
         masks = {
             "random 50%": torch.rand(n, size, size, generator=gen) < 0.5,
             "blobs 50%": smooth[:, 0] > smooth.flatten(1).quantile(0.5, dim=1)[:, None, None],
@@ -119,14 +131,20 @@ def bench_imputer() -> None:
         imputer = NoisyLinearImputer(noise=0.0)
         print(f"   {n} RGB {size}x{size} images")
         for name, mask in masks.items():
-            ours = best_of(lambda: imputer(x, mask))
-            iterations = solve_neighbour_average(x, mask[:, None].expand(n, 3, size, size), imputer.tol, imputer.max_iter)[1]
+            ours = best_of(lambda: imputer(x, mask))  # noqa: B023 (called at once)
+            iterations = solve_neighbour_average(
+                x, mask[:, None].expand(n, 3, size, size), imputer.tol, imputer.max_iter
+            )[1]
             xn, mn = x.double().numpy(), mask.numpy()
-            coo = best_of(lambda: [scipy_fill(xn[i], mn[i]) for i in range(n)], repeats=2)
-            lil = best_of(lambda: [scipy_fill_lil(xn[i], mn[i]) for i in range(n)], repeats=2)
-            error = np.abs(imputer(x, mask).double().numpy() - np.stack([scipy_fill(xn[i], mn[i]) for i in range(n)])).max()
-            print(f"   {name:<11} torch {ours * 1e3:7.1f} ms ({iterations} iterations) | scipy COO {coo * 1e3:7.1f} ms: "
-                  f"{coo / ours:5.2f}x | scipy lil (ROAD-style) {lil * 1e3:7.1f} ms: {lil / ours:5.2f}x | max |diff| {error:.1e}")
+            coo = best_of(lambda: [scipy_fill(xn[i], mn[i]) for i in range(n)], repeats=2)  # noqa: B023
+            lil = best_of(lambda: [scipy_fill_lil(xn[i], mn[i]) for i in range(n)], repeats=2)  # noqa: B023
+            error = np.abs(
+                imputer(x, mask).double().numpy() - np.stack([scipy_fill(xn[i], mn[i]) for i in range(n)])
+            ).max()
+            print(
+                f"   {name:<11} torch {ours * 1e3:7.1f} ms ({iterations} iterations) | scipy COO {coo * 1e3:7.1f} ms: "
+                f"{coo / ours:5.2f}x | scipy lil (ROAD-style) {lil * 1e3:7.1f} ms: {lil / ours:5.2f}x | max |diff| {error:.1e}"
+            )
 
 
 # ---- 2. DeletionAUC vs. Quantus PixelFlipping ----------------------------------------------------------------
@@ -157,18 +175,35 @@ def bench_deletion() -> None:
         ours_metric.update(model, x, attr, y)
         return float(ours_metric.compute())
 
-    pixel_flipping = quantus.PixelFlipping(features_in_step=64, perturb_baseline=0.0, normalise=False, abs=True,
-                                           disable_warnings=True, display_progressbar=False)
+    pixel_flipping = quantus.PixelFlipping(
+        features_in_step=64,
+        perturb_baseline=0.0,
+        normalise=False,
+        abs=True,
+        disable_warnings=True,
+        display_progressbar=False,
+    )
 
     def theirs() -> np.ndarray:
-        return np.asarray(pixel_flipping(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=attr.numpy(),
-                                         device="cpu", softmax=True, batch_size=64))
+        return np.asarray(
+            pixel_flipping(
+                model=model,
+                x_batch=x.numpy(),
+                y_batch=y.numpy(),
+                a_batch=attr.numpy(),
+                device="cpu",
+                softmax=True,
+                batch_size=64,
+            )
+        )
 
     t_ours, t_theirs = best_of(ours), best_of(theirs)
     # Quantus's curve omits the unperturbed point
     curve = perturbation_curve(model, x, attr, y, steps=steps, batch_size=64)[:, 1:].numpy()
-    print(f"   DeletionAUC {t_ours * 1e3:7.1f} ms   Quantus {t_theirs * 1e3:7.1f} ms   time ratio ours/Quantus "
-          f"{t_ours / t_theirs:4.2f}   max |curve difference| {np.abs(curve - theirs()).max():.1e}")
+    print(
+        f"   DeletionAUC {t_ours * 1e3:7.1f} ms   Quantus {t_theirs * 1e3:7.1f} ms   time ratio ours/Quantus "
+        f"{t_ours / t_theirs:4.2f}   max |curve difference| {np.abs(curve - theirs()).max():.1e}"
+    )
 
 
 # ---- 3. peak RSS of ROAR's attribution pass over 10k vs. 40k lazily generated images ------------------------------
@@ -192,8 +227,14 @@ def rss_child(size: int) -> None:
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:
-        compute_rankings(SmallCNN(), Explainer("saliency"), LazyImages(size), Path(folder) / "rank.npy",
-                         batch_size=256, progress=False)
+        compute_rankings(
+            SmallCNN(),
+            Explainer("saliency"),
+            LazyImages(size),
+            Path(folder) / "rank.npy",
+            batch_size=256,
+            progress=False,
+        )
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 
 
@@ -201,7 +242,9 @@ def bench_rss() -> None:
     print("3. ROAR attribution pass (saliency, SmallCNN): peak RSS of a subprocess, lazily generated images")
     peaks = {}
     for size in (10_000, 40_000):
-        out = subprocess.run([sys.executable, __file__, "--rss-child", str(size)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(size)], capture_output=True, text=True, check=True
+        )
         peaks[size] = int(out.stdout.split()[-1]) / 1024
         print(f"   {size:>6} images: peak RSS {peaks[size]:7.1f} MB")
     print(f"   difference {peaks[40_000] - peaks[10_000]:+.1f} MB (target < 100 MB)")
@@ -239,14 +282,29 @@ def run_roar(workers: int, repeats: int, epochs: int, cache_dir: str, imputer_na
     data = CleverHansDigits(shortcut_class=None, noise=0.2)
     explainers = ["saliency", "integrated_gradients", "guided_backprop", "smoothgrad_sq", "vargrad"]
     trainer_kwargs = {"max_epochs": epochs, "accelerator": "cpu", "limit_val_batches": 0}
-    imputers = {"mean": None, "background": BackgroundNoiseImputer(0.2), "noisy_linear": NoisyLinearImputer(mean=data.train_mean)}
+    imputers = {
+        "mean": None,
+        "background": BackgroundNoiseImputer(0.2),
+        "noisy_linear": NoisyLinearImputer(mean=data.train_mean),
+    }
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
-                                                initargs=(1,)) as executor:
-        result = roar(small_cnn_module, data, explainers, fractions=(0.1, 0.3, 0.5, 0.7, 0.9), repeats=repeats,
-                      trainer_kwargs=trainer_kwargs, cache_dir=cache_dir, seed=0, executor=executor, batch_size=32,
-                      imputer=imputers[imputer_name])
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
+    ) as executor:
+        result = roar(
+            small_cnn_module,
+            data,
+            explainers,
+            fractions=(0.1, 0.3, 0.5, 0.7, 0.9),
+            repeats=repeats,
+            trainer_kwargs=trainer_kwargs,
+            cache_dir=cache_dir,
+            seed=0,
+            executor=executor,
+            batch_size=32,
+            imputer=imputers[imputer_name],
+        )
     print(result)
     print(f"wall time {time.perf_counter() - start:.0f} s with {workers} worker processes")
     (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
@@ -282,8 +340,10 @@ def run_road(epochs: int) -> None:
             deletion.update(model, x, explainer.attribute(model, x, y), y)
         cells = [" ".join(f"{v:.2f}" for v in r.accuracy.values()) for r in (morf, lerf)]
         print(f"{name:<22}{cells[0]:>34}{cells[1]:>34}{float(deletion.compute()):>14.3f}")
-    print(f"{'random':<22}{' '.join(f'{v:.2f}' for v in morf.random_accuracy.values()):>34}"
-          f"{' '.join(f'{v:.2f}' for v in lerf.random_accuracy.values()):>34}")
+    print(
+        f"{'random':<22}{' '.join(f'{v:.2f}' for v in morf.random_accuracy.values()):>34}"
+        f"{' '.join(f'{v:.2f}' for v in lerf.random_accuracy.values()):>34}"
+    )
     print(f"unmodified accuracy {morf.baseline_accuracy:.3f}")
 
 
@@ -295,8 +355,12 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--cache-dir", default="roar_cache")
-    parser.add_argument("--imputer", choices=("mean", "background", "noisy_linear"), default="mean",
-                        help="ROAR's training-mean fill, background-like noise (no visible mask shape), or ROAD's noisy linear fill")
+    parser.add_argument(
+        "--imputer",
+        choices=("mean", "background", "noisy_linear"),
+        default="mean",
+        help="ROAR's training-mean fill, background-like noise (no visible mask shape), or ROAD's noisy linear fill",
+    )
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:

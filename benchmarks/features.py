@@ -90,7 +90,10 @@ def _shift_drop(model, images: torch.Tensor, targets: list[int]) -> float:
     padded = F.pad(images, (2, 2, 2, 2))
     with torch.no_grad():
         base = model(images)[rows, targets]
-        moved = [model(padded[..., 2 - dy : 34 - dy, 2 - dx : 34 - dx])[rows, targets] for dy, dx in ((2, 0), (-2, 0), (0, 2), (0, -2))]
+        moved = [
+            model(padded[..., 2 - dy : 34 - dy, 2 - dx : 34 - dx])[rows, targets]
+            for dy, dx in ((2, 0), (-2, 0), (0, 2), (0, -2))
+        ]
     return float((1 - torch.stack(moved).mean(0) / base).mean())
 
 
@@ -136,7 +139,7 @@ def figures(folder: str, weights: str | None) -> None:
     fig.savefig(os.path.join(folder, "features_feature_maps.png"), dpi=110)
 
     settings = {
-        "naive ascent": dict(l2=0, tv=0, jitter=0, blur_every=0),
+        "naive ascent": {"l2": 0, "tv": 0, "jitter": 0, "blur_every": 0},
         "L2 + TV + jitter + blur (defaults)": {},
     }
     fig = Figure(figsize=(12, 2.9))
@@ -147,7 +150,9 @@ def figures(folder: str, weights: str | None) -> None:
         images, trace = ActivationMaximization(model, (1, 32, 32), value_range=(0.0, 1.0), **kwargs).visualize(
             target=classes, return_trace=True
         )
-        print(f"{name:<38} {_high_frequency_share(images):>9.3f} {_shift_drop(model, images, classes):>11.3f} {float(trace[-1].mean()):>12.2f}")
+        print(
+            f"{name:<38} {_high_frequency_share(images):>9.3f} {_shift_drop(model, images, classes):>11.3f} {float(trace[-1].mean()):>12.2f}"
+        )
         for c in classes:
             axes[row, c].imshow(images[c, 0].numpy(), cmap="gray", vmin=0, vmax=1)
             axes[row, c].set_xticks([]), axes[row, c].set_yticks([])
@@ -161,15 +166,19 @@ def figures(folder: str, weights: str | None) -> None:
     batches = [(x[i : i + 64], masks[i : i + 64]) for i in range(0, len(x), 64)]
     dissection = concept_iou(model, "features.relu3", batches, quantile=0.995, concepts=["tag"])
     ious, order = dissection.iou[:, 0].sort(descending=True)
-    print(f"\nNetwork Dissection, features.relu3 vs the shortcut tag (test split, q=0.995): best unit {int(order[0])} "
-          f"IoU {float(ious[0]):.3f}; next {float(ious[1]):.3f}; median {float(ious.median()):.3f}; "
-          f"detectors (IoU > 0.04): {len(dissection.detectors)} of {len(ious)}")
+    print(
+        f"\nNetwork Dissection, features.relu3 vs the shortcut tag (test split, q=0.995): best unit {int(order[0])} "
+        f"IoU {float(ious[0]):.3f}; next {float(ious[1]):.3f}; median {float(ious.median()):.3f}; "
+        f"detectors (IoU > 0.04): {len(dissection.detectors)} of {len(ious)}"
+    )
     control = _trained_cnn(f"{weights}.control" if weights else None, control=True)
     control_result = concept_iou(control, "features.relu3", batches, quantile=0.995, concepts=["tag"])
     control_iou = control_result.iou[:, 0].sort(descending=True).values
-    print(f"control SmallCNN (tag independent of the label), same test images: best IoU {float(control_iou[0]):.3f}; "
-          f"next {float(control_iou[1]):.3f}; median {float(control_iou.median()):.3f}; "
-          f"units with IoU > 0.3: {int((control_iou > 0.3).sum())} vs {int((ious > 0.3).sum())} (shortcut model)")
+    print(
+        f"control SmallCNN (tag independent of the label), same test images: best IoU {float(control_iou[0]):.3f}; "
+        f"next {float(control_iou[1]):.3f}; median {float(control_iou.median()):.3f}; "
+        f"units with IoU > 0.3: {int((control_iou > 0.3).sum())} vs {int((ious > 0.3).sum())} (shortcut model)"
+    )
     fig = Figure(figsize=(8, 2.6))
     ax = fig.add_subplot(1, 1, 1)
     ax.bar(range(len(control_iou)), control_iou.numpy(), color="lightgray", label="control model (sorted)")
@@ -184,7 +193,9 @@ def figures(folder: str, weights: str | None) -> None:
     unit = int(order[0])
     top = top_activating_patches(model, "features.relu3", unit, [x[i : i + 64] for i in range(0, len(x), 64)], k=16)
     tagged_share = float(tagged[top.indices].float().mean())
-    print(f"top 16 patches of unit {unit}: receptive field {top.receptive_field}, {tagged_share:.0%} from tagged images")
+    print(
+        f"top 16 patches of unit {unit}: receptive field {top.receptive_field}, {tagged_share:.0%} from tagged images"
+    )
     top.plot().savefig(os.path.join(folder, "features_top_patches.png"), dpi=110)
 
 

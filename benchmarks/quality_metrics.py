@@ -73,45 +73,94 @@ def main() -> None:
     rows = [
         ("Sparseness", lambda: sparseness(attributions), lambda: quantus.Sparseness()(**common), "same"),
         ("Complexity", lambda: complexity(attributions), lambda: quantus.Complexity()(**common), "same"),
-        ("EffectiveComplexity", lambda: effective_complexity(attributions),
-         lambda: quantus.EffectiveComplexity(normalise=False)(**common), "same (Quantus with normalise=False)"),
-        ("RandomLogit", lambda: random_logit(model, explainer, x, y, 10, attributions, reduce="sum"),
-         lambda: quantus.RandomLogit(num_classes=10)(**common, explain_func=explain_func), "2-D SSIM vs flattened"),
-        ("FaithfulnessCorrelation", lambda: faithfulness_correlation(model, x, attributions, y, runs=r),
-         lambda: quantus.FaithfulnessCorrelation(nr_runs=r, return_aggregate=False)(**common), "random subsets"),
-        ("MonotonicityCorrelation", lambda: monotonicity_correlation(model, x, attributions, y, 16, samples=10),
-         lambda: quantus.MonotonicityCorrelation(features_in_step=16, nr_samples=10)(**common),
-         "random values: common draws vs per-group draws"),
-        ("IROF", lambda: irof(model, x, attributions, y),
-         lambda: quantus.IROF(return_aggregate=False)(**common), "per-step mean vs Quantus' unnormalised area"),
-        ("MaxSensitivity", lambda: max_sensitivity(model, explainer, x, y, samples=s, attributions=attributions),
-         lambda: quantus.MaxSensitivity(nr_samples=s)(**common, explain_func=explain_func), "random noise"),
-        ("AvgSensitivity", lambda: avg_sensitivity(model, explainer, x, y, samples=s, attributions=attributions),
-         lambda: quantus.AvgSensitivity(nr_samples=s)(**common, explain_func=explain_func), "random noise"),
-        ("LocalLipschitzEstimate",
-         lambda: local_lipschitz_estimate(model, explainer, x, y, samples=s, attributions=attributions),
-         lambda: quantus.LocalLipschitzEstimate(nr_samples=s)(**common, explain_func=explain_func),
-         "random noise; per-image vs batch-wide max"),
-        *[(f"Relative{kind.title()}Stability",
-           lambda kind=kind: relative_stability(kind, model, explainer, x, y, samples=s, attributions=attributions,
-                                                layer="features.relu3" if kind == "representation" else None),
-           lambda cls=cls, extra=extra: cls(nr_samples=s, **extra)(**common, explain_func=explain_func),
-           "noise [-0.2, 0.2] vs [0.02, 0.2]; nanmax vs max")
-          for kind, cls, extra in (("input", quantus.RelativeInputStability, {}),
-                                   ("output", quantus.RelativeOutputStability, {}),
-                                   ("representation", quantus.RelativeRepresentationStability, {"layer_names": ["features.relu3"]}))],
+        (
+            "EffectiveComplexity",
+            lambda: effective_complexity(attributions),
+            lambda: quantus.EffectiveComplexity(normalise=False)(**common),
+            "same (Quantus with normalise=False)",
+        ),
+        (
+            "RandomLogit",
+            lambda: random_logit(model, explainer, x, y, 10, attributions, reduce="sum"),
+            lambda: quantus.RandomLogit(num_classes=10)(**common, explain_func=explain_func),
+            "2-D SSIM vs flattened",
+        ),
+        (
+            "FaithfulnessCorrelation",
+            lambda: faithfulness_correlation(model, x, attributions, y, runs=r),
+            lambda: quantus.FaithfulnessCorrelation(nr_runs=r, return_aggregate=False)(**common),
+            "random subsets",
+        ),
+        (
+            "MonotonicityCorrelation",
+            lambda: monotonicity_correlation(model, x, attributions, y, 16, samples=10),
+            lambda: quantus.MonotonicityCorrelation(features_in_step=16, nr_samples=10)(**common),
+            "random values: common draws vs per-group draws",
+        ),
+        (
+            "IROF",
+            lambda: irof(model, x, attributions, y),
+            lambda: quantus.IROF(return_aggregate=False)(**common),
+            "per-step mean vs Quantus' unnormalised area",
+        ),
+        (
+            "MaxSensitivity",
+            lambda: max_sensitivity(model, explainer, x, y, samples=s, attributions=attributions),
+            lambda: quantus.MaxSensitivity(nr_samples=s)(**common, explain_func=explain_func),
+            "random noise",
+        ),
+        (
+            "AvgSensitivity",
+            lambda: avg_sensitivity(model, explainer, x, y, samples=s, attributions=attributions),
+            lambda: quantus.AvgSensitivity(nr_samples=s)(**common, explain_func=explain_func),
+            "random noise",
+        ),
+        (
+            "LocalLipschitzEstimate",
+            lambda: local_lipschitz_estimate(model, explainer, x, y, samples=s, attributions=attributions),
+            lambda: quantus.LocalLipschitzEstimate(nr_samples=s)(**common, explain_func=explain_func),
+            "random noise; per-image vs batch-wide max",
+        ),
+        *[
+            (
+                f"Relative{kind.title()}Stability",
+                lambda kind=kind: relative_stability(
+                    kind,
+                    model,
+                    explainer,
+                    x,
+                    y,
+                    samples=s,
+                    attributions=attributions,
+                    layer="features.relu3" if kind == "representation" else None,
+                ),
+                lambda cls=cls, extra=extra: cls(nr_samples=s, **extra)(**common, explain_func=explain_func),
+                "noise [-0.2, 0.2] vs [0.02, 0.2]; nanmax vs max",
+            )
+            for kind, cls, extra in (
+                ("input", quantus.RelativeInputStability, {}),
+                ("output", quantus.RelativeOutputStability, {}),
+                ("representation", quantus.RelativeRepresentationStability, {"layer_names": ["features.relu3"]}),
+            )
+        ],
     ]
-    print(f"64 images 1x32x32, SmallCNN, |saliency|; {args.threads} threads; robustness {s} samples, "
-          f"faithfulness correlation {r} runs; median of {args.repeats}\n")
-    print(f"{'metric':<32} {'ours':>9} {'Quantus':>9} {'max |diff|':>10} {'ours s':>8} {'Quantus s':>9} {'speed-up':>9}  note")
+    print(
+        f"64 images 1x32x32, SmallCNN, |saliency|; {args.threads} threads; robustness {s} samples, "
+        f"faithfulness correlation {r} runs; median of {args.repeats}\n"
+    )
+    print(
+        f"{'metric':<32} {'ours':>9} {'Quantus':>9} {'max |diff|':>10} {'ours s':>8} {'Quantus s':>9} {'speed-up':>9}  note"
+    )
     for name, ours, theirs, note in rows:
         ours_s, ours_v = timed(ours, args.repeats)
         theirs_s, theirs_v = timed(theirs, args.repeats)
         ours_v = np.asarray(ours_v, dtype=float)
         theirs_v = np.asarray(theirs_v, dtype=float)
         diff = f"{np.nanmax(np.abs(ours_v - theirs_v)):10.2e}" if note.startswith("same") else f"{'-':>10}"
-        print(f"{name:<32} {np.nanmean(ours_v):9.4f} {np.nanmean(theirs_v):9.4f} {diff} {ours_s:8.4f} {theirs_s:9.4f} "
-              f"{theirs_s / ours_s:8.1f}x  {note}")
+        print(
+            f"{name:<32} {np.nanmean(ours_v):9.4f} {np.nanmean(theirs_v):9.4f} {diff} {ours_s:8.4f} {theirs_s:9.4f} "
+            f"{theirs_s / ours_s:8.1f}x  {note}"
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from collections.abc import Callable
 
 import torch
 import torchvision
-
 from _peak import peak_of
 
 from captum_ext import Explainer
@@ -81,12 +80,14 @@ def task(item: str, model: torch.nn.Module, x: torch.Tensor, target: torch.Tenso
     if item == "road":
         return lambda: road(model, [(x, target)], "saliency", fractions=(0.1, 0.5, 0.9))
     if item == "sanity":
-        return lambda: model_randomization_test(model, "saliency", x, target, layers=SANITY_LAYERS[name], similarity=("spearman_abs",))
+        return lambda: model_randomization_test(
+            model, "saliency", x, target, layers=SANITY_LAYERS[name], similarity=("spearman_abs",)
+        )
     region = torch.zeros(x.shape[-2:], dtype=torch.bool)
     region[:24, :24] = True
-    return lambda: CleverHansAudit("input_x_gradient", region=region, flip_images=x.shape[0], batch_size=x.shape[0]).run(
-        model, (x.cpu(), target.cpu())
-    )
+    return lambda: CleverHansAudit(
+        "input_x_gradient", region=region, flip_images=x.shape[0], batch_size=x.shape[0]
+    ).run(model, (x.cpu(), target.cpu()))
 
 
 def measure(call: Callable[[], object], device: str) -> dict[str, float]:
@@ -138,8 +139,22 @@ def main() -> None:
         print(f"\n{name}\n  {'what':<22}{'seconds':>10}{'x forward':>11}{'peak MiB':>11}{'x forward':>11}")
         reference: dict[str, float] = {}
         for item in items:
-            cmd = [sys.executable, __file__, "--model", name, "--measure", item, "--batch", str(args.batch),
-                   "--size", str(args.size), "--device", args.device, "--threads", str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--model",
+                name,
+                "--measure",
+                item,
+                "--batch",
+                str(args.batch),
+                "--size",
+                str(args.size),
+                "--device",
+                args.device,
+                "--threads",
+                str(args.threads),
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 print(f"  {item:<22}failed: {done.stderr.strip().splitlines()[-1][:100]}")
@@ -149,8 +164,11 @@ def main() -> None:
                 print(f"  {item:<22}refused: {result['error']}")
                 continue
             reference = reference or result
-            print(f"  {item:<22}{result['s']:>10.2f}{result['s'] / reference['s']:>11.1f}"
-                  f"{result['mib']:>11.0f}{result['mib'] / max(reference['mib'], 1.0):>11.1f}", flush=True)
+            print(
+                f"  {item:<22}{result['s']:>10.2f}{result['s'] / reference['s']:>11.1f}"
+                f"{result['mib']:>11.0f}{result['mib'] / max(reference['mib'], 1.0):>11.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ import sys
 import time
 
 import torch
+from _peak import peak_of
 from captum.attr import Saliency
 from torchvision.models.vision_transformer import VisionTransformer
-
-from _peak import peak_of
 
 from captum_ext.attr import AttentionRollout, GradientRollout
 from captum_ext.attr.attention import attention_maps
@@ -41,8 +40,13 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor]:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = VisionTransformer(
-            image_size=args.size, patch_size=16, num_layers=args.layers, num_heads=12, hidden_dim=768,
-            mlp_dim=3072, num_classes=1000,
+            image_size=args.size,
+            patch_size=16,
+            num_layers=args.layers,
+            num_heads=12,
+            hidden_dim=768,
+            mlp_dim=3072,
+            num_classes=1000,
         ).eval()
         torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-initialises the head
         x = torch.rand(args.batch, 3, args.size, args.size)
@@ -72,8 +76,20 @@ def peak_of_call(variant: str, model: torch.nn.Module, x: torch.Tensor) -> float
 
 def peak_child(args: argparse.Namespace, variant: str) -> float:
     """:func:`peak_of_call` of ``variant`` in a fresh interpreter, so no variant inherits another's pools."""
-    cmd = [sys.executable, __file__, "--peak-of", variant, "--batch", str(args.batch), "--size", str(args.size),
-           "--layers", str(args.layers), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--peak-of",
+        variant,
+        "--batch",
+        str(args.batch),
+        "--size",
+        str(args.size),
+        "--layers",
+        str(args.layers),
+        "--threads",
+        str(args.threads),
+    ]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["mib"]
 
 
@@ -103,8 +119,10 @@ def main() -> None:
             run(variant, model, x)
             times[variant].append(time.perf_counter() - start)
     best = {v: min(t) for v, t in times.items()}
-    print(f"ViT: {args.layers} layers, width 768, 12 heads, {args.size} px, batch {args.batch}, "
-          f"{args.threads} threads, best of {args.repeats}")
+    print(
+        f"ViT: {args.layers} layers, width 768, 12 heads, {args.size} px, batch {args.batch}, "
+        f"{args.threads} threads, best of {args.repeats}"
+    )
     for variant in timed:
         print(f"  {variant:<18} {best[variant]:8.3f} s   (all: {', '.join(f'{t:.3f}' for t in times[variant])})")
     print(f"rollout / plain forward:           {best['rollout'] / best['forward']:.3f}   (target <= 1.10)")

@@ -28,7 +28,12 @@ import torch
 
 from captum_ext import Explainer
 from captum_ext.models import SmallCNN
-from captum_ext.sanity import data_randomization_test, model_randomization_test, parameter_layers, train_on_random_labels
+from captum_ext.sanity import (
+    data_randomization_test,
+    model_randomization_test,
+    parameter_layers,
+    train_on_random_labels,
+)
 
 
 def _interleaved_medians(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -39,7 +44,7 @@ def _interleaved_medians(functions: dict[str, Callable[[], object]], repeats: in
     times: dict[str, list[float]] = {name: [] for name in functions}
     names = list(functions)
     for round_ in range(repeats):
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:  # rotate the order each round
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # rotate the order each round
             fn = functions[name]
             start = time.perf_counter()
             fn()
@@ -60,8 +65,16 @@ def _quantus_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Ca
     def run() -> object:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return metric(model=model, x_batch=x_np, y_batch=y_np, a_batch=None, explain_func=quantus.explain,
-                          explain_func_kwargs={"method": "Saliency"}, device="cpu", batch_size=len(y_np))
+            return metric(
+                model=model,
+                x_batch=x_np,
+                y_batch=y_np,
+                a_batch=None,
+                explain_func=quantus.explain,
+                explain_func_kwargs={"method": "Saliency"},
+                device="cpu",
+                batch_size=len(y_np),
+            )
 
     return run
 
@@ -84,29 +97,47 @@ def findings(images: int, train_images: int, figures: str | None) -> None:
     accuracy = float((model(x_test).argmax(1) == y_test).float().mean())
     print(f"SmallCNN trained 15 epochs: test accuracy {accuracy:.3f} ({time.perf_counter() - start:.0f} s)")
     probe = x_test[:images]
-    methods = ("saliency", "guided_backprop", "gradcam", "input_x_gradient", "integrated_gradients", "smoothgrad", "random")
+    methods = (
+        "saliency",
+        "guided_backprop",
+        "gradcam",
+        "input_x_gradient",
+        "integrated_gradients",
+        "smoothgrad",
+        "random",
+    )
     print(f"\nmodel randomisation, {images} test images, spearman_abs (first step = logits layer; last = all / conv1)")
-    print(f"{'method':<22}{'casc. first':>12}{'casc. last':>12}{'indep. last':>12}{'noise floor':>12}  passed  reproducible")
+    print(
+        f"{'method':<22}{'casc. first':>12}{'casc. last':>12}{'indep. last':>12}{'noise floor':>12}  passed  reproducible"
+    )
     for method in methods:
         cascading = model_randomization_test(model, method, probe)
         independent = model_randomization_test(model, method, probe, mode="independent", similarity=("spearman_abs",))
         sim = cascading.similarity["spearman_abs"]
-        print(f"{method:<22}{sim[0]:>12.3f}{sim[-1]:>12.3f}{independent.similarity['spearman_abs'][-1]:>12.3f}"
-              f"{cascading.noise_floor['spearman_abs']:>12.3f}  {str(cascading.passed):<6}  {cascading.reproducible}")
+        print(
+            f"{method:<22}{sim[0]:>12.3f}{sim[-1]:>12.3f}{independent.similarity['spearman_abs'][-1]:>12.3f}"
+            f"{cascading.noise_floor['spearman_abs']:>12.3f}  {str(cascading.passed):<6}  {cascading.reproducible}"
+        )
         if figures and method in ("saliency", "guided_backprop", "gradcam"):
             Path(figures).mkdir(parents=True, exist_ok=True)
             cascading.plot("curve").savefig(Path(figures) / f"sanity_curve_{method}.png", dpi=110)
             cascading.plot("maps").savefig(Path(figures) / f"sanity_maps_{method}.png", dpi=110)
     x_train, y_train, _ = digits.split("train")
     start = time.perf_counter()
-    random_model, train_accuracy, history = train_on_random_labels(model, (x_train[:train_images], y_train[:train_images]))
-    print(f"\ndata randomisation: {train_images} training images, permuted labels, defaults (lr 3e-3, batch 16, "
-          f"max 60 epochs): training accuracy {train_accuracy:.3f} after {len(history)} epochs "
-          f"({time.perf_counter() - start:.0f} s)")
+    random_model, train_accuracy, history = train_on_random_labels(
+        model, (x_train[:train_images], y_train[:train_images])
+    )
+    print(
+        f"\ndata randomisation: {train_images} training images, permuted labels, defaults (lr 3e-3, batch 16, "
+        f"max 60 epochs): training accuracy {train_accuracy:.3f} after {len(history)} epochs "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     for method in ("saliency", "guided_backprop", "gradcam", "input_x_gradient"):
         result = data_randomization_test(model, method, probe, random_model=random_model)
-        print(f"{method:<22} spearman_abs {result.similarity['spearman_abs'][0]:.3f}  ssim {result.similarity['ssim'][0]:.3f}"
-              f"  passed {result.passed}")
+        print(
+            f"{method:<22} spearman_abs {result.similarity['spearman_abs'][0]:.3f}  ssim {result.similarity['ssim'][0]:.3f}"
+            f"  passed {result.passed}"
+        )
 
 
 def vit_findings(images: int) -> None:
@@ -169,13 +200,20 @@ def main() -> None:
 
     print(f"SmallCNN, {args.images} images, L = {layers} layers, {args.threads} threads, median of {args.repeats}")
     print(f"(L + 1) saliency passes, back to back      {budget * 1e3:8.1f} ms")
-    print(f"ours, cascading, spearman_abs only         {t['ours'] * 1e3:8.1f} ms   ratio {t['ours'] / budget:5.2f}  (target <= 1.5)")
-    print(f"ours, cascading, all four similarities     {t['ours_all'] * 1e3:8.1f} ms   ratio {t['ours_all'] / budget:5.2f}")
+    print(
+        f"ours, cascading, spearman_abs only         {t['ours'] * 1e3:8.1f} ms   ratio {t['ours'] / budget:5.2f}  (target <= 1.5)"
+    )
+    print(
+        f"ours, cascading, all four similarities     {t['ours_all'] * 1e3:8.1f} ms   ratio {t['ours_all'] / budget:5.2f}"
+    )
     if quantus_run is None:
         print("Quantus MPRT: skipped: quantus not installed")
         return
-    print(f"Quantus 0.6.0 MPRT top_down, Saliency      {t['quantus'] * 1e3:8.1f} ms   ratio {t['quantus'] / budget:5.2f}")
+    print(
+        f"Quantus 0.6.0 MPRT top_down, Saliency      {t['quantus'] * 1e3:8.1f} ms   ratio {t['quantus'] / budget:5.2f}"
+    )
     print(f"Quantus / ours (spearman only)             {t['quantus'] / t['ours']:8.2f}x   (target >= 2)")
+
 
 if __name__ == "__main__":
     main()

@@ -47,8 +47,12 @@ def main() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     cores = os.cpu_count() or 1
     data = CleverHansDigits(shortcut_class=None)
-    settings = {"fractions": args.fractions, "repeats": args.repeats, "trainer_kwargs": {"max_epochs": args.epochs},
-                "progress": False}
+    settings = {
+        "fractions": args.fractions,
+        "repeats": args.repeats,
+        "trainer_kwargs": {"max_epochs": args.epochs},
+        "progress": False,
+    }
     runs = 2 * len(args.fractions) * args.repeats
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -88,8 +92,10 @@ def main() -> None:
     print(f"\n{runs} retrainings of SmallCNN, {args.epochs} epochs each, {cores} cores")
     print(f"{'variant':<22} {'wall s':>8} {'s/run':>7} {'vs sequential':>14} {'vs 1 worker':>12}")
     for name, (seconds, _) in measured.items():
-        print(f"{name:<22} {seconds:8.1f} {seconds / runs:7.2f} {sequential / seconds:13.2f}x "
-              f"{measured['1 worker'][0] / seconds:11.2f}x")
+        print(
+            f"{name:<22} {seconds:8.1f} {seconds / runs:7.2f} {sequential / seconds:13.2f}x "
+            f"{measured['1 worker'][0] / seconds:11.2f}x"
+        )
     one_thread = [table for name, (_, table) in measured.items() if not name.startswith("sequential")]
     print("\nsame accuracy table on every executor (one thread per run):", all(t == one_thread[0] for t in one_thread))
 

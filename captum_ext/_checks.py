@@ -31,7 +31,13 @@ def check_int(name: str, value: object, minimum: int) -> int:
 
 
 def check_real(
-    name: str, value: object, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False, high_open: bool = False
+    name: str,
+    value: object,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
 ) -> float:
     """``value`` as a ``float`` if it is a finite real number (not a bool, never NaN or infinite) in the interval;
     otherwise a ValueError naming the argument and the interval.
@@ -73,7 +79,9 @@ def check_callable(name: str, value: object, form: str) -> object:
         TypeError: Expected argument `unpack` to be a callable (item -> (images, labels)) or None, but got str.
     """
     if value is not None and not callable(value):
-        raise TypeError(f"Expected argument `{name}` to be a callable ({form}) or None, but got {type(value).__name__}.")
+        raise TypeError(
+            f"Expected argument `{name}` to be a callable ({form}) or None, but got {type(value).__name__}."
+        )
     return value
 
 
@@ -93,7 +101,9 @@ def check_finite(name: str, tensor: torch.Tensor, cause: str = "") -> torch.Tens
         return tensor
     index = tuple(int(i) for i in (~finite).nonzero()[0])
     kind = "NaN" if bool(torch.isnan(tensor[index])) else "Inf"
-    raise ValueError(f"Expected `{name}` to be finite, but it holds {kind} at index {index}.{' ' + cause if cause else ''}")
+    raise ValueError(
+        f"Expected `{name}` to be finite, but it holds {kind} at index {index}.{' ' + cause if cause else ''}"
+    )
 
 
 def class_targets(
@@ -125,7 +135,9 @@ def class_targets(
     """
     if isinstance(target, torch.Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"Expected argument `{name}` to hold integer class indices, but got a tensor of {target.dtype}.")
+            raise TypeError(
+                f"Expected argument `{name}` to hold integer class indices, but got a tensor of {target.dtype}."
+            )
         index = target.detach().reshape(-1) if target.dim() == 0 else target.detach()
         if target.dim() == 0:
             index = index.expand(n)
@@ -133,14 +145,18 @@ def class_targets(
         index = torch.full((n,), int(target), dtype=torch.long)
     elif isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
         if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in target):
-            raise TypeError(f"Expected argument `{name}` to be a sequence of int class indices, but got {list(target)!r}.")
+            raise TypeError(
+                f"Expected argument `{name}` to be a sequence of int class indices, but got {list(target)!r}."
+            )
         index = torch.tensor([int(t) for t in target], dtype=torch.long)
     else:
         raise TypeError(
             f"Expected argument `{name}` to be an int, a sequence of ints or an integer tensor, but got {target!r}."
         )
     if index.shape != (n,):
-        raise ValueError(f"Expected argument `{name}` to be an int or hold one index per input ({n},), but got shape {tuple(index.shape)}.")
+        raise ValueError(
+            f"Expected argument `{name}` to be an int or hold one index per input ({n},), but got shape {tuple(index.shape)}."
+        )
     index = index.to(device=device, dtype=torch.long, copy=True)  # a normal tensor even if made in inference mode
     upper = num_classes if num_classes is not None else None
     bad = (index < 0) if upper is None else (index < 0) | (index >= upper)

@@ -41,7 +41,11 @@ _COARSEST = 4
 
 def _slices(offset: int, size: int) -> tuple[slice, slice]:
     """(target, source) slices so that ``target[i] = source[i + offset]`` over the indices where both exist."""
-    return (slice(0, size - offset), slice(offset, size)) if offset >= 0 else (slice(-offset, size), slice(0, size + offset))
+    return (
+        (slice(0, size - offset), slice(offset, size))
+        if offset >= 0
+        else (slice(-offset, size), slice(0, size + offset))
+    )
 
 
 def _neighbour_sum(z: torch.Tensor) -> torch.Tensor:
@@ -126,12 +130,18 @@ class _VCycle:
             stencil = _coarsen(stencil)
             diagonal = stencil[:, :, 1, 1]
             self.stencils.append(stencil)
-            self.inverse_diagonal.append(torch.where(diagonal > 0, 1.0 / diagonal.clamp(min=1e-30), torch.zeros_like(diagonal)))
+            self.inverse_diagonal.append(
+                torch.where(diagonal > 0, 1.0 / diagonal.clamp(min=1e-30), torch.zeros_like(diagonal))
+            )
         n, m, _, _, h, w = stencil.shape
         basis = torch.eye(h * w, dtype=stencil.dtype, device=stencil.device).reshape(1, h * w, h, w)
         # column k of the dense coarsest matrix is A e_k; a plane that removed everything gives a singular matrix
-        columns = torch.stack([_apply_stencil(stencil[:, j : j + 1], basis.expand(n, -1, -1, -1).clone()) for j in range(m)], 1)
-        self.coarsest_inverse = torch.linalg.pinv(columns.reshape(n, m, h * w, h * w).transpose(-1, -2).double(), hermitian=True).float()
+        columns = torch.stack(
+            [_apply_stencil(stencil[:, j : j + 1], basis.expand(n, -1, -1, -1).clone()) for j in range(m)], 1
+        )
+        self.coarsest_inverse = torch.linalg.pinv(
+            columns.reshape(n, m, h * w, h * w).transpose(-1, -2).double(), hermitian=True
+        ).float()
 
     def _apply(self, level: int, z: torch.Tensor) -> torch.Tensor:
         return _apply_fine(self.unknown, self.degree, z) if level == 0 else _apply_stencil(self.stencils[level - 1], z)
@@ -153,7 +163,9 @@ class _VCycle:
         return self._cycle((r / scale).float(), 0).to(r.dtype) * scale
 
 
-def solve_neighbour_average(inputs: torch.Tensor, mask: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, int]:
+def solve_neighbour_average(
+    inputs: torch.Tensor, mask: torch.Tensor, tol: float, max_iter: int
+) -> tuple[torch.Tensor, int]:
     """Solve the system of every (image, channel) plane of (N, C, H, W) ``inputs`` for the ``mask == True`` pixels
     of an (N, C, H, W) bool mask, in float64. Returns the solution (zero where nothing is removed) and the number of
     iterations. Converged when every plane's ``r' M r`` is below ``tol**2 * b' M b`` (M: the V-cycle)."""

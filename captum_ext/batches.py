@@ -49,7 +49,9 @@ def unpack_batch(item: Any, unpack: Unpack | None = None) -> tuple[Any, Any]:
     if unpack is not None:
         pair = unpack(item)
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise TypeError(f"Expected argument `unpack` to return an (images, labels) pair, but it returned {type(pair).__name__}.")
+            raise TypeError(
+                f"Expected argument `unpack` to return an (images, labels) pair, but it returned {type(pair).__name__}."
+            )
         return pair[0], pair[1]
     if isinstance(item, (tuple, list)) and len(item) >= 2:
         return item[0], item[1]

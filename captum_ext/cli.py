@@ -40,15 +40,24 @@ def _parser() -> argparse.ArgumentParser:
     }
     for name in FIELDS:
         sub = commands.add_parser(
-            name, help=about[name], description=about[name], epilog=field_help(name),
+            name,
+            help=about[name],
+            description=about[name],
+            epilog=field_help(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.add_argument("--config", required=True, help="YAML file with the fields listed below")
         if name == "roar":  # the steps of a job array (Slurm): plan once, one run per task, collect once
             steps = sub.add_mutually_exclusive_group()
-            steps.add_argument("--plan", action="store_true", help="train the base model, rank, write plan.json; no retraining")
-            steps.add_argument("--run-index", type=int, metavar="I", help="execute run I of the plan (e.g. $SLURM_ARRAY_TASK_ID)")
-            steps.add_argument("--collect", action="store_true", help="write roar.json / roar.png from the finished runs")
+            steps.add_argument(
+                "--plan", action="store_true", help="train the base model, rank, write plan.json; no retraining"
+            )
+            steps.add_argument(
+                "--run-index", type=int, metavar="I", help="execute run I of the plan (e.g. $SLURM_ARRAY_TASK_ID)"
+            )
+            steps.add_argument(
+                "--collect", action="store_true", help="write roar.json / roar.png from the finished runs"
+            )
     return parser
 
 
@@ -82,17 +91,26 @@ def _run_roar(config: dict, step: dict[str, Any], path: str = "FILE") -> None:
     }
     first = step.get("plan") or not step
     try:
-        plan = roar_plan(factory, build_datamodule(config), _explainers(config),
-                         cache_dir=config.get("cache_dir") or out / "cache", keep=bool(config.get("keep", False)),
-                         compute=first, progress=first, **kwargs)
+        plan = roar_plan(
+            factory,
+            build_datamodule(config),
+            _explainers(config),
+            cache_dir=config.get("cache_dir") or out / "cache",
+            keep=bool(config.get("keep", False)),
+            compute=first,
+            progress=first,
+            **kwargs,
+        )
     except FileNotFoundError as err:
         raise ConfigError(str(err)) from err
     if step.get("plan"):
         write_json_atomic({"runs": plan.describe(), "cache_dir": str(plan.cache_dir)}, out / "plan.json", indent=1)
         last = len(plan) - 1
-        print(f"{plan}\nwrote {out / 'plan.json'}\n\nrun each index, e.g. as a Slurm job array:\n"
-              f"  sbatch --array=0-{last} --wrap 'captum-ext roar --config {path} --run-index $SLURM_ARRAY_TASK_ID'\n"
-              f"then: captum-ext roar --config {path} --collect")
+        print(
+            f"{plan}\nwrote {out / 'plan.json'}\n\nrun each index, e.g. as a Slurm job array:\n"
+            f"  sbatch --array=0-{last} --wrap 'captum-ext roar --config {path} --run-index $SLURM_ARRAY_TASK_ID'\n"
+            f"then: captum-ext roar --config {path} --collect"
+        )
         return
     if step.get("run_index") is not None:
         record = plan.run(step["run_index"])
@@ -100,8 +118,10 @@ def _run_roar(config: dict, step: dict[str, Any], path: str = "FILE") -> None:
         return
     if step.get("collect") and plan.missing():
         missing = plan.missing()
-        raise ConfigError(f"{len(missing)} of {len(plan)} runs have no record yet (indices {missing[:20]}"
-                          f"{' ...' if len(missing) > 20 else ''}); run them with --run-index first.")
+        raise ConfigError(
+            f"{len(missing)} of {len(plan)} runs have no record yet (indices {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''}); run them with --run-index first."
+        )
     result = plan.collect() if step.get("collect") else plan.execute()
     result.to_json(out / "roar.json")
     save_figure(result.plot(), out / "roar.png")

@@ -28,7 +28,16 @@ from torch import nn
 from captum_ext.batches import unpack_batch
 from captum_ext.explainer import METHODS, Explainer
 
-__all__ = ["ConfigError", "FIELDS", "load_config", "import_object", "build_explainer", "build_model", "build_datamodule", "probe_batch"]
+__all__ = [
+    "ConfigError",
+    "FIELDS",
+    "load_config",
+    "import_object",
+    "build_explainer",
+    "build_model",
+    "build_datamodule",
+    "probe_batch",
+]
 
 
 class ConfigError(ValueError):
@@ -132,8 +141,10 @@ def _trainer_kwargs(field: str, value: Any) -> None:
 
 #: The type and range of every typed field, checked by :func:`load_config` before anything runs.
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
-    **{f: _text for f in ("datamodule", "model", "module_factory", "out", "cache_dir", "checkpoint")},
-    **{f: lambda f_, v: _expect(isinstance(v, dict), f_, "a mapping", v) for f in ("datamodule_kwargs", "model_kwargs")},
+    **dict.fromkeys(("datamodule", "model", "module_factory", "out", "cache_dir", "checkpoint"), _text),
+    **{
+        f: lambda f_, v: _expect(isinstance(v, dict), f_, "a mapping", v) for f in ("datamodule_kwargs", "model_kwargs")
+    },
     "trainer_kwargs": _trainer_kwargs,
     "seed": lambda f, v: _expect(_is_int(v, 0), f, "an int >= 0", v),
     "repeats": lambda f, v: _expect(_is_int(v, 1), f, "an int >= 1", v),
@@ -145,12 +156,21 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
         isinstance(v, numbers.Real) and not isinstance(v, bool) and -1 <= v <= 1, f, "a number in [-1, 1]", v
     ),
     "fractions": lambda f, v: _expect(
-        isinstance(v, list) and bool(v) and all(isinstance(x, numbers.Real) and not isinstance(x, bool) and 0 < x < 1 for x in v),
-        f, "a non-empty list of numbers in (0, 1)", v,
+        isinstance(v, list)
+        and bool(v)
+        and all(isinstance(x, numbers.Real) and not isinstance(x, bool) and 0 < x < 1 for x in v),
+        f,
+        "a non-empty list of numbers in (0, 1)",
+        v,
     ),
-    "classes": lambda f, v: _expect(isinstance(v, list) and bool(v) and all(_is_int(c, 0) for c in v), f, "a list of class indices", v),
+    "classes": lambda f, v: _expect(
+        isinstance(v, list) and bool(v) and all(_is_int(c, 0) for c in v), f, "a list of class indices", v
+    ),
     "region": lambda f, v: _expect(
-        isinstance(v, list) and len(v) == 4 and all(_is_int(c, 0) for c in v), f, "a box [x0, y0, x1, y1] of ints or null", v
+        isinstance(v, list) and len(v) == 4 and all(_is_int(c, 0) for c in v),
+        f,
+        "a box [x0, y0, x1, y1] of ints or null",
+        v,
     ),
     "explainers": lambda f, v: _expect(isinstance(v, list) and bool(v), f, "a non-empty list", v),
 }
@@ -159,7 +179,9 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
 def import_object(path: Any, field: str) -> Any:
     """Resolve ``package.module:attribute`` (or a dotted path) named by config ``field``."""
     if not isinstance(path, str) or not path.strip():
-        raise ConfigError(f"Expected field `{field}` to be an import path 'package.module:attribute', but got {path!r}.")
+        raise ConfigError(
+            f"Expected field `{field}` to be an import path 'package.module:attribute', but got {path!r}."
+        )
     module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
     try:
         obj: Any = importlib.import_module(module_name)
@@ -182,10 +204,14 @@ def build_explainer(spec: Any, field: str = "explainers") -> Explainer:
     if isinstance(spec, str):
         spec = {"method": spec}
     if not isinstance(spec, dict) or "method" not in spec:
-        raise ConfigError(f"Expected each entry of `{field}` to be a short name or a mapping with `method`, but got {spec!r}.")
+        raise ConfigError(
+            f"Expected each entry of `{field}` to be a short name or a mapping with `method`, but got {spec!r}."
+        )
     extra = sorted(set(spec) - {"method", "layer", "name", "seed", "init_kwargs", "kwargs"})
     if extra:
-        raise ConfigError(f"Unknown key(s) {extra} in an entry of `{field}`; expected method, layer, name, seed, init_kwargs, kwargs.")
+        raise ConfigError(
+            f"Unknown key(s) {extra} in an entry of `{field}`; expected method, layer, name, seed, init_kwargs, kwargs."
+        )
     method = spec["method"]
     if isinstance(method, str) and method not in METHODS and (":" in method or "." in method):
         method = import_object(method, f"{field}.method")
@@ -206,12 +232,18 @@ def build_datamodule(config: dict) -> Any:
     """Instantiate the config's data module and run its ``setup``."""
     factory = import_object(config.get("datamodule"), "datamodule")
     if not callable(factory):
-        raise ConfigError(f"Expected field `datamodule` to name a LightningDataModule class or factory, but got {factory!r}.")
+        raise ConfigError(
+            f"Expected field `datamodule` to name a LightningDataModule class or factory, but got {factory!r}."
+        )
     try:
         datamodule = factory(**_mapping(config, "datamodule_kwargs"))
     except TypeError as err:
         raise ConfigError(f"Field `datamodule_kwargs`: {err}") from None
-    missing = [name for name in ("setup", "train_dataloader", "test_dataloader") if not callable(getattr(datamodule, name, None))]
+    missing = [
+        name
+        for name in ("setup", "train_dataloader", "test_dataloader")
+        if not callable(getattr(datamodule, name, None))
+    ]
     if missing:
         raise ConfigError(
             f"Expected field `datamodule` to build a LightningDataModule (with setup, train_dataloader and "
@@ -247,7 +279,9 @@ def build_model(config: dict, datamodule: Any) -> nn.Module:
     if epochs is not None:
         if not isinstance(epochs, numbers.Integral) or epochs < 1:
             raise ConfigError(f"Expected field `train_epochs` to be a positive int, but got {epochs!r}.")
-        fit_classifier(model, datamodule, max_epochs=int(epochs), seed=int(config.get("seed", 0)), enable_progress_bar=True)
+        fit_classifier(
+            model, datamodule, max_epochs=int(epochs), seed=int(config.get("seed", 0)), enable_progress_bar=True
+        )
     return model.eval()
 
 

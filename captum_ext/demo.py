@@ -35,7 +35,13 @@ from captum_ext._context import eval_mode
 from captum_ext._io import write_json_atomic, write_text_atomic
 from captum_ext.attr import AttentionRollout
 from captum_ext.audit import CleverHansAudit
-from captum_ext.callbacks import AttributionMonitor, EmbeddingProjector, FilterMonitor, RandomizationMonitor, ShortcutMonitor
+from captum_ext.callbacks import (
+    AttributionMonitor,
+    EmbeddingProjector,
+    FilterMonitor,
+    RandomizationMonitor,
+    ShortcutMonitor,
+)
 from captum_ext.data import CleverHansDigits
 from captum_ext.evaluation import roar
 from captum_ext.evaluation._common import accuracy, predict
@@ -65,8 +71,9 @@ def _train_monitored(datamodule: CleverHansDigits, out: Path, epochs: int, seed:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = SmallCNN()
-    fit_classifier(model, datamodule, max_epochs=epochs, seed=seed, logger=logger, callbacks=monitors,
-                   enable_progress_bar=progress)
+    fit_classifier(
+        model, datamodule, max_epochs=epochs, seed=seed, logger=logger, callbacks=monitors, enable_progress_bar=progress
+    )
     return model, logger
 
 
@@ -91,8 +98,12 @@ def _quiet_lightning() -> Iterator[None]:
     """Lightning's per-fit info lines (accelerators, tips, "fit stopped") and its own deprecation and batch-count
     warnings are hidden while the demo runs, so its ~10 trainings do not drown the stages; the demo's own findings
     (e.g. ShortcutMonitor's warning) still show. Everything is restored afterwards."""
-    names = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
-             "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+    names = (
+        "pytorch_lightning.utilities.rank_zero",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning_fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+    )
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -100,7 +111,9 @@ def _quiet_lightning() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-            warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+            warnings.filterwarnings(
+                "ignore", message=r"The number of training batches .* is smaller than the logging interval"
+            )
             warnings.filterwarnings("ignore", message=r".*does not have many workers")
             yield
     finally:
@@ -135,7 +148,12 @@ def _run_demo(out: str | os.PathLike, seed: int, fast: bool, progress: bool) -> 
         f"{summary['test_accuracy']:.3f}; on the zeros {summary['shortcut_class_accuracy_tagged']:.3f} with the tag and "
         f"{summary['shortcut_class_accuracy_untagged']:.3f} with it removed. Maps, metrics and the shortcut ratio of "
         f"every epoch are in TensorBoard ({summary['tensorboard_logdir']}). ({time.perf_counter() - start:.0f} s)",
-        figures=[plots.overlay_grid(x[:8], {name: Explainer(name).saliency(model, x[:8], y[:8]) for name in ("saliency", "input_x_gradient")})],
+        figures=[
+            plots.overlay_grid(
+                x[:8],
+                {name: Explainer(name).saliency(model, x[:8], y[:8]) for name in ("saliency", "input_x_gradient")},
+            )
+        ],
     )
 
     failures = failure_modes(model, "input_x_gradient", x, y, limit=8)
@@ -156,7 +174,10 @@ def _run_demo(out: str | os.PathLike, seed: int, fast: bool, progress: bool) -> 
             f"Sanity check: {name}",
             text="Spearman rank correlation of |map| between the trained model and copies with layers randomised "
             "top-down (Adebayo et al. 2018). A method whose map survives randomisation does not show what was learned.",
-            table=[{"layer": layer, **{k: v[i] for k, v in result.similarity.items()}} for i, layer in enumerate(result.layers)],
+            table=[
+                {"layer": layer, **{k: v[i] for k, v in result.similarity.items()}}
+                for i, layer in enumerate(result.layers)
+            ],
             verdict=("passed" if result.passed else "FAILED: the map does not depend on the weights", result.passed),
             figures=[result.plot()],
         )
@@ -176,7 +197,10 @@ def _run_demo(out: str | os.PathLike, seed: int, fast: bool, progress: bool) -> 
         progress=progress,
     )
     result.to_json(out / "roar.json")
-    summary["roar"] = {"baseline_accuracy": result.baseline_accuracy, "accuracy": {k: {str(f): v for f, v in d.items()} for k, d in result.accuracy.items()}}
+    summary["roar"] = {
+        "baseline_accuracy": result.baseline_accuracy,
+        "accuracy": {k: {str(f): v for f, v in d.items()} for k, d in result.accuracy.items()},
+    }
     report.add_section(
         "ROAR",
         text="Test accuracy after removing each method's top pixels (filled with the training mean) and retraining "
@@ -200,7 +224,10 @@ def _run_demo(out: str | os.PathLike, seed: int, fast: bool, progress: bool) -> 
             text="Per class: share of positive input x gradient relevance in the region vs. its area, compared with a "
             "control model trained with the tag independent of the label, and proven by intervention (impute the region: "
             "accuracy drop; paste it on other classes: flip rate).",
-            table=[{"class": c, **{k: v for k, v in entry.items() if isinstance(v, (int, float, bool))}} for c, entry in audit.classes.items()],
+            table=[
+                {"class": c, **{k: v for k, v in entry.items() if isinstance(v, (int, float, bool))}}
+                for c, entry in audit.classes.items()
+            ],
             verdict=(f"flagged classes: {audit.flagged}" if audit.flagged else "nothing flagged", not audit.flagged),
             figures=[audit.plot()],
         )
@@ -222,10 +249,19 @@ def _run_demo(out: str | os.PathLike, seed: int, fast: bool, progress: bool) -> 
     print(f"    done in {time.perf_counter() - start:.0f} s")
 
     start = _stage("6/6 what the CNN learned")
-    classes = ActivationMaximization(model, tuple(x.shape[1:]), steps=64 if fast else 256, seed=seed).visualize(target=list(range(10)))
+    classes = ActivationMaximization(model, tuple(x.shape[1:]), steps=64 if fast else 256, seed=seed).visualize(
+        target=list(range(10))
+    )
     atlas_images = 120 if fast else 300
-    atlas = activation_atlas(model, "features.relu3", x[:atlas_images], y[:atlas_images], grid=4 if fast else 6,
-                             steps=16 if fast else 128, seed=seed)
+    atlas = activation_atlas(
+        model,
+        "features.relu3",
+        x[:atlas_images],
+        y[:atlas_images],
+        grid=4 if fast else 6,
+        steps=16 if fast else 128,
+        seed=seed,
+    )
     logger.experiment.add_figure("features/activation_atlas", atlas.plot(), global_step=0)
     report.add_section(
         "Representation views",
@@ -233,7 +269,11 @@ def _run_demo(out: str | os.PathLike, seed: int, fast: bool, progress: bool) -> 
         "total-variation, jitter and blur regularisers); and the activation atlas of the last convolution (Carter et "
         "al. 2019): one activation vector per test image laid out by t-SNE, each cell's mean vector visualised and "
         "titled with the class its activations support most (also in TensorBoard).",
-        figures=[_image_row(first_layer_filters(model)), _image_row(classes, [f"class {k}" for k in range(10)]), atlas.plot()],
+        figures=[
+            _image_row(first_layer_filters(model)),
+            _image_row(classes, [f"class {k}" for k in range(10)]),
+            atlas.plot(),
+        ],
     )
     print(f"    done in {time.perf_counter() - start:.0f} s")
 
@@ -266,14 +306,20 @@ def print_summary(summary: dict) -> None:
     c = summary["shortcut_class"]
     rows = [
         ("test accuracy", f"{summary['test_accuracy']:.3f}"),
-        (f"class {c} accuracy, tagged / tag removed",
-         f"{summary['shortcut_class_accuracy_tagged']:.3f} / {summary['shortcut_class_accuracy_untagged']:.3f}"),
+        (
+            f"class {c} accuracy, tagged / tag removed",
+            f"{summary['shortcut_class_accuracy_tagged']:.3f} / {summary['shortcut_class_accuracy_untagged']:.3f}",
+        ),
     ]
     rows += [(f"sanity check, {name}", "passed" if v["passed"] else "FAILED") for name, v in summary["sanity"].items()]
     rows += [("ROAR baseline accuracy", f"{summary['roar']['baseline_accuracy']:.3f}")]
-    rows += [(f"ROAR accuracy, {m}", ", ".join(f"{f}: {sum(v) / len(v):.3f}" for f, v in d.items()))
-             for m, d in summary["roar"]["accuracy"].items()]
-    rows += [(f"Clever Hans audit ({mode})", f"flagged {flagged}") for mode, flagged in summary["audit_flagged"].items()]
+    rows += [
+        (f"ROAR accuracy, {m}", ", ".join(f"{f}: {sum(v) / len(v):.3f}" for f, v in d.items()))
+        for m, d in summary["roar"]["accuracy"].items()
+    ]
+    rows += [
+        (f"Clever Hans audit ({mode})", f"flagged {flagged}") for mode, flagged in summary["audit_flagged"].items()
+    ]
     rows += [("rollout mass in the tag (TinyViT)", f"{summary['rollout_tag_mass']:.3f}")]
     width = max(len(name) for name, _ in rows)
     print("\ncaptum-ext demo summary")

@@ -151,7 +151,13 @@ def _noise_defaults(nt_type: str) -> Callable[[torch.Tensor], dict]:
         spread = float(x.detach().max() - x.detach().min()) or 1.0
         samples = 16
         chunk = min(samples, max(1, images_per_pass(x) // x.shape[0]))
-        return {"nt_type": nt_type, "nt_samples": samples, "nt_samples_batch_size": chunk, "stdevs": 0.15 * spread, "abs": False}
+        return {
+            "nt_type": nt_type,
+            "nt_samples": samples,
+            "nt_samples_batch_size": chunk,
+            "stdevs": 0.15 * spread,
+            "abs": False,
+        }
 
     return defaults
 
@@ -183,7 +189,9 @@ def _lime_defaults(x: torch.Tensor) -> dict:
     return {"perturbations_per_eval": min(64, 4 * images_per_pass(x[:1]))}  # Lime perturbs one image at a time
 
 
-def _ours_built(module: str, class_name: str, layer: bool) -> Callable[[nn.Module, nn.Module | None, dict], captum_attr.Attribution]:
+def _ours_built(
+    module: str, class_name: str, layer: bool
+) -> Callable[[nn.Module, nn.Module | None, dict], captum_attr.Attribution]:
     """Build ``module.class_name`` (imported late: those modules import this one), with the layer when ``layer``."""
 
     def build(model: nn.Module, resolved: nn.Module | None, kwargs: dict) -> captum_attr.Attribution:
@@ -233,7 +241,9 @@ METHODS: dict[str, _Method] = {
         )
         for name in ("smoothgrad", "smoothgrad_sq", "vargrad")
     },
-    "occlusion": _Method(lambda m, l, k: captum_attr.Occlusion(m, **k), _captum("Occlusion"), defaults=_occlusion_defaults),
+    "occlusion": _Method(
+        lambda m, l, k: captum_attr.Occlusion(m, **k), _captum("Occlusion"), defaults=_occlusion_defaults
+    ),
     "rollout": _Method(_rollout("AttentionRollout"), _ours("captum_ext.attr.rollout", "AttentionRollout")),
     "gradient_rollout": _Method(_rollout("GradientRollout"), _ours("captum_ext.attr.rollout", "GradientRollout")),
     "random": _Method(
@@ -241,7 +251,9 @@ METHODS: dict[str, _Method] = {
     ),
     "cam": _Method(_ours_built("captum_ext.attr.cam", "CAM", True), _ours("captum_ext.attr.cam", "CAM"), layer=True),
     "gradcam_plus_plus": _Method(
-        _ours_built("captum_ext.attr.cam", "GradCAMPlusPlus", True), _ours("captum_ext.attr.cam", "GradCAMPlusPlus"), layer=True
+        _ours_built("captum_ext.attr.cam", "GradCAMPlusPlus", True),
+        _ours("captum_ext.attr.cam", "GradCAMPlusPlus"),
+        layer=True,
     ),
     "layerwise_input_x_gradient": _Method(
         _ours_built("captum_ext.attr.layerwise", "LayerwiseInputXGradient", False),
@@ -256,7 +268,16 @@ METHODS: dict[str, _Method] = {
 }
 
 #: Keyword arguments the Explainer itself passes (or must not be given): never taken from ``attribute_kwargs``.
-_RESERVED = {"self", "inputs", "target", "return_convergence_delta", "forward_func", "model", "layer", "attribution_method"}
+_RESERVED = {
+    "self",
+    "inputs",
+    "target",
+    "return_convergence_delta",
+    "forward_func",
+    "model",
+    "layer",
+    "attribution_method",
+}
 
 
 def _keywords(function: Callable) -> tuple[set[str], bool]:
@@ -293,7 +314,9 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n]
         shown = ", ".join(repr(n) for n in names[:40]) + (", ..." if len(names) > 40 else "")
-        raise ValueError(f"Expected argument `layer` to name a submodule of the model; {name!r} is not one of {shown}.") from None
+        raise ValueError(
+            f"Expected argument `layer` to name a submodule of the model; {name!r} is not one of {shown}."
+        ) from None
 
 
 def forward_order(model: nn.Module, inputs: torch.Tensor, select: Callable[[nn.Module], bool]) -> list[str]:
@@ -340,8 +363,15 @@ def last_conv_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     return order[-1]
 
 
-_NOT_BLOCKS = (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd, nn.modules.pooling._AvgPoolNd,
-               nn.modules.pooling._MaxPoolNd, nn.Identity, nn.Dropout, nn.Dropout2d)
+_NOT_BLOCKS = (
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+)
 
 
 def default_cam_layer(model: nn.Module, inputs: torch.Tensor) -> str:
@@ -374,7 +404,9 @@ def default_cam_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     _probe_forward(model, inputs, blocks, record)
     last = max((i for i, (_, _, spatial) in enumerate(finished) if spatial), default=None)
     if last is None:
-        raise ValueError("Expected the model to have a spatial (N, C, h, w) feature map for Grad-CAM; pass `layer=` explicitly.")
+        raise ValueError(
+            "Expected the model to have a spatial (N, C, h, w) feature map for Grad-CAM; pass `layer=` explicitly."
+        )
     if any(rank == 3 for _, rank, _ in finished[last + 1 :]):
         raise ValueError(
             f"The model's last spatial feature map ({finished[last][0]!r}) is followed by token sequences: it is a patch "
@@ -402,7 +434,11 @@ def canonical(value: Any) -> Any:
     address)."""
     if isinstance(value, torch.Tensor):
         data = value.detach().cpu().contiguous()
-        return {"sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest(), "shape": list(data.shape), "dtype": str(data.dtype)}
+        return {
+            "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest(),
+            "shape": list(data.shape),
+            "dtype": str(data.dtype),
+        }
     if isinstance(value, dict):
         return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
@@ -412,12 +448,20 @@ def canonical(value: Any) -> Any:
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
     if isinstance(value, functools.partial):
-        return {"partial": canonical(value.func), "args": canonical(list(value.args)), "keywords": canonical(value.keywords)}
+        return {
+            "partial": canonical(value.func),
+            "args": canonical(list(value.args)),
+            "keywords": canonical(value.keywords),
+        }
     if callable(value) and hasattr(value, "__code__"):  # a function: its name, its compiled body, what it captured
         cells = [cell.cell_contents for cell in value.__closure__ or ()]
-        return {"function": f"{value.__module__}.{value.__qualname__}", "code": _code_digest(value.__code__),
-                "defaults": canonical(list(value.__defaults__ or ())), "kwdefaults": canonical(value.__kwdefaults__ or {}),
-                "closure": canonical(cells)}
+        return {
+            "function": f"{value.__module__}.{value.__qualname__}",
+            "code": _code_digest(value.__code__),
+            "defaults": canonical(list(value.__defaults__ or ())),
+            "kwdefaults": canonical(value.__kwdefaults__ or {}),
+            "closure": canonical(cells),
+        }
     attributes = {k: v for k, v in vars(value).items() if not k.startswith("_")} if hasattr(value, "__dict__") else {}
     return {"class": f"{type(value).__module__}.{type(value).__qualname__}", "attributes": canonical(attributes)}
 
@@ -466,7 +510,9 @@ class Explainer:
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"Expected argument `layer` to be a dotted module name (str) or None, but got {layer!r}.")
         if init_kwargs is not None and not isinstance(init_kwargs, dict):
-            raise TypeError(f"Expected argument `init_kwargs` to be a dict or None, but got {type(init_kwargs).__name__}.")
+            raise TypeError(
+                f"Expected argument `init_kwargs` to be a dict or None, but got {type(init_kwargs).__name__}."
+            )
         if method == "random" and attribute_kwargs:
             raise ValueError(
                 f"The 'random' explainer takes no attribute keyword arguments, but got {sorted(attribute_kwargs)}."
@@ -500,7 +546,9 @@ class Explainer:
         """Whether the method attributes to a layer (its maps are upsampled to the input)."""
         if self._spec is not None:
             return self._spec.layer
-        return issubclass(self.method, captum_attr.LayerAttribution) or issubclass(self.method, captum_attr.GuidedGradCam)
+        return issubclass(self.method, captum_attr.LayerAttribution) or issubclass(
+            self.method, captum_attr.GuidedGradCam
+        )
 
     @property
     def stochastic(self) -> bool:
@@ -651,7 +699,9 @@ class Explainer:
                 if setting
                 else "explain fewer images per call"
             )
-            raise type(error)(f"Explainer {self.name!r} ran out of memory on {tuple(x.shape)} inputs; {advice}. ({error})") from error
+            raise type(error)(
+                f"Explainer {self.name!r} ran out of memory on {tuple(x.shape)} inputs; {advice}. ({error})"
+            ) from error
 
     @staticmethod
     def _occlusion_baseline(baselines: Any, x: torch.Tensor) -> Any:
@@ -713,8 +763,17 @@ def _check_inputs(model: nn.Module, inputs: object) -> None:
     """A float, finite (N >= 1, C, H, W) tensor with the model's dtype and device, else an error saying what to fix."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point() or inputs.shape[0] == 0:
-        got = f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+    if (
+        not isinstance(inputs, torch.Tensor)
+        or inputs.dim() != 4
+        or not inputs.is_floating_point()
+        or inputs.shape[0] == 0
+    ):
+        got = (
+            f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}"
+            if isinstance(inputs, torch.Tensor)
+            else type(inputs).__name__
+        )
         raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor with N >= 1, but got {got}.")
     parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
     if parameter is not None and (parameter.dtype, parameter.device) != (inputs.dtype, inputs.device):
@@ -728,8 +787,10 @@ def _check_inputs(model: nn.Module, inputs: object) -> None:
 def _check_window(window: Any, image: tuple[int, ...]) -> None:
     """Occlusion's window: (C, h, w) ints, each between 1 and the image's size."""
     shape = tuple(window) if isinstance(window, (tuple, list)) else None
-    if shape is None or len(shape) != len(image) or not all(
-        isinstance(w, numbers.Integral) and 1 <= w <= s for w, s in zip(shape, image)
+    if (
+        shape is None
+        or len(shape) != len(image)
+        or not all(isinstance(w, numbers.Integral) and 1 <= w <= s for w, s in zip(shape, image))
     ):
         raise ValueError(
             f"Expected argument `sliding_window_shapes` to be a (C, h, w) tuple of ints within the image's {image}, "

@@ -83,7 +83,9 @@ def failure_modes(
     check_int("limit", limit, 1)
     labels = torch.as_tensor(labels, device=inputs.device).reshape(-1)
     if labels.shape[0] != inputs.shape[0]:
-        raise ValueError(f"Expected argument `labels` to have one class per image ({inputs.shape[0]}), but got {labels.shape[0]}.")
+        raise ValueError(
+            f"Expected argument `labels` to have one class per image ({inputs.shape[0]}), but got {labels.shape[0]}."
+        )
     with torch.no_grad(), eval_mode(model):
         predictions = predict(model, inputs, output_fn)
     wrong = torch.nonzero(predictions != labels).reshape(-1)[:limit]

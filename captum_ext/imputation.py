@@ -29,7 +29,15 @@ from captum_ext._checks import check_finite, check_int, check_real
 from captum_ext._multigrid import solve_neighbour_average
 from captum_ext.normalization import Normalization, check_normalization
 
-__all__ = ["Imputer", "MeanImputer", "ConstantImputer", "BlurImputer", "NoiseImputer", "NoisyLinearImputer", "gaussian_blur"]
+__all__ = [
+    "Imputer",
+    "MeanImputer",
+    "ConstantImputer",
+    "BlurImputer",
+    "NoiseImputer",
+    "NoisyLinearImputer",
+    "gaussian_blur",
+]
 
 
 def _check(inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -221,7 +229,13 @@ class NoisyLinearImputer(Imputer):
             if values.numel() == 0 or not torch.isfinite(values).all():
                 raise ValueError(f"Expected argument `mean` to be finite per-channel values or None, but got {mean!r}.")
             mean = values
-        self.noise, self.mean, self.seed, self.tol, self.max_iter = float(noise), mean, int(seed), float(tol), int(max_iter)
+        self.noise, self.mean, self.seed, self.tol, self.max_iter = (
+            float(noise),
+            mean,
+            int(seed),
+            float(tol),
+            int(max_iter),
+        )
 
     def fill(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n, c = inputs.shape[:2]
@@ -243,5 +257,7 @@ class NoisyLinearImputer(Imputer):
         solution = torch.where(everything, mean.reshape(1, c, 1, 1), solution)
         if self.noise > 0:
             gen = torch.Generator().manual_seed(self.seed)
-            solution = solution + self.noise * torch.randn(inputs.shape, generator=gen, dtype=torch.float64).to(inputs.device)
+            solution = solution + self.noise * torch.randn(inputs.shape, generator=gen, dtype=torch.float64).to(
+                inputs.device
+            )
         return solution

@@ -51,7 +51,9 @@ def _check_rank(maps: torch.Tensor, rank: int, name: str, form: str) -> None:
 def check_reduction(reduce: object) -> Reduction:
     """``reduce`` if it is one of :data:`REDUCTIONS`, else a ValueError naming the argument and the choices."""
     if reduce not in REDUCTIONS:
-        raise ValueError(f"Expected argument `reduce` to be one of {', '.join(map(repr, REDUCTIONS))}, but got {reduce!r}.")
+        raise ValueError(
+            f"Expected argument `reduce` to be one of {', '.join(map(repr, REDUCTIONS))}, but got {reduce!r}."
+        )
     return reduce
 
 

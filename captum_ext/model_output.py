@@ -54,7 +54,9 @@ def logits(output: Any, output_fn: OutputFn | None = None) -> torch.Tensor:
     if output_fn is not None:
         scores = output_fn(output)
         if not isinstance(scores, torch.Tensor):
-            raise TypeError(f"Expected argument `output_fn` to return a tensor, but it returned {type(scores).__name__}.")
+            raise TypeError(
+                f"Expected argument `output_fn` to return a tensor, but it returned {type(scores).__name__}."
+            )
         return scores
     if isinstance(output, torch.Tensor):
         return output

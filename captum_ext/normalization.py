@@ -46,7 +46,9 @@ class Normalization:
         if isinstance(mean, (str, bytes)) or not isinstance(mean, Sequence) or not mean:
             raise ValueError(f"Expected argument `mean` to be a sequence of per-channel values, but got {mean!r}.")
         if isinstance(std, (str, bytes)) or not isinstance(std, Sequence) or len(std) != len(mean):
-            raise ValueError(f"Expected argument `std` to hold one value per channel of `mean` ({len(mean)}), but got {std!r}.")
+            raise ValueError(
+                f"Expected argument `std` to hold one value per channel of `mean` ({len(mean)}), but got {std!r}."
+            )
         object.__setattr__(self, "mean", tuple(check_real("mean", m) for m in mean))
         object.__setattr__(self, "std", tuple(check_real("std", s, 0.0, low_open=True) for s in std))
 

@@ -24,7 +24,14 @@ from matplotlib.figure import Figure
 from captum_ext import maps as _maps
 from captum_ext.normalization import Normalization
 
-__all__ = ["overlay_grid", "curve_figure", "perturbation_figure", "class_mean_figure", "figure_to_png", "figure_to_array"]
+__all__ = [
+    "overlay_grid",
+    "curve_figure",
+    "perturbation_figure",
+    "class_mean_figure",
+    "figure_to_png",
+    "figure_to_array",
+]
 
 
 def _image(img: torch.Tensor, normalization: Normalization | None = None) -> np.ndarray:

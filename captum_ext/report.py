@@ -71,13 +71,17 @@ class Report:
 
     def to_html(self) -> str:
         """The whole report as one HTML string."""
-        parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
-                 f"<style>{_STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>"]
+        parts = [
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
+            f"<style>{_STYLE}</style></head><body><h1>{html.escape(self.title)}</h1>",
+        ]
         for i, section in enumerate(self.sections):
             parts.append(f"<section id='s{i}'><h2>{html.escape(section.title)}</h2>")
             if section.verdict is not None:
                 label, ok = section.verdict
-                parts.append(f"<p>Verdict: <span class='verdict {'pass' if ok else 'fail'}'>{html.escape(label)}</span></p>")
+                parts.append(
+                    f"<p>Verdict: <span class='verdict {'pass' if ok else 'fail'}'>{html.escape(label)}</span></p>"
+                )
             if section.text:
                 parts.append(f"<p>{html.escape(section.text)}</p>")
             if section.table:
@@ -87,7 +91,9 @@ class Report:
                     parts.append("<tr>" + "".join(f"<td>{_cell(row.get(c, ''))}</td>" for c in columns) + "</tr>")
                 parts.append("</table>")
             for png in section.figures:
-                parts.append(f"<img alt='{html.escape(section.title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+                parts.append(
+                    f"<img alt='{html.escape(section.title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+                )
             parts.append("</section>")
         parts.append("</body></html>")
         return "\n".join(parts)

@@ -36,8 +36,11 @@ def main(out: str, fast: bool) -> None:
     print("infidelity:", infidelity(vit, _perturb, x, attributions, target=y).tolist())
     print("sensitivity_max:", sensitivity_max(rollout.attribute, x, n_perturb_samples=2).tolist())
     figure, _ = visualization.visualize_image_attr(
-        attributions[0].permute(1, 2, 0).numpy(), x[0].permute(1, 2, 0).numpy(),
-        method="blended_heat_map", sign="positive", use_pyplot=False,
+        attributions[0].permute(1, 2, 0).numpy(),
+        x[0].permute(1, 2, 0).numpy(),
+        method="blended_heat_map",
+        sign="positive",
+        use_pyplot=False,
     )
     Path(out).mkdir(parents=True, exist_ok=True)
     figure.savefig(Path(out) / "captum_visualisation.png")

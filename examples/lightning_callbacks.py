@@ -1,7 +1,7 @@
 """Attach captum-ext's monitors to a Lightning Trainer and watch the explanations in TensorBoard.
 
-    python examples/lightning_callbacks.py [--fast] [--out runs/examples/callbacks]
-    tensorboard --logdir runs/examples/callbacks
+python examples/lightning_callbacks.py [--fast] [--out runs/examples/callbacks]
+tensorboard --logdir runs/examples/callbacks
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from captum_ext.attr import AttentionRollout, GradientRollout
 from captum_ext.data import CleverHansDigits
 from captum_ext.models import TinyViT, fit_classifier
@@ -25,7 +24,9 @@ def main(out: str, fast: bool) -> None:
     rollout = AttentionRollout(vit).attribute(images)[:, 0]
     gradient = GradientRollout(vit).attribute(images, target=labels)[:, 0]
     share = (rollout * data.region_mask).sum((1, 2)) / rollout.sum((1, 2))
-    print(f"rollout mass in the tag: {share.mean():.3f} (the tag is {data.region_mask.float().mean():.3f} of the image)")
+    print(
+        f"rollout mass in the tag: {share.mean():.3f} (the tag is {data.region_mask.float().mean():.3f} of the image)"
+    )
     Path(out).mkdir(parents=True, exist_ok=True)
     figure = overlay_grid(images[:8], {"rollout": rollout[:8], "gradient rollout": gradient[:8]})
     figure.savefig(Path(out) / "rollout.png")

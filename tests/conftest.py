@@ -66,8 +66,15 @@ def snapshot(model: nn.Module) -> dict:
     per-parameter ``requires_grad`` and ``.grad``, and the number of hooks of every kind."""
     hooks = 0
     for module in model.modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                     "_forward_hooks_with_kwargs", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_state_dict_hooks",
+            "_load_state_dict_pre_hooks",
+        ):
             hooks += len(getattr(module, attr, {}))
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},

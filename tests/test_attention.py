@@ -84,8 +84,16 @@ def reference_torchvision(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
 class MHAViT(nn.Module):
     """A ViT made of plain nn.MultiheadAttention: conv patches, CLS + registers, non-square inputs."""
 
-    def __init__(self, dim: int = 16, heads: int = 2, depth: int = 3, patch: int = 4, registers: int = 2,
-                 batch_first: bool = False, classes: int = 5):
+    def __init__(
+        self,
+        dim: int = 16,
+        heads: int = 2,
+        depth: int = 3,
+        patch: int = 4,
+        registers: int = 2,
+        batch_first: bool = False,
+        classes: int = 5,
+    ):
         super().__init__()
         self.batch_first = batch_first
         self.patch = nn.Conv2d(1, dim, patch, stride=patch)
@@ -130,8 +138,9 @@ def block_inputs(model: nn.Module, modules: list[nn.Module], x: torch.Tensor) ->
     names = {id(m): n for n, m in model.named_modules()}
     twin_modules = dict(twin.named_modules())
     seen: list[torch.Tensor] = []
-    handles = [twin_modules[names[id(m)]].register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
-               for m in modules]
+    handles = [
+        twin_modules[names[id(m)]].register_forward_pre_hook(lambda mod, args: seen.append(args[0])) for m in modules
+    ]
     try:
         with torch.no_grad():
             twin(x.double())
@@ -298,9 +307,11 @@ def test_explicit_path_refuses_masks(model_guard):
     mha = model_guard(seeded(lambda: nn.MultiheadAttention(8, 2)))
     holder = nn.ModuleDict({"patch": nn.Conv2d(1, 8, 4, stride=4), "attn": mha})
     y = torch.rand(5, 1, 8)
-    with pytest.raises(ValueError, match=r"without `attn_mask`.*register_adapter"):
-        with capture_attention(holder, lambda i, a: None):
-            mha(y, y, y, attn_mask=torch.zeros(5, 5))
+    with (
+        pytest.raises(ValueError, match=r"without `attn_mask`.*register_adapter"),
+        capture_attention(holder, lambda i, a: None),
+    ):
+        mha(y, y, y, attn_mask=torch.zeros(5, 5))
     assert "forward" not in mha.__dict__
 
 
@@ -356,7 +367,9 @@ def test_register_adapter_for_a_custom_architecture(model_guard):
         t = model.patch(x).flatten(2).transpose(1, 2)
         t = torch.cat([model.cls.expand(2, -1, -1), t], 1).double()
         q, k = F.linear(t, model.block.qk.weight.double(), model.block.qk.bias.double()).chunk(2, dim=-1)
-        torch.testing.assert_close(attn.maps[0][:, 0].double(), torch.softmax(q @ k.transpose(-1, -2), -1), atol=TOL, rtol=0)
+        torch.testing.assert_close(
+            attn.maps[0][:, 0].double(), torch.softmax(q @ k.transpose(-1, -2), -1), atol=TOL, rtol=0
+        )
     finally:
         ADAPTERS.remove(adapter)
     with pytest.raises(TypeError, match="Expected argument `adapter` to be an AttentionAdapter"):
@@ -368,8 +381,16 @@ def timm_vit(seed: int = 0) -> nn.Module:
     vision_transformer = pytest.importorskip("timm.models.vision_transformer")
     return seeded(
         lambda: vision_transformer.VisionTransformer(
-            img_size=(32, 48), patch_size=8, in_chans=1, num_classes=5, embed_dim=32, depth=2, num_heads=2,
-            mlp_ratio=2.0, reg_tokens=2, dynamic_img_size=True,
+            img_size=(32, 48),
+            patch_size=8,
+            in_chans=1,
+            num_classes=5,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=2.0,
+            reg_tokens=2,
+            dynamic_img_size=True,
         ),
         seed,
     )
@@ -402,9 +423,21 @@ def test_timm_dynamic_size_non_square(model_guard):
 
 def test_timm_swin_is_refused_with_the_reason():
     swin = pytest.importorskip("timm.models.swin_transformer")
-    model = seeded(lambda: swin.SwinTransformer(img_size=32, patch_size=2, in_chans=1, window_size=4, embed_dim=16,
-                                                depths=(1, 1), num_heads=(1, 2), num_classes=3))
-    with pytest.raises(ValueError, match=r"does not apply to SwinTransformer.*local \(shifted\) windows and merge patches"):
+    model = seeded(
+        lambda: swin.SwinTransformer(
+            img_size=32,
+            patch_size=2,
+            in_chans=1,
+            window_size=4,
+            embed_dim=16,
+            depths=(1, 1),
+            num_heads=(1, 2),
+            num_classes=3,
+        )
+    )
+    with pytest.raises(
+        ValueError, match=r"does not apply to SwinTransformer.*local \(shifted\) windows and merge patches"
+    ):
         attention_maps(model, torch.rand(1, 1, 32, 32))
 
 
@@ -412,8 +445,14 @@ def test_timm_swin_is_refused_with_the_reason():
 def hf_vit(seed: int = 0) -> nn.Module:
     transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(
-        image_size=32, patch_size=8, num_channels=1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=4,
+        image_size=32,
+        patch_size=8,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=4,
     )
     return seeded(lambda: transformers.ViTForImageClassification(config), seed)
 

@@ -103,13 +103,14 @@ def test_given_region_numbers_match_an_independent_reference(region_report, trai
 
 def test_box_region_equals_mask_region_and_custom_imputer(trained_cnn, probe, digits):
     x, y = probe
-    kwargs = dict(classes=[SHORTCUT, 3], max_images=150, imputer=MeanImputer(digits.train_mean))
+    kwargs = {"classes": [SHORTCUT, 3], "max_images": 150, "imputer": MeanImputer(digits.train_mean)}
     by_box = CleverHansAudit(EXPLAINER, region=digits.region_box, **kwargs).run(trained_cnn, (x, y))
     by_mask = CleverHansAudit(EXPLAINER, region=digits.region_mask, **kwargs).run(trained_cnn, (x, y))
     assert by_box.to_dict() == by_mask.to_dict()
     # the imputer is the one given: a bright constant fill *adds* a tag, so class 0 gains accuracy instead
-    bright = CleverHansAudit(EXPLAINER, region=digits.region_box, classes=[SHORTCUT], max_images=150,
-                             imputer=ConstantImputer(1.0)).run(trained_cnn, (x, y))
+    bright = CleverHansAudit(
+        EXPLAINER, region=digits.region_box, classes=[SHORTCUT], max_images=150, imputer=ConstantImputer(1.0)
+    ).run(trained_cnn, (x, y))
     assert bright.classes[SHORTCUT]["accuracy_drop"] <= 0.0 < by_box.classes[SHORTCUT]["accuracy_drop"]
 
 
@@ -123,7 +124,9 @@ def test_dataloader_and_prediction_target(trained_cnn, probe, digits):
     x, y = probe
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:120], y[:120]), batch_size=50)
     from_loader = CleverHansAudit(EXPLAINER, region=digits.region_mask, classes=[SHORTCUT]).run(trained_cnn, loader)
-    from_pair = CleverHansAudit(EXPLAINER, region=digits.region_mask, classes=[SHORTCUT]).run(trained_cnn, (x[:120], y[:120]))
+    from_pair = CleverHansAudit(EXPLAINER, region=digits.region_mask, classes=[SHORTCUT]).run(
+        trained_cnn, (x[:120], y[:120])
+    )
     assert from_loader.to_dict() == from_pair.to_dict()
     by_pred = CleverHansAudit(EXPLAINER, region=digits.region_mask, classes=[SHORTCUT], target="prediction").run(
         trained_cnn, loader
@@ -203,7 +206,10 @@ def test_spray_separates_tagged_from_untagged_images_of_the_shortcut_class(train
     is_tagged = torch.cat([torch.ones(len(tagged)), torch.zeros(len(clean))]).bool()
     result = spray(Explainer(EXPLAINER).attribute(trained_cnn, x, SHORTCUT), embed=False)
     assert result.n_clusters >= 2  # chosen by the eigengap
-    purity = [(float(is_tagged[result.labels == k].double().mean()), int((result.labels == k).sum())) for k in range(result.n_clusters)]
+    purity = [
+        (float(is_tagged[result.labels == k].double().mean()), int((result.labels == k).sum()))
+        for k in range(result.n_clusters)
+    ]
     best = max(range(result.n_clusters), key=lambda k: (purity[k][0], purity[k][1]))
     assert purity[best][0] >= 0.9
     assert int((is_tagged & (result.labels == best)).sum()) >= 0.8 * len(tagged)
@@ -270,17 +276,30 @@ def test_bad_input_errors(trained_cnn, probe):
         CleverHansAudit(EXPLAINER, region=torch.ones(16, 16, dtype=torch.bool)).run(trained_cnn, small)
     with pytest.raises(ValueError, match=r"Expected argument `region` to contain at least one True pixel"):
         CleverHansAudit(EXPLAINER, region=torch.zeros(32, 32, dtype=torch.bool))
-    with pytest.raises(TypeError, match=r"Expected argument `region` to be a bool tensor of shape \(H, W\), but got dtype torch.float32"):
+    with pytest.raises(
+        TypeError,
+        match=r"Expected argument `region` to be a bool tensor of shape \(H, W\), but got dtype torch.float32",
+    ):
         CleverHansAudit(EXPLAINER, region=torch.ones(32, 32))
-    with pytest.raises(ValueError, match=r"half-open \(x0, y0, x1, y1\) box of ints with 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32, but got \(20, 20, 40, 40\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"half-open \(x0, y0, x1, y1\) box of ints with 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32, but got \(20, 20, 40, 40\)",
+    ):
         CleverHansAudit(EXPLAINER, region=(20, 20, 40, 40)).run(trained_cnn, small)
     with pytest.raises(ValueError, match=r"but got \(5, 5, 5, 9\)"):
         CleverHansAudit(EXPLAINER, region=(5, 5, 5, 9))  # empty box
-    with pytest.raises(ValueError, match=r"Expected every class in argument `classes` to have images in the data .* no images for \[11\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected every class in argument `classes` to have images in the data .* no images for \[11\]",
+    ):
         CleverHansAudit(EXPLAINER, classes=[0, 11]).run(trained_cnn, small)
-    with pytest.raises(ValueError, match=r"Expected argument `target` to be one of 'label', 'prediction', but got 'predicted'"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `target` to be one of 'label', 'prediction', but got 'predicted'"
+    ):
         CleverHansAudit(EXPLAINER, target="predicted")
-    with pytest.raises(ValueError, match=r"Expected argument `ratio_threshold` to be a positive real number, but got -1"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `ratio_threshold` to be a positive real number, but got -1"
+    ):
         CleverHansAudit(EXPLAINER, ratio_threshold=-1)
     with pytest.raises(TypeError, match=r"Expected argument `explainer` to be an Explainer or a short name, but got 3"):
         CleverHansAudit(3)
@@ -290,7 +309,12 @@ def test_bad_input_errors(trained_cnn, probe):
         CleverHansAudit(EXPLAINER).run(trained_cnn, (x[:40], y[:39]))
     with pytest.raises(ValueError, match=r"Expected argument `maps` to hold at least 3 maps, but got 2"):
         spray(torch.rand(2, 8, 8))
-    with pytest.raises(ValueError, match=r"Expected argument `n_neighbors` to be an int in \[1, 9\] or None, but got 10"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `n_neighbors` to be an int in \[1, 9\] or None, but got 10"
+    ):
         spray(torch.rand(10, 8, 8), n_neighbors=10)
-    with pytest.raises(ValueError, match=r"Expected argument `size` to be an \(h, w\) pair of positive ints no larger than the maps \(8, 8\), but got \(16, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected argument `size` to be an \(h, w\) pair of positive ints no larger than the maps \(8, 8\), but got \(16, 16\)",
+    ):
         spray(torch.rand(10, 8, 8), size=(16, 16))

@@ -7,6 +7,7 @@ phrase that names the offending value), so a message that does not name it fails
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -18,7 +19,13 @@ from captum_ext import Explainer, maps
 from captum_ext.attr import AttentionRollout, GradientRollout, RawAttention
 from captum_ext.audit import CleverHansAudit
 from captum_ext.batches import unpack_batch
-from captum_ext.callbacks import AttributionMonitor, EmbeddingProjector, FilterMonitor, RandomizationMonitor, ShortcutMonitor
+from captum_ext.callbacks import (
+    AttributionMonitor,
+    EmbeddingProjector,
+    FilterMonitor,
+    RandomizationMonitor,
+    ShortcutMonitor,
+)
 from captum_ext.data import CleverHansDigits
 from captum_ext.evaluation import road
 from captum_ext.imputation import BlurImputer, ConstantImputer, MeanImputer, NoiseImputer, NoisyLinearImputer
@@ -52,8 +59,20 @@ def mask(shape=(32, 32), dtype=torch.bool):
     return torch.ones(shape, dtype=dtype)
 
 
-SHORT_NAMES = ["saliency", "input_x_gradient", "integrated_gradients", "guided_backprop", "gradcam", "guided_gradcam",
-               "smoothgrad", "smoothgrad_sq", "vargrad", "occlusion", "rollout", "gradient_rollout"]
+SHORT_NAMES = [
+    "saliency",
+    "input_x_gradient",
+    "integrated_gradients",
+    "guided_backprop",
+    "gradcam",
+    "guided_gradcam",
+    "smoothgrad",
+    "smoothgrad_sq",
+    "vargrad",
+    "occlusion",
+    "rollout",
+    "gradient_rollout",
+]
 
 CASES = [
     # -- Explainer(...) -------------------------------------------------------------------------------------------
@@ -63,17 +82,39 @@ CASES = [
     ("explainer", lambda: Explainer("gradcam", layer=3), TypeError, r"`layer`"),
     ("explainer", lambda: Explainer("gradcam", layer=["features"]), TypeError, r"`layer`"),
     ("explainer", lambda: Explainer("saliency", init_kwargs=[1]), TypeError, r"`init_kwargs`"),
-    ("explainer", lambda: Explainer("saliency", init_kwargs={"foo": 1}), TypeError, r"`init_kwargs` for 'saliency'.*'foo'"),
-    ("explainer", lambda: Explainer("rollout", init_kwargs={"fusion": "mean"}), TypeError, r"`init_kwargs` for 'rollout'"),
+    (
+        "explainer",
+        lambda: Explainer("saliency", init_kwargs={"foo": 1}),
+        TypeError,
+        r"`init_kwargs` for 'saliency'.*'foo'",
+    ),
+    (
+        "explainer",
+        lambda: Explainer("rollout", init_kwargs={"fusion": "mean"}),
+        TypeError,
+        r"`init_kwargs` for 'rollout'",
+    ),
     ("explainer", lambda: Explainer("saliency", seed="a"), TypeError, r"`seed`"),
     ("explainer", lambda: Explainer("saliency", seed=1.5), TypeError, r"`seed`"),
     ("explainer", lambda: Explainer("random", abs=True), ValueError, r"'random' explainer takes no attribute keyword"),
-    *[("explainer", (lambda m: lambda: Explainer(m, bogus=1))(m), TypeError, rf"`attribute` for '{m}'.*'bogus'")
-      for m in SHORT_NAMES],
+    *[
+        ("explainer", functools.partial(Explainer, m, bogus=1), TypeError, rf"`attribute` for '{m}'.*'bogus'")
+        for m in SHORT_NAMES
+    ],
     ("explainer", lambda: Explainer("integrated_gradients", n_steps=0), ValueError, r"`n_steps`"),
     ("explainer", lambda: Explainer("integrated_gradients", n_steps=2.5), ValueError, r"`n_steps`"),
-    ("explainer", lambda: Explainer("integrated_gradients", internal_batch_size=0), ValueError, r"`internal_batch_size`"),
-    ("explainer", lambda: Explainer("integrated_gradients", return_convergence_delta=True), TypeError, r"'return_convergence_delta'"),
+    (
+        "explainer",
+        lambda: Explainer("integrated_gradients", internal_batch_size=0),
+        ValueError,
+        r"`internal_batch_size`",
+    ),
+    (
+        "explainer",
+        lambda: Explainer("integrated_gradients", return_convergence_delta=True),
+        TypeError,
+        r"'return_convergence_delta'",
+    ),
     ("explainer", lambda: Explainer("smoothgrad", nt_samples=0), ValueError, r"`nt_samples`"),
     ("explainer", lambda: Explainer("smoothgrad", nt_samples_batch_size=0), ValueError, r"`nt_samples_batch_size`"),
     ("explainer", lambda: Explainer("smoothgrad", stdevs=NAN), ValueError, r"`stdevs`"),
@@ -91,7 +132,12 @@ CASES = [
     ("attribute", attribute(inputs=with_nan(X, INF)), ValueError, r"`inputs` to be finite, but it holds Inf"),
     ("attribute", attribute(inputs=X.double()), ValueError, r"`inputs` to have the model's dtype"),
     ("attribute", attribute(inputs=X.half()), ValueError, r"`inputs` to have the model's dtype"),
-    ("attribute", attribute(inputs=torch.rand(4, 3, 32, 32)), RuntimeError, r"forward failed on `inputs` of shape \(4, 3, 32, 32\).*channel count"),
+    (
+        "attribute",
+        attribute(inputs=torch.rand(4, 3, 32, 32)),
+        RuntimeError,
+        r"forward failed on `inputs` of shape \(4, 3, 32, 32\).*channel count",
+    ),
     ("attribute", attribute(target=-1), ValueError, r"`target`.*\[0, 4\)"),
     ("attribute", attribute(target=4), ValueError, r"`target`.*\[0, 4\)"),
     ("attribute", attribute(target=[0, 1, 2, 7]), ValueError, r"`target`.*got 7 at position 3"),
@@ -107,11 +153,24 @@ CASES = [
     ("attribute", attribute(output_fn=lambda out: out[:, 0]), TypeError, r"\(N, classes\).*`output_fn=`"),
     ("attribute", lambda: Explainer("gradcam", layer="features.nope").attribute(CNN, X, Y), ValueError, r"`layer`"),
     ("attribute", lambda: Explainer("gradcam").attribute(VIT, X, Y), ValueError, r"patch embedding.*gradient_rollout"),
-    ("attribute", lambda: Explainer("occlusion", sliding_window_shapes=(1, 40, 4)).attribute(CNN, X, Y), ValueError,
-     r"`sliding_window_shapes`"),
-    ("attribute", lambda: Explainer("occlusion", sliding_window_shapes=(4, 4)).attribute(CNN, X, Y), ValueError,
-     r"`sliding_window_shapes`"),
-    ("attribute", lambda: Explainer("occlusion", baselines=torch.zeros(3)).attribute(CNN, X, Y), ValueError, r"`baselines`"),
+    (
+        "attribute",
+        lambda: Explainer("occlusion", sliding_window_shapes=(1, 40, 4)).attribute(CNN, X, Y),
+        ValueError,
+        r"`sliding_window_shapes`",
+    ),
+    (
+        "attribute",
+        lambda: Explainer("occlusion", sliding_window_shapes=(4, 4)).attribute(CNN, X, Y),
+        ValueError,
+        r"`sliding_window_shapes`",
+    ),
+    (
+        "attribute",
+        lambda: Explainer("occlusion", baselines=torch.zeros(3)).attribute(CNN, X, Y),
+        ValueError,
+        r"`baselines`",
+    ),
     ("attribute", lambda: Explainer("saliency").saliency(CNN, X, Y, reduce="abs"), ValueError, r"`reduce`"),
     ("attribute", lambda: Explainer("rollout").attribute(CNN, X, Y), ValueError, r"recognisable attention"),
     # -- maps -----------------------------------------------------------------------------------------------------
@@ -175,7 +234,12 @@ CASES = [
     ("metrics", lambda: DeletionAUC().update(CNN, X, X.tolist(), Y), TypeError, r"`attributions`"),
     ("metrics", lambda: RelevanceMass(REGION[:8]).update(X[:, 0]), ValueError, r"`region`"),
     ("metrics", lambda: RelevanceMass(torch.zeros(32, 32, dtype=torch.bool)), ValueError, r"`region`"),
-    ("metrics", lambda: RelevanceMass(REGION).update(torch.full((2, 32, 32), NAN)), ValueError, r"`attributions` to be finite"),
+    (
+        "metrics",
+        lambda: RelevanceMass(REGION).update(torch.full((2, 32, 32), NAN)),
+        ValueError,
+        r"`attributions` to be finite",
+    ),
     ("metrics", lambda: PointingGame(REGION).update(X[0, 0]), ValueError, r"`maps`|`saliency`|`attributions`"),
     ("metrics", lambda: MapSimilarity(metrics=("cosine",)), ValueError, r"`metrics`|`similarity`"),
     # -- road -----------------------------------------------------------------------------------------------------
@@ -191,7 +255,12 @@ CASES = [
     ("road", lambda: road(CNN, LOADER, "saliency", output_fn=3), TypeError, r"`output_fn`"),
     ("road", lambda: road(CNN, LOADER, "saliency", unpack="image"), TypeError, r"`unpack`"),
     ("road", lambda: road(CNN, [], "saliency"), ValueError, r"`dataloader`"),
-    ("road", lambda: road(CNN, [{"photo": X, "tag": Y}], "saliency"), TypeError, r"keys 'photo', 'tag'; pass `unpack=`"),
+    (
+        "road",
+        lambda: road(CNN, [{"photo": X, "tag": Y}], "saliency"),
+        TypeError,
+        r"keys 'photo', 'tag'; pass `unpack=`",
+    ),
     ("road", lambda: road(CNN, [(with_nan(X), Y)], "saliency"), ValueError, r"`inputs` to be finite"),
     ("road", lambda: road(CNN, [(X, Y + 4)], "saliency"), ValueError, r"`target`"),
     # -- sanity ---------------------------------------------------------------------------------------------------
@@ -204,8 +273,18 @@ CASES = [
     ("sanity", lambda: model_randomization_test(CNN, "saliency", X, seed="a"), TypeError, r"`seed`"),
     ("sanity", lambda: model_randomization_test(CNN, "saliency", X, keep_maps=-1), ValueError, r"`keep_maps`"),
     ("sanity", lambda: model_randomization_test(CNN, "saliency", X, mode="all"), ValueError, r"`mode`"),
-    ("sanity", lambda: model_randomization_test(CNN, "saliency", X, similarity=["cosine"]), ValueError, r"`similarity`"),
-    ("sanity", lambda: model_randomization_test(CNN, "saliency", X, layers=["features.nope"]), ValueError, r"`layers`|`layer`"),
+    (
+        "sanity",
+        lambda: model_randomization_test(CNN, "saliency", X, similarity=["cosine"]),
+        ValueError,
+        r"`similarity`",
+    ),
+    (
+        "sanity",
+        lambda: model_randomization_test(CNN, "saliency", X, layers=["features.nope"]),
+        ValueError,
+        r"`layers`|`layer`",
+    ),
     ("sanity", lambda: model_randomization_test(CNN, "saliency", X, output_fn=3), TypeError, r"`output_fn`"),
     ("sanity", lambda: model_randomization_test(CNN, "saliency", X, target=-1), ValueError, r"`target`"),
     ("sanity", lambda: data_randomization_test(CNN, "saliency", X), ValueError, r"`train_data`.*`random_model`"),
@@ -213,7 +292,12 @@ CASES = [
     # -- audit ----------------------------------------------------------------------------------------------------
     ("audit", lambda: CleverHansAudit(3), TypeError, r"`explainer`"),
     ("audit", lambda: CleverHansAudit("saliency", region="corner"), TypeError, r"`region`"),
-    ("audit", lambda: CleverHansAudit("saliency", region=torch.zeros(2, 32, 32, dtype=torch.bool)), ValueError, r"`region`"),
+    (
+        "audit",
+        lambda: CleverHansAudit("saliency", region=torch.zeros(2, 32, 32, dtype=torch.bool)),
+        ValueError,
+        r"`region`",
+    ),
     ("audit", lambda: CleverHansAudit("saliency", region=(1, 2, 3)), ValueError, r"`region`|box"),
     ("audit", lambda: CleverHansAudit("saliency", region=(5, 5, 2, 2)), ValueError, r"`region`|box"),
     ("audit", lambda: CleverHansAudit("saliency", imputer=3), TypeError, r"`imputer`"),
@@ -232,8 +316,18 @@ CASES = [
     ("audit", lambda: CleverHansAudit("saliency", region=REGION).run("cnn", (X, Y)), TypeError, r"`model`"),
     ("audit", lambda: CleverHansAudit("saliency", region=REGION).run(CNN, 3), TypeError, r"`data`"),
     ("audit", lambda: CleverHansAudit("saliency", region=REGION[:16, :16]).run(CNN, (X, Y)), ValueError, r"`region`"),
-    ("audit", lambda: CleverHansAudit("saliency", region=REGION).run(CNN, (with_nan(X), Y)), ValueError, r"images in `data`"),
-    ("audit", lambda: CleverHansAudit("saliency", region=REGION, classes=[7]).run(CNN, (X, Y)), ValueError, r"class|`classes`"),
+    (
+        "audit",
+        lambda: CleverHansAudit("saliency", region=REGION).run(CNN, (with_nan(X), Y)),
+        ValueError,
+        r"images in `data`",
+    ),
+    (
+        "audit",
+        lambda: CleverHansAudit("saliency", region=REGION, classes=[7]).run(CNN, (X, Y)),
+        ValueError,
+        r"class|`classes`",
+    ),
     # -- callbacks ------------------------------------------------------------------------------------------------
     ("callbacks", lambda: AttributionMonitor([]), ValueError, r"`explainers`"),
     ("callbacks", lambda: AttributionMonitor(["saliency", "saliency"]), ValueError, r"`explainers`"),

@@ -38,10 +38,17 @@ EPOCHS, BATCHES = 2, 8  # the tensorboard fits train 8 of the 17 batches of 64 p
 
 
 def _trainer(trainer_cls=pl.Trainer, **kwargs):
-    settings = dict(
-        max_epochs=EPOCHS, accelerator="cpu", deterministic=True, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1, limit_val_batches=1,
-    )
+    settings = {
+        "max_epochs": EPOCHS,
+        "accelerator": "cpu",
+        "deterministic": True,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 1,
+        "limit_val_batches": 1,
+    }
     settings.update(kwargs)
     return trainer_cls(**settings)
 
@@ -81,7 +88,9 @@ def test_balanced_indices_counts_seeding_and_shards():
     assert len(set(chosen.tolist())) == 7
     assert torch.bincount(labels[chosen], minlength=3).tolist() == [3, 1, 3]  # class 1 runs out after one turn
     assert torch.equal(chosen, balanced_indices(labels, 7, seed=3))
-    assert any(not torch.equal(balanced_indices(labels, 4, seed=s), balanced_indices(labels, 4, seed=3)) for s in range(5))
+    assert any(
+        not torch.equal(balanced_indices(labels, 4, seed=s), balanced_indices(labels, 4, seed=3)) for s in range(5)
+    )
     assert sorted(set(labels[balanced_indices(labels, 9, classes=[0, 2])].tolist())) == [0, 2]
     many = torch.arange(100) % 10
     assert torch.bincount(many[balanced_indices(many, 25)], minlength=10).tolist() == [3] * 5 + [2] * 5
@@ -120,15 +129,26 @@ def test_randomized_copy_leaves_model_and_rng_alone(architecture, model_guard):
 def test_argument_errors(digits):
     with pytest.raises(ValueError, match=r"Expected argument `every_n_epochs` to be an int >= 1, but got 0"):
         AttributionMonitor(every_n_epochs=0)
-    with pytest.raises(ValueError, match=r"Expected argument `metrics` to hold distinct names from 'deletion_auc'.*'roar'"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `metrics` to hold distinct names from 'deletion_auc'.*'roar'"
+    ):
         AttributionMonitor(metrics=["roar"])
-    with pytest.raises(ValueError, match=r"`explainers` to be a non-empty sequence with unique names, but got \['saliency', 'saliency'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"`explainers` to be a non-empty sequence with unique names, but got \['saliency', 'saliency'\]",
+    ):
         AttributionMonitor(explainers=["saliency", "saliency"])
-    with pytest.raises(ValueError, match=r"Expected argument `target` to be one of 'label', 'prediction', but got 'truth'"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `target` to be one of 'label', 'prediction', but got 'truth'"
+    ):
         AttributionMonitor(target="truth")
-    with pytest.raises(TypeError, match=r"Expected argument `explainers` to be an Explainer or a short name, but got 3"):
+    with pytest.raises(
+        TypeError, match=r"Expected argument `explainers` to be an Explainer or a short name, but got 3"
+    ):
         AttributionMonitor(explainers=[3])
-    with pytest.raises(ValueError, match=r"Expected argument `probe` to be a dataset or an \(inputs \(M, C, H, W\), labels"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `probe` to be a dataset or an \(inputs \(M, C, H, W\), labels"
+    ):
         AttributionMonitor(probe=(torch.zeros(3, 1, 8, 8), torch.zeros(2)))
     with pytest.raises(ValueError, match=r"Expected argument `on_detect` to be one of 'warn', 'stop', but got 'halt'"):
         ShortcutMonitor("saliency", digits.region_mask, on_detect="halt")
@@ -136,7 +156,9 @@ def test_argument_errors(digits):
         ShortcutMonitor("saliency", digits.region_mask, threshold=-1)
     with pytest.raises(TypeError, match=r"Expected argument `region` to be a bool tensor"):
         ShortcutMonitor("saliency", digits.region_mask.float())
-    with pytest.raises(ValueError, match=r"Expected argument `monitor` to be one of the similarities 'ssim', but got 'spearman_abs'"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `monitor` to be one of the similarities 'ssim', but got 'spearman_abs'"
+    ):
         RandomizationMonitor("saliency", similarity=("ssim",))
     with pytest.raises(ValueError, match=r"Expected argument `thumbnail_size` to be an int >= 4, but got 2"):
         EmbeddingProjector(thumbnail_size=2)
@@ -151,7 +173,11 @@ def _all_callbacks(digits):
         "EmbeddingProjector": lambda: EmbeddingProjector(max_samples=40),
     }
     classes = [getattr(callbacks_module, n) for n in callbacks_module.__all__]
-    classes = [c for c in classes if isinstance(c, type) and issubclass(c, ExplanationCallback) and c is not ExplanationCallback]
+    classes = [
+        c
+        for c in classes
+        if isinstance(c, type) and issubclass(c, ExplanationCallback) and c is not ExplanationCallback
+    ]
     return [known[c.__name__]() if c.__name__ in known else c() for c in classes]
 
 
@@ -162,14 +188,24 @@ def tb_run(digits, tmp_path_factory):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer, module = _fit(digits, cbs, logger=TensorBoardLogger(str(root), name="run"), limit_train_batches=BATCHES)
-    return {"trainer": trainer, "module": module, "callbacks": {type(c).__name__: c for c in cbs},
-            "rng": torch.random.get_rng_state(), "root": root, "logdir": root / "run" / "version_0"}
+        trainer, module = _fit(
+            digits, cbs, logger=TensorBoardLogger(str(root), name="run"), limit_train_batches=BATCHES
+        )
+    return {
+        "trainer": trainer,
+        "module": module,
+        "callbacks": {type(c).__name__: c for c in cbs},
+        "rng": torch.random.get_rng_state(),
+        "root": root,
+        "logdir": root / "run" / "version_0",
+    }
 
 
 def test_training_invariance_and_every_callback_writes(tb_run, digits):
     torch.manual_seed(0)
-    trainer, bare = _fit(digits, logger=TensorBoardLogger(str(tb_run["root"]), name="bare"), limit_train_batches=BATCHES)
+    trainer, bare = _fit(
+        digits, logger=TensorBoardLogger(str(tb_run["root"]), name="bare"), limit_train_batches=BATCHES
+    )
     assert torch.equal(torch.random.get_rng_state(), tb_run["rng"])
     ours = tb_run["module"].state_dict()
     for key, value in bare.state_dict().items():
@@ -178,8 +214,12 @@ def test_training_invariance_and_every_callback_writes(tb_run, digits):
     tags = acc.Tags()
     written = set(tags["images"]) | set(tags["scalars"])
     expected = {
-        "AttributionMonitor": {"attribution/saliency/maps", "attribution/integrated_gradients/maps",
-                               "attribution/saliency/deletion_auc", "attribution/integrated_gradients/insertion_auc"},
+        "AttributionMonitor": {
+            "attribution/saliency/maps",
+            "attribution/integrated_gradients/maps",
+            "attribution/saliency/deletion_auc",
+            "attribution/integrated_gradients/insertion_auc",
+        },
         "RandomizationMonitor": {"sanity/saliency/spearman_abs", "sanity/saliency/ssim"},
         "ShortcutMonitor": {f"shortcut/{c}/ratio" for c in range(10)},
         "EmbeddingProjector": {"embedding/pca"},
@@ -263,9 +303,22 @@ def test_embedding_projector_writes_penultimate_activations(tb_run, digits):
 def test_tensorboard_server_serves_scalars_and_images(tb_run):
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tb_run["root"]), "--host", "127.0.0.1",
-         "--port", str(port), "--load_fast=false", "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(tb_run["root"]),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast=false",
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}/data/plugin"
 
@@ -286,7 +339,9 @@ def test_tensorboard_server_serves_scalars_and_images(tb_run):
             if server.poll() is not None:
                 pytest.fail(f"tensorboard exited with code {server.returncode}")
             time.sleep(0.5)
-        assert {"attribution/saliency/deletion_auc", "shortcut/0/ratio", "sanity/saliency/ssim"} <= set(tags.get(run, {}))
+        assert {"attribution/saliency/deletion_auc", "shortcut/0/ratio", "sanity/saliency/ssim"} <= set(
+            tags.get(run, {})
+        )
         query = urllib.parse.urlencode({"run": run, "tag": "shortcut/0/ratio"})
         served = json.loads(get(f"{base}/scalars/scalars?{query}"))
         stored = _events(tb_run["logdir"]).Scalars("shortcut/0/ratio")
@@ -336,11 +391,22 @@ def test_callbacks_leave_the_module_unchanged(digits, tmp_path):
             pl_module.model.features.conv1.weight.requires_grad_(True)
             pl_module.eval()
 
-    monitors = [AttributionMonitor(num_samples=4, metric_kwargs={"steps": 4}), RandomizationMonitor("guided_backprop", num_samples=4),
-                ShortcutMonitor("gradcam", digits.region_mask, num_samples=10), EmbeddingProjector(max_samples=10)]
-    _fit(digits, [Before(), *monitors, After()], max_epochs=1, limit_train_batches=1,
-         logger=TensorBoardLogger(str(tmp_path), name="guard"))
-    assert len(seen) == 2 and monitors[0].maps and monitors[1].similarities and monitors[2].ratios  # sanity check + epoch
+    monitors = [
+        AttributionMonitor(num_samples=4, metric_kwargs={"steps": 4}),
+        RandomizationMonitor("guided_backprop", num_samples=4),
+        ShortcutMonitor("gradcam", digits.region_mask, num_samples=10),
+        EmbeddingProjector(max_samples=10),
+    ]
+    _fit(
+        digits,
+        [Before(), *monitors, After()],
+        max_epochs=1,
+        limit_train_batches=1,
+        logger=TensorBoardLogger(str(tmp_path), name="guard"),
+    )
+    assert (
+        len(seen) == 2 and monitors[0].maps and monitors[1].similarities and monitors[2].ratios
+    )  # sanity check + epoch
 
 
 class _LitClassifier(L.LightningModule):
@@ -366,20 +432,28 @@ class _LitClassifier(L.LightningModule):
 def test_lightning_pytorch_namespace(digits, tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 
-    monitors = [AttributionMonitor(["saliency"], num_samples=8, metrics=("deletion_auc",), metric_kwargs={"steps": 4}),
-                ShortcutMonitor("saliency", digits.region_mask, num_samples=20)]
+    monitors = [
+        AttributionMonitor(["saliency"], num_samples=8, metrics=("deletion_auc",), metric_kwargs={"steps": 4}),
+        ShortcutMonitor("saliency", digits.region_mask, num_samples=20),
+    ]
     assert all(isinstance(m, L.Callback) and isinstance(m, pl.Callback) for m in monitors)
     torch.manual_seed(0)
-    trainer = _trainer(L.Trainer, max_epochs=1, limit_train_batches=2, callbacks=monitors,
-                       logger=LightningTensorBoardLogger(str(tmp_path), name="lit"))
+    trainer = _trainer(
+        L.Trainer,
+        max_epochs=1,
+        limit_train_batches=2,
+        callbacks=monitors,
+        logger=LightningTensorBoardLogger(str(tmp_path), name="lit"),
+    )
     module = _LitClassifier()
     trainer.fit(module, digits.train_dataloader(), digits.val_dataloader())
     tags = _events(tmp_path / "lit" / "version_0").Tags()
     assert "attribution/saliency/maps" in tags["images"]
     assert {"attribution/saliency/deletion_auc", "shortcut/0/ratio"} <= set(tags["scalars"])
     x, y, _ = _probe(digits, 8)
-    torch.testing.assert_close(monitors[0].maps["saliency"], _saliency_reference(module, x, y).abs().sum(1).float(),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        monitors[0].maps["saliency"], _saliency_reference(module, x, y).abs().sum(1).float(), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_csv_logger_gets_scalars_and_no_logger_warns_once(digits, tmp_path):
@@ -433,7 +507,9 @@ def test_shortcut_monitor_stops_on_shortcut_and_not_on_control(digits, control_d
     assert list(stop.detected) == [0]
     assert trainer.current_epoch < 8 and stop.detected[0] == trainer.current_epoch - 1
     assert stop.ratios[0] > 5.0 and max(r for c, r in stop.ratios.items() if c != 0) < 5.0
-    control = ShortcutMonitor("saliency", control_digits.region_mask, num_samples=40, threshold=5.0, patience=2, on_detect="stop")
+    control = ShortcutMonitor(
+        "saliency", control_digits.region_mask, num_samples=40, threshold=5.0, patience=2, on_detect="stop"
+    )
     history = []
 
     class Record(pl.Callback):
@@ -450,7 +526,9 @@ def test_shortcut_monitor_stops_on_shortcut_and_not_on_control(digits, control_d
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert checkpoint["callbacks"][control.state_key] == control.state_dict()
     assert control.state_key.startswith("ShortcutMonitor{")
-    restored = ShortcutMonitor("saliency", digits.region_mask, num_samples=40, threshold=5.0, patience=2, on_detect="stop")
+    restored = ShortcutMonitor(
+        "saliency", digits.region_mask, num_samples=40, threshold=5.0, patience=2, on_detect="stop"
+    )
     restored.load_state_dict(json.loads(json.dumps(stop.state_dict())))
     assert restored.detected == stop.detected and restored.state_dict() == stop.state_dict()
     restored.load_state_dict({})
@@ -473,12 +551,15 @@ def test_a_resumed_fit_logs_what_an_uninterrupted_fit_logs(digits, tmp_path):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     def fit(name, max_epochs, ckpt_path=None):
-        monitor = AttributionMonitor(["smoothgrad"], num_samples=8, metrics=("deletion_auc",), metric_kwargs={"steps": 4})
+        monitor = AttributionMonitor(
+            ["smoothgrad"], num_samples=8, metrics=("deletion_auc",), metric_kwargs={"steps": 4}
+        )
         saver = ModelCheckpoint(dirpath=tmp_path / name, save_last=True, save_top_k=0)
         torch.manual_seed(0)
         module = ClassifierModule(SmallCNN())
-        trainer = _trainer(max_epochs=max_epochs, limit_train_batches=3, callbacks=[monitor, saver],
-                           enable_checkpointing=True)
+        trainer = _trainer(
+            max_epochs=max_epochs, limit_train_batches=3, callbacks=[monitor, saver], enable_checkpointing=True
+        )
         trainer.fit(module, datamodule=digits, ckpt_path=ckpt_path)
         return trainer, module, monitor
 
@@ -501,8 +582,13 @@ def test_attribution_monitor_logs_the_metrics_beyond_quantus(digits):
     from captum_ext.metrics.robustness import max_sensitivity
 
     names = ("sparseness", "faithfulness_correlation", "max_sensitivity", "random_logit")
-    monitor = AttributionMonitor(["saliency"], num_samples=8, metrics=names, log_images=False,
-                                 metric_kwargs={"runs": 10, "subset_size": 64, "samples": 2})
+    monitor = AttributionMonitor(
+        ["saliency"],
+        num_samples=8,
+        metrics=names,
+        log_images=False,
+        metric_kwargs={"runs": 10, "subset_size": 64, "samples": 2},
+    )
     trainer, module = _fit(digits, [monitor], max_epochs=1, limit_train_batches=2)
     x, y, _ = _probe(digits, 8)
     explainer = Explainer("saliency")
@@ -514,6 +600,10 @@ def test_attribution_monitor_logs_the_metrics_beyond_quantus(digits):
         "random_logit": random_logit(module, explainer, x, y, attributions=maps).mean(),
     }
     for name, value in expected.items():
-        assert float(trainer.callback_metrics[f"attribution/saliency/{name}"]) == pytest.approx(float(value), abs=1e-5), name
-    with pytest.raises(TypeError, match=r"keys of `metric_kwargs` to be arguments of the metrics \['sparseness'\], but got 'runs'"):
+        assert float(trainer.callback_metrics[f"attribution/saliency/{name}"]) == pytest.approx(
+            float(value), abs=1e-5
+        ), name
+    with pytest.raises(
+        TypeError, match=r"keys of `metric_kwargs` to be arguments of the metrics \['sparseness'\], but got 'runs'"
+    ):
         AttributionMonitor(metrics=("sparseness",), metric_kwargs={"runs": 3})

@@ -83,7 +83,11 @@ def test_two_process_ddp_fit_matches_one_process(trained_cnn, digits, tmp_path):
     env.pop("LOCAL_RANK", None)
     done = subprocess.run(
         [sys.executable, str(script), str(tmp_path), str(tmp_path / "weights.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -170,8 +174,9 @@ def test_training_ddp_fit_logs_the_one_process_values_of_its_weights(digits, tmp
     script.write_text(TRAINING_SCRIPT)
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
     env.pop("LOCAL_RANK", None)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     x, y, _ = digits.split("val")
@@ -187,8 +192,11 @@ def test_training_ddp_fit_logs_the_one_process_values_of_its_weights(digits, tmp
         ties = sum(int(row.numel() - row.unique().numel()) for row in reduced)
         assert ties > reduced.numel() // 4  # tie-heavy, as intended
         expected = {}
-        for name, metric in (("deletion_auc", DeletionAUC(steps=8)), ("insertion_auc", InsertionAUC(steps=8)),
-                             ("aopc", AOPC(steps=8))):
+        for name, metric in (
+            ("deletion_auc", DeletionAUC(steps=8)),
+            ("insertion_auc", InsertionAUC(steps=8)),
+            ("aopc", AOPC(steps=8)),
+        ):
             metric.update(model, px, attributions, py)
             expected[f"attribution/input_x_gradient/{name}"] = float(metric.compute())
         for rank in range(2):

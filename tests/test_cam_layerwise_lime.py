@@ -70,7 +70,9 @@ def test_cam_refuses_any_other_head(resnet, images):
     with pytest.raises(ValueError, match="followed by global average pooling"):
         CAM(resnet, resnet.layer3).attribute(images, target=0)  # 256 channels: no linear reads them
     with pytest.raises(ValueError, match="global average pooling and an nn.Linear"):
-        Explainer("cam", layer="features").attribute(SmallCNN(), torch.rand(2, 1, 32, 32), target=1)  # 4x4 pool, not GAP
+        Explainer("cam", layer="features").attribute(
+            SmallCNN(), torch.rand(2, 1, 32, 32), target=1
+        )  # 4x4 pool, not GAP
 
 
 def test_grad_cam_plus_plus_matches_the_papers_weights(resnet, images):
@@ -87,8 +89,12 @@ def test_grad_cam_plus_plus_matches_the_papers_weights(resnet, images):
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-7)
     assert ours.amax() > 0
     via_explainer = Explainer("gradcam_plus_plus").attribute(resnet, images, target=target)  # default layer: layer4
-    torch.testing.assert_close(via_explainer[:, :1], F.interpolate(expected, size=(64, 64), mode="bilinear", align_corners=False),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        via_explainer[:, :1],
+        F.interpolate(expected, size=(64, 64), mode="bilinear", align_corners=False),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def _layerwise_reference(model, layers, images, target):
@@ -108,7 +114,9 @@ def test_layerwise_input_x_gradient_averages_captums_layer_maps(resnet):
     ours = LayerwiseInputXGradient(resnet).attribute(images, target=target)
     torch.testing.assert_close(ours, _layerwise_reference(resnet, convs, images, target), rtol=1e-4, atol=1e-6)
     skipped = Explainer("layerwise_input_x_gradient", init_kwargs={"skip_first": 5}).attribute(resnet, images, target)
-    torch.testing.assert_close(skipped[:, :1], _layerwise_reference(resnet, convs[5:], images, target), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        skipped[:, :1], _layerwise_reference(resnet, convs[5:], images, target), rtol=1e-4, atol=1e-6
+    )
     with pytest.raises(ValueError, match="at least one layer after skipping the first 30"):
         LayerwiseInputXGradient(resnet, skip_first=30).attribute(images, target=target)
 
@@ -124,8 +132,12 @@ class TopLeft(nn.Module):
 def test_lime_puts_the_weight_on_the_superpixels_the_oracle_reads():
     """Ribeiro et al. 2016: LIME's linear surrogate over superpixels recovers which segments drive the score."""
     gen = torch.Generator().manual_seed(3)
-    images = F.interpolate(torch.rand(2, 1, 8, 8, generator=gen), size=(32, 32), mode="bilinear", align_corners=False) / 2
-    images[:, :, :8, :8] += 0.5  # brighter than the batch mean that LIME switches a superpixel off to: a positive effect
+    images = (
+        F.interpolate(torch.rand(2, 1, 8, 8, generator=gen), size=(32, 32), mode="bilinear", align_corners=False) / 2
+    )
+    images[:, :, :8, :8] += (
+        0.5  # brighter than the batch mean that LIME switches a superpixel off to: a positive effect
+    )
     explainer = Explainer("lime", n_segments=16, n_samples=96, seed=1)
     maps = explainer.attribute(TopLeft(), images, target=1)[:, 0]
     inside = torch.zeros(32, 32, dtype=torch.bool)

@@ -11,8 +11,11 @@ import yaml
 from captum_ext.cli import main
 from captum_ext.evaluation import ROARResult
 
-
-SANITY = {"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits", "explainers": ["saliency"]}
+SANITY = {
+    "model": "captum_ext.models:SmallCNN",
+    "datamodule": "captum_ext.data:CleverHansDigits",
+    "explainers": ["saliency"],
+}
 
 
 def _write(tmp_path, config):
@@ -46,8 +49,12 @@ def test_roar_as_a_job_array_plan_run_index_collect(tmp_path, capsys):
     """Issue #15: --plan once, --run-index per array task (in any order), --collect once; the table equals the
     one-command run's on the same settings."""
     config = {
-        "module_factory": "captum_ext.models:small_cnn_module", "datamodule": "captum_ext.data:CleverHansDigits",
-        "explainers": ["saliency"], "fractions": [0.5], "repeats": 1, "trainer_kwargs": {"max_epochs": 1},
+        "module_factory": "captum_ext.models:small_cnn_module",
+        "datamodule": "captum_ext.data:CleverHansDigits",
+        "explainers": ["saliency"],
+        "fractions": [0.5],
+        "repeats": 1,
+        "trainer_kwargs": {"max_epochs": 1},
         "out": str(tmp_path / "array"),
     }
     path = _write(tmp_path, config)
@@ -55,7 +62,10 @@ def test_roar_as_a_job_array_plan_run_index_collect(tmp_path, capsys):
     assert "--plan" in capsys.readouterr().err
     assert main(["roar", "--config", path, "--plan"]) == 0
     plan = json.loads((tmp_path / "array" / "plan.json").read_text())
-    assert [r["index"] for r in plan["runs"]] == [0, 1] and f"--array=0-1 --wrap 'captum-ext roar --config {path}" in capsys.readouterr().out
+    assert [r["index"] for r in plan["runs"]] == [
+        0,
+        1,
+    ] and f"--array=0-1 --wrap 'captum-ext roar --config {path}" in capsys.readouterr().out
     assert main(["roar", "--config", path, "--run-index", "1"]) == 0
     assert main(["roar", "--config", path, "--collect"]) == 2
     assert "indices [0]" in capsys.readouterr().err
@@ -101,14 +111,40 @@ def test_audit_config_round_trip_flags_the_planted_class(tmp_path):
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"model": "captum_ext.models:NoSuchNet", "datamodule": "captum_ext.data:CleverHansDigits",
-          "explainers": ["saliency"]}, r"Field `model`: cannot import 'captum_ext.models:NoSuchNet'"),
-        ({"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
-          "explainers": ["saliency"], "num_sample": 3}, r"Unknown config field\(s\) 'num_sample'"),
-        ({"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
-          "explainers": ["grad_cam"]}, r"Expected argument `method` .* but got 'grad_cam'"),
-        ({"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
-          "datamodule_kwargs": {"p_class": 2}, "explainers": ["saliency"]}, r"`p_class` to be a probability"),
+        (
+            {
+                "model": "captum_ext.models:NoSuchNet",
+                "datamodule": "captum_ext.data:CleverHansDigits",
+                "explainers": ["saliency"],
+            },
+            r"Field `model`: cannot import 'captum_ext.models:NoSuchNet'",
+        ),
+        (
+            {
+                "model": "captum_ext.models:SmallCNN",
+                "datamodule": "captum_ext.data:CleverHansDigits",
+                "explainers": ["saliency"],
+                "num_sample": 3,
+            },
+            r"Unknown config field\(s\) 'num_sample'",
+        ),
+        (
+            {
+                "model": "captum_ext.models:SmallCNN",
+                "datamodule": "captum_ext.data:CleverHansDigits",
+                "explainers": ["grad_cam"],
+            },
+            r"Expected argument `method` .* but got 'grad_cam'",
+        ),
+        (
+            {
+                "model": "captum_ext.models:SmallCNN",
+                "datamodule": "captum_ext.data:CleverHansDigits",
+                "datamodule_kwargs": {"p_class": 2},
+                "explainers": ["saliency"],
+            },
+            r"`p_class` to be a probability",
+        ),
         # issue #14: every field's type is checked before anything runs
         ({**SANITY, "seed": "abc"}, r"field `seed` to be an int >= 0, but got 'abc'"),
         ({**SANITY, "mode": "bogus"}, r"field `mode` to be one of 'cascading', 'independent', but got 'bogus'"),
@@ -133,17 +169,54 @@ def test_bad_configs_exit_2_with_a_one_line_error(tmp_path, capsys, config, mess
 @pytest.mark.parametrize(
     "command, config, message",
     [
-        ("roar", {"module_factory": "captum_ext.models:small_cnn_module", "datamodule": "captum_ext.data:CleverHansDigits",
-                  "explainers": ["saliency"], "trainer_kwargs": {"max_epochs": "two"}},
-         r"field `trainer_kwargs.max_epochs` to be an int, but got 'two'"),
-        ("roar", {"module_factory": "captum_ext.models:small_cnn_module", "datamodule": "captum_ext.data:CleverHansDigits",
-                  "explainers": ["saliency"], "fractions": [0.5, 1.5]}, r"field `fractions` to be a non-empty list"),
-        ("roar", {"module_factory": "captum_ext.models:small_cnn_module", "datamodule": "captum_ext.data:CleverHansDigits",
-                  "explainers": ["saliency"], "keep": "yes"}, r"field `keep` to be true or false"),
-        ("audit", {"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
-                   "region": [1, 2, 3]}, r"field `region` to be a box"),
-        ("audit", {"model": "captum_ext.models:SmallCNN", "datamodule": "captum_ext.data:CleverHansDigits",
-                   "classes": ["zero"]}, r"field `classes` to be a list of class indices"),
+        (
+            "roar",
+            {
+                "module_factory": "captum_ext.models:small_cnn_module",
+                "datamodule": "captum_ext.data:CleverHansDigits",
+                "explainers": ["saliency"],
+                "trainer_kwargs": {"max_epochs": "two"},
+            },
+            r"field `trainer_kwargs.max_epochs` to be an int, but got 'two'",
+        ),
+        (
+            "roar",
+            {
+                "module_factory": "captum_ext.models:small_cnn_module",
+                "datamodule": "captum_ext.data:CleverHansDigits",
+                "explainers": ["saliency"],
+                "fractions": [0.5, 1.5],
+            },
+            r"field `fractions` to be a non-empty list",
+        ),
+        (
+            "roar",
+            {
+                "module_factory": "captum_ext.models:small_cnn_module",
+                "datamodule": "captum_ext.data:CleverHansDigits",
+                "explainers": ["saliency"],
+                "keep": "yes",
+            },
+            r"field `keep` to be true or false",
+        ),
+        (
+            "audit",
+            {
+                "model": "captum_ext.models:SmallCNN",
+                "datamodule": "captum_ext.data:CleverHansDigits",
+                "region": [1, 2, 3],
+            },
+            r"field `region` to be a box",
+        ),
+        (
+            "audit",
+            {
+                "model": "captum_ext.models:SmallCNN",
+                "datamodule": "captum_ext.data:CleverHansDigits",
+                "classes": ["zero"],
+            },
+            r"field `classes` to be a list of class indices",
+        ),
     ],
 )
 def test_bad_fields_of_every_command_exit_2_before_anything_runs(tmp_path, capsys, command, config, message):

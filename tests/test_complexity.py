@@ -33,8 +33,9 @@ def test_each_score_equals_its_formula_on_random_and_extreme_maps():
     maps[4, :, :3] = 1e-7  # many values below eps
     flat = [m.flatten().tolist() for m in maps]
     torch.testing.assert_close(sparseness(maps), torch.tensor([_gini(v) for v in flat]), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(complexity(maps), torch.tensor([_entropy(v) if any(v) else 0.0 for v in flat]),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        complexity(maps), torch.tensor([_entropy(v) if any(v) else 0.0 for v in flat]), rtol=1e-5, atol=1e-6
+    )
     assert effective_complexity(maps).tolist() == [float(sum(abs(x) > 1e-5 for x in v)) for v in flat]
     assert sparseness(maps)[1] == pytest.approx(1 - 1 / 108) and sparseness(maps)[2] == pytest.approx(0.0, abs=1e-6)
     assert complexity(maps)[2] == pytest.approx(math.log(108)) and complexity(maps)[1] == 0.0

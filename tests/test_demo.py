@@ -38,9 +38,17 @@ def demo(tmp_path_factory):
 def test_fast_demo_report_has_every_section_with_figures_and_verdicts(demo):
     outline = _Outline()
     outline.feed((demo / "report.html").read_text())
-    for expected in ("Training", "Sanity check: saliency", "Sanity check: guided_backprop", "ROAR",
-                     "Clever Hans audit (region)", "Clever Hans audit (discovery)", "ViT attention rollout", "Failure modes",
-                     "Representation views"):
+    for expected in (
+        "Training",
+        "Sanity check: saliency",
+        "Sanity check: guided_backprop",
+        "ROAR",
+        "Clever Hans audit (region)",
+        "Clever Hans audit (discovery)",
+        "ViT attention rollout",
+        "Failure modes",
+        "Representation views",
+    ):
         assert expected in outline.sections
     assert outline.images >= 9
     verdicts = dict(outline.verdicts)

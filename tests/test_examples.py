@@ -52,4 +52,3 @@ def test_captum_workflow_example(tmp_path, capsys):
     values = json.loads(printed.split("infidelity: ")[1].splitlines()[0])
     assert len(values) == 4 and all(math.isfinite(v) for v in values)
     assert (tmp_path / "captum_visualisation.png").exists()
-

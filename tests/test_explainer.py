@@ -68,8 +68,14 @@ def test_gradcam_default_layer_is_the_last_spatial_block_output(trained_cnn, bat
 
 @pytest.mark.parametrize(
     ("builder", "expected"),
-    [("resnet18", "layer4"), ("resnet50", "layer4"), ("vgg11", "features"), ("densenet121", "features"),
-     ("efficientnet_b0", "features"), ("convnext_tiny", "features")],
+    [
+        ("resnet18", "layer4"),
+        ("resnet50", "layer4"),
+        ("vgg11", "features"),
+        ("densenet121", "features"),
+        ("efficientnet_b0", "features"),
+        ("convnext_tiny", "features"),
+    ],
 )
 def test_gradcam_default_layer_on_torchvision_cnns_is_the_block_output(builder, expected):
     """Not the last conv (``layer4.1.conv2`` of a ResNet sits before bn2, the residual add and the ReLU)."""
@@ -107,10 +113,14 @@ def test_noise_tunnel_methods_on_a_linear_model_give_known_answers():
     target = torch.tensor([0, 2])
     expected = w[target]
     torch.testing.assert_close(Explainer("smoothgrad").attribute(model, x, target), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(Explainer("smoothgrad_sq").attribute(model, x, target), expected**2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        Explainer("smoothgrad_sq").attribute(model, x, target), expected**2, rtol=1e-5, atol=1e-6
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # VarGrad of a linear model is zero everywhere: warned
-        torch.testing.assert_close(Explainer("vargrad").attribute(model, x, target), torch.zeros_like(x), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            Explainer("vargrad").attribute(model, x, target), torch.zeros_like(x), atol=1e-6, rtol=0
+        )
 
 
 @pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "occlusion", "input_x_gradient"])
@@ -253,7 +263,9 @@ def test_bad_inputs_and_targets_raise_clear_errors(trained_cnn, batch):
     x, y = batch
     with pytest.raises(ValueError, match=r"`inputs` to be a float \(N, C, H, W\) tensor.*shape \(1, 32, 32\)"):
         Explainer("saliency").attribute(trained_cnn, x[0], 0)
-    with pytest.raises(ValueError, match=r"`target` to be an int or hold one index per input \(8,\), but got shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"`target` to be an int or hold one index per input \(8,\), but got shape \(2,\)"
+    ):
         Explainer("saliency").attribute(trained_cnn, x, [0, 1])
     with pytest.raises(ValueError, match="Expected argument `reduce`"):
         Explainer("saliency").saliency(trained_cnn, x, y, reduce="abs")
@@ -274,7 +286,9 @@ def test_a_user_attribution_that_samples_is_seeded_and_leaves_the_global_rng_alo
 
 
 def test_random_explainer_rejects_attribute_kwargs():
-    with pytest.raises(ValueError, match=r"The 'random' explainer takes no attribute keyword arguments, but got \['n_steps'\]"):
+    with pytest.raises(
+        ValueError, match=r"The 'random' explainer takes no attribute keyword arguments, but got \['n_steps'\]"
+    ):
         Explainer("random", n_steps=3)
 
 
@@ -312,8 +326,10 @@ def test_a_failing_forward_leaves_no_hooks_and_restores_modes(call, model_guard)
         "capture_input": lambda: _forward_inside(capture_output(model, "1", use_input=True), model, x),
         "eval_mode": lambda: _forward_inside(eval_mode(model), model, x),
         # guided backprop hooks every ReLU-like module; Grad-CAM without `layer=` first runs a probe forward
-        **{name: (lambda name=name: Explainer(name).attribute(model, x, torch.tensor([0, 1])))
-           for name in ("saliency", "guided_backprop", "gradcam")},
+        **{
+            name: (lambda name=name: Explainer(name).attribute(model, x, torch.tensor([0, 1])))
+            for name in ("saliency", "guided_backprop", "gradcam")
+        },
     }
     with pytest.raises(RuntimeError, match="boom"):
         calls[call]()

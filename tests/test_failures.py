@@ -29,7 +29,10 @@ def test_the_gallery_holds_the_misclassified_images_with_both_maps(model_guard):
     labels[[1, 4, 7]] = (predictions[[1, 4, 7]] + 1) % 3  # three failures, at known places
     failures = failure_modes(model, "saliency", x, labels, limit=2)
     assert failures.indices.tolist() == [1, 4]  # the first two, in order
-    assert failures.labels.tolist() == labels[[1, 4]].tolist() and failures.predictions.tolist() == predictions[[1, 4]].tolist()
+    assert (
+        failures.labels.tolist() == labels[[1, 4]].tolist()
+        and failures.predictions.tolist() == predictions[[1, 4]].tolist()
+    )
     weights = model.weight.detach().reshape(3, 4, 4).abs()
     torch.testing.assert_close(failures.true_maps, weights[labels[[1, 4]]])
     torch.testing.assert_close(failures.predicted_maps, weights[predictions[[1, 4]]])

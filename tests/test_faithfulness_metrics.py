@@ -25,8 +25,15 @@ def _linear_model(seed: int = 0) -> nn.Module:
     return model
 
 
-def _reference_curves(model: nn.Module, x: torch.Tensor, saliency: np.ndarray, target: np.ndarray, steps: int,
-                      mode: str, substrate: np.ndarray) -> np.ndarray:
+def _reference_curves(
+    model: nn.Module,
+    x: torch.Tensor,
+    saliency: np.ndarray,
+    target: np.ndarray,
+    steps: int,
+    mode: str,
+    substrate: np.ndarray,
+) -> np.ndarray:
     """One image and one step at a time in float64: rank by sorting, replace, softmax, read the target."""
     weight = model[1].weight.detach().double().numpy()
     bias = model[1].bias.detach().double().numpy()
@@ -78,8 +85,12 @@ def test_insertion_default_blur_matches_scipy_reference(batch):
     model = _linear_model(2)
     saliency = attr.sum(1).double().numpy()
     # Petsiuk's blurred substrate: Gaussian sigma 5, edge-replicate, radius 3 sigma
-    blurred = np.stack([[gaussian_filter(x[i, c].double().numpy(), sigma=5.0, mode="nearest", truncate=3.0)
-                         for c in range(C)] for i in range(N)])
+    blurred = np.stack(
+        [
+            [gaussian_filter(x[i, c].double().numpy(), sigma=5.0, mode="nearest", truncate=3.0) for c in range(C)]
+            for i in range(N)
+        ]
+    )
     ref = _reference_curves(model, x, saliency, target.numpy(), 5, "insertion", blurred)
     metric = InsertionAUC(steps=5, reduce="sum")
     metric.update(model, x, attr, target)

@@ -25,8 +25,6 @@ from captum_ext.features import (
 )
 from captum_ext.models import SmallCNN
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -125,7 +123,9 @@ def test_linear_oracle_l2_only_gives_the_closed_form(linear_model, model_guard):
     cosine = F.cosine_similarity(flat, weight.double(), dim=1)
     assert bool((cosine >= 0.99).all()), cosine
     closed_form = weight.double() / (2 * l2)
-    torch.testing.assert_close(flat, closed_form, rtol=0, atol=0.05 * float(closed_form.abs().max()))  # Adam hovers within ~lr
+    torch.testing.assert_close(
+        flat, closed_form, rtol=0, atol=0.05 * float(closed_form.abs().max())
+    )  # Adam hovers within ~lr
     # an int target is the same optimisation for K = 1
     single = am.visualize(target=2)
     assert single.shape == (1, 1, 8, 8)
@@ -148,8 +148,10 @@ def test_trace_is_the_activation_at_each_step(linear_model, model_guard):
     runs = [ActivationMaximization(model, (1, 8, 8), steps=3, seed=s).visualize(target=0) for s in (3, 3, 4)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
     # blur is off with blur_every=0 or blur_sigma=0, and on by default
-    off, sigma0, on = (ActivationMaximization(model, (1, 8, 8), steps=8, l2=0, tv=0, jitter=0, **kw).visualize(target=0)
-                       for kw in ({"blur_every": 0}, {"blur_sigma": 0}, {}))
+    off, sigma0, on = (
+        ActivationMaximization(model, (1, 8, 8), steps=8, l2=0, tv=0, jitter=0, **kw).visualize(target=0)
+        for kw in ({"blur_every": 0}, {"blur_sigma": 0}, {})
+    )
     assert torch.equal(off, sigma0) and not torch.equal(off, on)
 
 
@@ -171,10 +173,12 @@ def test_hand_set_filter_maximising_image_contains_the_pattern(model_guard):
 def test_tv_and_blur_reduce_high_frequency_energy(model_guard):
     model = model_guard(_seeded_small_cnn())
     targets = [0, 3, 7]
-    common = dict(steps=48, l2=0.0, jitter=0)
+    common = {"steps": 48, "l2": 0.0, "jitter": 0}
     naive = ActivationMaximization(model, (1, 32, 32), tv=0, blur_every=0, **common).visualize(target=targets)
     tv = ActivationMaximization(model, (1, 32, 32), tv=1e-3, blur_every=0, **common).visualize(target=targets)
-    blur = ActivationMaximization(model, (1, 32, 32), tv=0, blur_every=4, blur_sigma=0.5, **common).visualize(target=targets)
+    blur = ActivationMaximization(model, (1, 32, 32), tv=0, blur_every=4, blur_sigma=0.5, **common).visualize(
+        target=targets
+    )
     hf_naive, hf_tv, hf_blur = map(_high_frequency_share, (naive, tv, blur))
     # measured: naive 0.773 of the energy above 0.25 cycles/pixel; TV 0.073; blur 0.193
     assert hf_naive > 0.5
@@ -193,7 +197,7 @@ def test_jitter_makes_the_result_robust_to_two_pixel_shifts(model_guard):
             shifted = [model(_shift(images, dy, dx))[rows, targets] for dy, dx in ((2, 0), (-2, 0), (0, 2), (0, -2))]
         return float((1 - torch.stack(shifted).mean(0) / base).mean())
 
-    settings = dict(steps=32, l2=0.01, tv=0, blur_every=0)
+    settings = {"steps": 32, "l2": 0.01, "tv": 0, "blur_every": 0}
     still = ActivationMaximization(model, (1, 32, 32), jitter=0, **settings).visualize(target=targets)
     jittered = ActivationMaximization(model, (1, 32, 32), jitter=2, **settings).visualize(target=targets)
     # measured: the logit drops by ~130% of itself without jitter, by ~0% with it
@@ -223,7 +227,9 @@ def test_channel_objective_is_the_spatial_mean(model_guard):
         conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
     model = model_guard(nn.Sequential(OrderedDict(conv=conv)))
     l2 = 1.0 / 64
-    images = ActivationMaximization(model, (1, 4, 4), steps=96, l2=l2, tv=0, jitter=0, blur_every=0).visualize(layer="conv", channel=[0, 1])
+    images = ActivationMaximization(model, (1, 4, 4), steps=96, l2=l2, tv=0, jitter=0, blur_every=0).visualize(
+        layer="conv", channel=[0, 1]
+    )
     expected = torch.full((1, 4, 4), 1 / (2 * l2 * 16), dtype=torch.float64)
     torch.testing.assert_close(images[0].double(), expected, rtol=0.01, atol=0)
     torch.testing.assert_close(images[1].double(), -expected, rtol=0.01, atol=0)
@@ -233,7 +239,9 @@ def test_activation_maximization_errors():
     model = _seeded_small_cnn()
     with pytest.raises(TypeError, match="Expected argument `model` to be a torch.nn.Module, but got str"):
         ActivationMaximization("net", (1, 32, 32))
-    with pytest.raises(ValueError, match=r"Expected argument `input_shape` to be \(C, H, W\) positive ints, but got \(2, 1, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `input_shape` to be \(C, H, W\) positive ints, but got \(2, 1, 32, 32\)"
+    ):
         ActivationMaximization(model, (2, 1, 32, 32))
     with pytest.raises(ValueError, match="Expected argument `steps` to be an int >= 1, but got 0"):
         ActivationMaximization(model, (1, 32, 32), steps=0)
@@ -241,20 +249,30 @@ def test_activation_maximization_errors():
         ActivationMaximization(model, (1, 32, 32), l2=-1)
     with pytest.raises(ValueError, match="Expected argument `lr` to be a positive real number, but got 0"):
         ActivationMaximization(model, (1, 32, 32), lr=0)
-    with pytest.raises(ValueError, match=r"Expected argument `value_range` to be None or \(lo, hi\) with lo < hi, but got \(1, 0\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `value_range` to be None or \(lo, hi\) with lo < hi, but got \(1, 0\)"
+    ):
         ActivationMaximization(model, (1, 32, 32), value_range=(1, 0))
     am = ActivationMaximization(model, (1, 32, 32), steps=1)
-    with pytest.raises(ValueError, match="Expected either argument `target` .* but got target=None, layer=None, channel=None"):
+    with pytest.raises(
+        ValueError, match="Expected either argument `target` .* but got target=None, layer=None, channel=None"
+    ):
         am.visualize()
     with pytest.raises(ValueError, match="Expected either argument `target`"):
         am.visualize(target=1, layer="features.conv1", channel=0)
-    with pytest.raises(ValueError, match="Expected argument `layer` with exactly one of `channel` and `direction`, but got layer='features.conv1', channel=None"):
+    with pytest.raises(
+        ValueError,
+        match="Expected argument `layer` with exactly one of `channel` and `direction`, but got layer='features.conv1', channel=None",
+    ):
         am.visualize(layer="features.conv1")
     with pytest.raises(ValueError, match="exactly one of `channel` and `direction`"):
         am.visualize(layer="features.conv1", channel=0, direction=torch.ones(1, 16))
     with pytest.raises(ValueError, match=r"`direction` to be a \(K, channels\) tensor"):
         am.visualize(layer="features.conv1", direction=torch.ones(16))
-    with pytest.raises(ValueError, match=r"Expected argument `target` to be a non-negative int or a non-empty list of them, but got \[\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected argument `target` to be a non-negative int or a non-empty list of them, but got \[\]",
+    ):
         am.visualize(target=[])
     with pytest.raises(ValueError, match=r"Expected every index to be < 10 .* but got \[3, 10\]"):
         am.visualize(target=[3, 10])
@@ -301,9 +319,14 @@ def test_feature_maps_are_the_layer_output_on_one_scale(model_guard):
         for c in range(4):
             tile = grids[n, 0, 1:9, 1 + 9 * c : 1 + 9 * c + 8].double()
             torch.testing.assert_close(tile, scaled[c], rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match=r"Expected argument `inputs` to be images \(N, C, H, W\), but got a tensor of shape \(1, 12, 12\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected argument `inputs` to be images \(N, C, H, W\), but got a tensor of shape \(1, 12, 12\)",
+    ):
         feature_maps(model, "relu", x[0])
-    with pytest.raises(ValueError, match=r"Expected layer 'flat' to output \(N, channels, h, w\), but got shape \(2, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected layer 'flat' to output \(N, channels, h, w\), but got shape \(2, 64\)"
+    ):
         feature_maps(nn.Sequential(OrderedDict(flat=nn.Flatten())), "flat", torch.zeros(2, 1, 8, 8))
 
 
@@ -328,9 +351,14 @@ def test_receptive_field_matches_the_analytic_one(layer, unit, box, model_guard)
 
 def test_receptive_field_errors():
     model = _seeded_small_cnn()
-    with pytest.raises(ValueError, match=r"Expected every unit position in argument `units` to lie in the layer's 8 x 8 grid, but got \(8, 0\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected every unit position in argument `units` to lie in the layer's 8 x 8 grid, but got \(8, 0\)",
+    ):
         receptive_field(model, "features.relu3", (1, 32, 32), [(8, 0)])
-    with pytest.raises(ValueError, match=r"Expected argument `units` to be a non-empty list of \(i, j\) positions, but got \[\]"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `units` to be a non-empty list of \(i, j\) positions, but got \[\]"
+    ):
         receptive_field(model, "features.relu3", (1, 32, 32), [])
 
 
@@ -414,11 +442,18 @@ def test_top_patches_errors():
     model = _seeded_small_cnn()
     with pytest.raises(ValueError, match="Expected argument `k` to be an int >= 1, but got 0"):
         top_activating_patches(model, "features.relu1", 0, [torch.zeros(1, 1, 32, 32)], k=0)
-    with pytest.raises(ValueError, match=r"Expected argument `channel` to be < 8 \(channels of 'features.relu1'\), but got 8"):
+    with pytest.raises(
+        ValueError, match=r"Expected argument `channel` to be < 8 \(channels of 'features.relu1'\), but got 8"
+    ):
         top_activating_patches(model, "features.relu1", 8, [torch.zeros(1, 1, 32, 32)])
-    with pytest.raises(ValueError, match="Expected argument `dataloader` to yield at least one batch, but it was empty"):
+    with pytest.raises(
+        ValueError, match="Expected argument `dataloader` to yield at least one batch, but it was empty"
+    ):
         top_activating_patches(model, "features.relu1", 0, [])
-    with pytest.raises(ValueError, match=r"Expected argument `dataloader` to yield images \(N, C, H, W\) or tuples starting with them, but got str"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected argument `dataloader` to yield images \(N, C, H, W\) or tuples starting with them, but got str",
+    ):
         top_activating_patches(model, "features.relu1", 0, [("a", 1)])
 
 
@@ -510,5 +545,7 @@ def test_concept_iou_errors(concept_data):
         concept_iou(model, "relu", concept_data, concepts=["bright"])
     with pytest.raises(ValueError, match=r"Expected argument `dataloader` to yield \(images \(N, C, H, W\), masks"):
         concept_iou(model, "relu", [torch.zeros(2, 1, 24, 24)])
-    with pytest.raises(ValueError, match="Expected argument `dataloader` to yield at least one batch, but it was empty"):
+    with pytest.raises(
+        ValueError, match="Expected argument `dataloader` to yield at least one batch, but it was empty"
+    ):
         concept_iou(model, "relu", [])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import snapshot
 from PIL import Image
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -19,8 +20,6 @@ from captum_ext.callbacks.base import balanced_indices
 from captum_ext.callbacks.filters import FilterMonitor
 from captum_ext.features import ActivationMaximization, feature_maps, first_layer_filters
 from captum_ext.models import ClassifierModule, SmallCNN
-
-from conftest import snapshot
 
 TRAIN_BATCHES = 3
 LAYERS = ["model.features.relu1", "model.features.relu3"]
@@ -33,9 +32,16 @@ def _fit(datamodule, callbacks=(), logger=None, max_epochs=2):
     torch.manual_seed(0)
     module = ClassifierModule(SmallCNN())
     trainer = pl.Trainer(
-        max_epochs=max_epochs, limit_train_batches=TRAIN_BATCHES, limit_val_batches=1, accelerator="cpu",
-        deterministic=True, logger=logger if logger is not None else False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+        max_epochs=max_epochs,
+        limit_train_batches=TRAIN_BATCHES,
+        limit_val_batches=1,
+        accelerator="cpu",
+        deterministic=True,
+        logger=logger if logger is not None else False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -46,8 +52,12 @@ def _fit(datamodule, callbacks=(), logger=None, max_epochs=2):
 @pytest.fixture(scope="module")
 def run(digits, tmp_path_factory):
     root = tmp_path_factory.mktemp("filters")
-    monitor = FilterMonitor(feature_layers=LAYERS, num_samples=3, class_images_every_n_epochs=2,
-                            activation_maximization={"steps": 8, "value_range": (0.0, 1.0)})
+    monitor = FilterMonitor(
+        feature_layers=LAYERS,
+        num_samples=3,
+        class_images_every_n_epochs=2,
+        activation_maximization={"steps": 8, "value_range": (0.0, 1.0)},
+    )
     trainer, module = _fit(digits, [monitor], TensorBoardLogger(str(root), name="run"))
     rng = torch.random.get_rng_state()
     acc = EventAccumulator(str(root / "run" / "version_0"), size_guidance={"images": 0})
@@ -92,10 +102,14 @@ def test_logged_images_equal_the_features_functions(run, digits):
     for layer in LAYERS:
         expected = make_grid(feature_maps(module, layer, probe), nrow=1, padding=2, pad_value=1.0)
         assert np.abs(_decoded(acc.Images(f"feature_maps/{layer}")[-1]) - _as_uint8(expected)).max() <= 1
-    images = ActivationMaximization(module, (1, 32, 32), steps=8, value_range=(0.0, 1.0), seed=0).visualize(target=list(range(10)))
+    images = ActivationMaximization(module, (1, 32, 32), steps=8, value_range=(0.0, 1.0), seed=0).visualize(
+        target=list(range(10))
+    )
     lo, hi = images.flatten(1).amin(1), images.flatten(1).amax(1)
     images = (images - lo[:, None, None, None]) / (hi - lo)[:, None, None, None]
-    expected = make_grid(torch.nn.functional.interpolate(images, scale_factor=3, mode="nearest"), nrow=10, padding=2, pad_value=1.0)
+    expected = make_grid(
+        torch.nn.functional.interpolate(images, scale_factor=3, mode="nearest"), nrow=10, padding=2, pad_value=1.0
+    )
     assert np.abs(_decoded(acc.Images("activation_maximization/classes")[-1]) - _as_uint8(expected)).max() <= 1
 
 
@@ -108,15 +122,24 @@ def test_no_tensorboard_warns_once_and_computes_nothing(digits, tmp_path, monkey
     with pytest.warns(UserWarning, match="images and figures are written only to a TensorBoardLogger") as record:
         torch.manual_seed(0)
         module = ClassifierModule(SmallCNN())
-        pl.Trainer(max_epochs=2, limit_train_batches=1, limit_val_batches=1, logger=CSVLogger(str(tmp_path)),
-                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   callbacks=[monitor]).fit(module, datamodule=digits)
+        pl.Trainer(
+            max_epochs=2,
+            limit_train_batches=1,
+            limit_val_batches=1,
+            logger=CSVLogger(str(tmp_path)),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[monitor],
+        ).fit(module, datamodule=digits)
     assert sum("TensorBoardLogger" in str(w.message) for w in record) == 1
 
 
 def test_bad_layer_is_reported(digits, tmp_path):
     monitor = FilterMonitor(feature_layers=["model.features.nope"])
-    with pytest.raises(ValueError, match="Expected argument `layer` to name a submodule of the model; 'model.features.nope'"):
+    with pytest.raises(
+        ValueError, match="Expected argument `layer` to name a submodule of the model; 'model.features.nope'"
+    ):
         _fit(digits, [monitor], TensorBoardLogger(str(tmp_path), name="bad"), max_epochs=1)
 
 
@@ -126,15 +149,24 @@ def test_state_key_namespaces_and_arguments():
     assert a.state_key != b.state_key
     a.load_state_dict({"probe_indices": [4, 2]})
     assert a.state_dict()["probe_indices"] == [4, 2]
-    with pytest.raises(ValueError, match="Expected argument `class_images_every_n_epochs` to be an int >= 0, but got -1"):
+    with pytest.raises(
+        ValueError, match="Expected argument `class_images_every_n_epochs` to be an int >= 0, but got -1"
+    ):
         FilterMonitor(class_images_every_n_epochs=-1)
-    with pytest.raises(ValueError, match="Expected the keys of argument `activation_maximization` to be among 'steps'.*but got 'seed'"):
+    with pytest.raises(
+        ValueError, match="Expected the keys of argument `activation_maximization` to be among 'steps'.*but got 'seed'"
+    ):
         FilterMonitor(activation_maximization={"seed": 3})
     with pytest.raises(ValueError, match="Expected argument `steps` to be an int >= 1, but got 0"):
         FilterMonitor(activation_maximization={"steps": 0})
-    with pytest.raises(TypeError, match="Expected argument `feature_layers` to be a list of dotted module names or None, but got 'x'"):
+    with pytest.raises(
+        TypeError, match="Expected argument `feature_layers` to be a list of dotted module names or None, but got 'x'"
+    ):
         FilterMonitor(feature_layers="x")
-    with pytest.raises(ValueError, match=r"Expected argument `class_targets` to be a non-empty list of class indices or None, but got \[\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected argument `class_targets` to be a non-empty list of class indices or None, but got \[\]",
+    ):
         FilterMonitor(class_targets=[])
     with pytest.raises(ValueError, match="Expected argument `every_n_epochs` to be an int >= 1, but got 0"):
         FilterMonitor(every_n_epochs=0)

@@ -152,7 +152,10 @@ def test_region_on_other_device_and_dtype_float64(batches):
 
 @pytest.mark.parametrize("metric_cls", [RelevanceMass, RelevanceRankAccuracy, PointingGame])
 def test_bad_input_errors(metric_cls):
-    with pytest.raises(TypeError, match=r"Expected argument `region` to be a bool tensor of shape \(H, W\), but got dtype torch.float32"):
+    with pytest.raises(
+        TypeError,
+        match=r"Expected argument `region` to be a bool tensor of shape \(H, W\), but got dtype torch.float32",
+    ):
         metric_cls(torch.ones(4, 4))
     with pytest.raises(ValueError, match=r"Expected argument `region` to contain at least one True pixel"):
         metric_cls(torch.zeros(4, 4, dtype=torch.bool))
@@ -161,7 +164,10 @@ def test_bad_input_errors(metric_cls):
     metric = metric_cls(torch.ones(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"Expected argument `region` to have shape \(5, 5\), but got \(4, 4\)"):
         metric.update(torch.rand(2, 5, 5))
-    with pytest.raises(ValueError, match=r"Expected argument `attributions` to be a float \(N, H, W\) or \(N, C, H, W\) tensor, but got shape \(4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Expected argument `attributions` to be a float \(N, H, W\) or \(N, C, H, W\) tensor, but got shape \(4, 4\)",
+    ):
         metric.update(torch.rand(4, 4))
 
 
@@ -185,7 +191,9 @@ def test_ddp_two_processes_sync_to_the_global_mean(batches):
     shards = [batches[0], torch.cat(batches[1:])]
     ctx = mp.get_context("fork")  # fork: no re-import of torch in the children (spawn costs ~30 s on 2 cores)
     queue = ctx.SimpleQueue()
-    mp.start_processes(_ddp_worker, args=(2, free_port(), shards, REGION, queue), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(
+        _ddp_worker, args=(2, free_port(), shards, REGION, queue), nprocs=2, join=True, start_method="fork"
+    )
     out = dict(queue.get() for _ in range(2))
     union = torch.cat(shards)
     expected = {

@@ -17,7 +17,9 @@ def test_channel_reductions_match_their_formulas():
     torch.testing.assert_close(maps.reduce_channels(a, "sum"), a.sum(1))
     torch.testing.assert_close(maps.reduce_channels(a, "positive"), torch.where(a > 0, a, 0).sum(1))
     torch.testing.assert_close(maps.reduce_channels(a, "max_abs"), a.abs().max(1).values)
-    with pytest.raises(ValueError, match=r"`reduce` to be one of 'sum_abs', 'sum', 'positive', 'max_abs', but got 'abs'"):
+    with pytest.raises(
+        ValueError, match=r"`reduce` to be one of 'sum_abs', 'sum', 'positive', 'max_abs', but got 'abs'"
+    ):
         maps.reduce_channels(a, "abs")
     with pytest.raises(ValueError, match=r"`attributions` to be a 4-d tensor"):
         maps.reduce_channels(a[0], "sum")
@@ -99,7 +101,9 @@ def test_blur_imputer_matches_scipy_gaussian_filter():
     x = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     mask = torch.ones(12, 12, dtype=torch.bool)
     ours = BlurImputer(sigma=2.0)(x, mask)
-    ref = np.stack([ndimage.gaussian_filter(x[i, 0].numpy(), sigma=2.0, mode="nearest", truncate=3.0) for i in range(2)])
+    ref = np.stack(
+        [ndimage.gaussian_filter(x[i, 0].numpy(), sigma=2.0, mode="nearest", truncate=3.0) for i in range(2)]
+    )
     np.testing.assert_allclose(ours[:, 0].numpy(), ref, atol=1e-10)
 
 

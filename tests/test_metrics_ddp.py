@@ -10,10 +10,26 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import free_port
 
-from captum_ext.metrics import (AOPC, IROF, AvgSensitivity, Complexity, DeletionAUC, EffectiveComplexity, FaithfulnessCorrelation,
-                                InsertionAUC, LocalisationError, LocalLipschitzEstimate, MapSimilarity, MaxSensitivity,
-                                MonotonicityCorrelation, RandomLogit, RelativeInputStability, RelativeOutputStability,
-                                RelativeRepresentationStability, Sparseness)
+from captum_ext.metrics import (
+    AOPC,
+    IROF,
+    AvgSensitivity,
+    Complexity,
+    DeletionAUC,
+    EffectiveComplexity,
+    FaithfulnessCorrelation,
+    InsertionAUC,
+    LocalisationError,
+    LocalLipschitzEstimate,
+    MapSimilarity,
+    MaxSensitivity,
+    MonotonicityCorrelation,
+    RandomLogit,
+    RelativeInputStability,
+    RelativeOutputStability,
+    RelativeRepresentationStability,
+    Sparseness,
+)
 from captum_ext.metrics.localisation import largest_component_box
 
 FAITHFULNESS = {"DeletionAUC": DeletionAUC, "InsertionAUC": InsertionAUC, "AOPC": AOPC}
@@ -47,17 +63,28 @@ def _values(x: torch.Tensor, attr: torch.Tensor, maps_b: torch.Tensor, target: t
     localisation.update(attr, largest_component_box(attr), predicted, target)
     values["LocalisationError"] = float(localisation.compute())
     # the metrics beyond Quantus: every random draw (subsets, noise, other classes) is the same for every image
-    with_maps = {"FaithfulnessCorrelation": FaithfulnessCorrelation(runs=12, subset_size=8), "IROF": IROF(n_segments=4),
-                 "MonotonicityCorrelation": MonotonicityCorrelation(features_in_step=8, samples=3)}
-    explaining = {"MaxSensitivity": MaxSensitivity("saliency", samples=3), "AvgSensitivity": AvgSensitivity("saliency", samples=3),
-                  "LocalLipschitzEstimate": LocalLipschitzEstimate("saliency", samples=3), "RandomLogit": RandomLogit("saliency", 3),
-                  "RelativeInputStability": RelativeInputStability("input_x_gradient", samples=3),
-                  "RelativeOutputStability": RelativeOutputStability("input_x_gradient", samples=3),
-                  "RelativeRepresentationStability": RelativeRepresentationStability("input_x_gradient", "2", samples=3)}
+    with_maps = {
+        "FaithfulnessCorrelation": FaithfulnessCorrelation(runs=12, subset_size=8),
+        "IROF": IROF(n_segments=4),
+        "MonotonicityCorrelation": MonotonicityCorrelation(features_in_step=8, samples=3),
+    }
+    explaining = {
+        "MaxSensitivity": MaxSensitivity("saliency", samples=3),
+        "AvgSensitivity": AvgSensitivity("saliency", samples=3),
+        "LocalLipschitzEstimate": LocalLipschitzEstimate("saliency", samples=3),
+        "RandomLogit": RandomLogit("saliency", 3),
+        "RelativeInputStability": RelativeInputStability("input_x_gradient", samples=3),
+        "RelativeOutputStability": RelativeOutputStability("input_x_gradient", samples=3),
+        "RelativeRepresentationStability": RelativeRepresentationStability("input_x_gradient", "2", samples=3),
+    }
     for name, metric in {**with_maps, **explaining}.items():
         metric.update(model if name in with_maps else _tanh_model(), x, attr if name in with_maps else None, target)
         values[name] = float(metric.compute())
-    for name, metric in (("Sparseness", Sparseness()), ("Complexity", Complexity()), ("EffectiveComplexity", EffectiveComplexity())):
+    for name, metric in (
+        ("Sparseness", Sparseness()),
+        ("Complexity", Complexity()),
+        ("EffectiveComplexity", EffectiveComplexity()),
+    ):
         metric.update(attr)
         values[name] = float(metric.compute())
     return values
@@ -76,8 +103,12 @@ def _worker(rank: int, world: int, port: int, shards: list, out) -> None:
 def test_faithfulness_and_similarity_states_sync_to_the_union():
     gen = torch.Generator().manual_seed(3)
     n = 7
-    data = (torch.rand(n, 1, 8, 8, generator=gen), torch.randn(n, 1, 8, 8, generator=gen),
-            torch.randn(n, 1, 8, 8, generator=gen), torch.randint(0, 3, (n,), generator=gen))
+    data = (
+        torch.rand(n, 1, 8, 8, generator=gen),
+        torch.randn(n, 1, 8, 8, generator=gen),
+        torch.randn(n, 1, 8, 8, generator=gen),
+        torch.randint(0, 3, (n,), generator=gen),
+    )
     shards = [tuple(t[:2] for t in data), tuple(t[2:] for t in data)]
     queue = mp.get_context("fork").SimpleQueue()
     mp.start_processes(_worker, args=(2, free_port(), shards, queue), nprocs=2, join=True, start_method="fork")

@@ -11,8 +11,14 @@ from torch import nn
 
 from captum_ext import Explainer
 from captum_ext.attr.superpixels import superpixel_mask
-from captum_ext.metrics import (IROF, AvgSensitivity, FaithfulnessCorrelation, LocalLipschitzEstimate, MaxSensitivity,
-                                RandomLogit)
+from captum_ext.metrics import (
+    IROF,
+    AvgSensitivity,
+    FaithfulnessCorrelation,
+    LocalLipschitzEstimate,
+    MaxSensitivity,
+    RandomLogit,
+)
 from captum_ext.metrics.faithfulness_correlation import faithfulness_correlation, irof
 from captum_ext.metrics.random_logit import other_classes, random_logit
 from captum_ext.metrics.robustness import avg_sensitivity, local_lipschitz_estimate, max_sensitivity
@@ -52,26 +58,45 @@ def test_sensitivities_and_lipschitz_equal_their_definitions(batch):
     saliency = lambda inputs: Saliency(model).attribute(inputs, target=y, abs=False)  # noqa: E731
     base = saliency(x)
     uniform = (torch.rand((6, 1, *x.shape[1:]), generator=torch.Generator().manual_seed(3)) * 2 - 1) * 0.2  # per sample
-    relative = torch.stack([(saliency(x + u) - base).flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1) for u in uniform])
+    relative = torch.stack(
+        [(saliency(x + u) - base).flatten(1).norm(dim=1) / base.flatten(1).norm(dim=1) for u in uniform]
+    )
     explainer = Explainer("saliency")
-    torch.testing.assert_close(max_sensitivity(model, explainer, x, y, samples=6, seed=3), relative.amax(0), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(avg_sensitivity(model, explainer, x, y, samples=6, seed=3), relative.mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        max_sensitivity(model, explainer, x, y, samples=6, seed=3), relative.amax(0), rtol=1e-4, atol=1e-6
+    )
+    torch.testing.assert_close(
+        avg_sensitivity(model, explainer, x, y, samples=6, seed=3), relative.mean(0), rtol=1e-4, atol=1e-6
+    )
 
     gauss = (torch.randn((6, 1, *x.shape[1:]), generator=torch.Generator().manual_seed(4)) * 0.1).expand(6, *x.shape)
     unit = lambda m: m / m.flatten(1).abs().amax(1)[:, None, None, None]  # noqa: E731
-    lipschitz = torch.stack([(unit(saliency(x + g)) - unit(base)).flatten(1).norm(dim=1) / (g.flatten(1).norm(dim=1) + 1e-10)
-                             for g in gauss])
-    torch.testing.assert_close(local_lipschitz_estimate(model, explainer, x, y, samples=6, seed=4), lipschitz.amax(0),
-                               rtol=1e-4, atol=1e-6)
+    lipschitz = torch.stack(
+        [
+            (unit(saliency(x + g)) - unit(base)).flatten(1).norm(dim=1) / (g.flatten(1).norm(dim=1) + 1e-10)
+            for g in gauss
+        ]
+    )
+    torch.testing.assert_close(
+        local_lipschitz_estimate(model, explainer, x, y, samples=6, seed=4), lipschitz.amax(0), rtol=1e-4, atol=1e-6
+    )
 
     linear = Linear(torch.randn(3, 64, generator=torch.Generator().manual_seed(5)))  # its gradient ignores the input
     assert max_sensitivity(linear, explainer, x, y, samples=4).abs().max() < 1e-6
     metric = MaxSensitivity(explainer, samples=6, scale=0.2, seed=3)
     metric.update(model, x[:2], None, y[:2])
     metric.update(model, x[2:], base[2:], y[2:])
-    assert float(metric.compute()) == pytest.approx(float(torch.cat([
-        max_sensitivity(model, explainer, x[:2], y[:2], samples=6, seed=3),
-        max_sensitivity(model, explainer, x[2:], y[2:], samples=6, seed=3)]).mean()), rel=1e-5)
+    assert float(metric.compute()) == pytest.approx(
+        float(
+            torch.cat(
+                [
+                    max_sensitivity(model, explainer, x[:2], y[:2], samples=6, seed=3),
+                    max_sensitivity(model, explainer, x[2:], y[2:], samples=6, seed=3),
+                ]
+            ).mean()
+        ),
+        rel=1e-5,
+    )
     for cls in (AvgSensitivity, LocalLipschitzEstimate):
         assert cls(explainer, samples=2).higher_is_better is False
 
@@ -105,10 +130,12 @@ def test_faithfulness_correlation_is_one_for_the_exact_linear_attribution(batch)
     model = Linear(weight)
     black = x.flatten(1).amin(1)[:, None, None, None]
     exact = weight[y].reshape(5, 1, 8, 8) * (x - black)
-    torch.testing.assert_close(faithfulness_correlation(model, x, exact, y, runs=30, subset_size=10), torch.ones(5),
-                               atol=1e-5, rtol=0)
-    torch.testing.assert_close(faithfulness_correlation(model, x, -exact, y, runs=30, subset_size=10), -torch.ones(5),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        faithfulness_correlation(model, x, exact, y, runs=30, subset_size=10), torch.ones(5), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        faithfulness_correlation(model, x, -exact, y, runs=30, subset_size=10), -torch.ones(5), atol=1e-5, rtol=0
+    )
     noise = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(8))
     assert faithfulness_correlation(model, x, noise, y, runs=200, subset_size=10).abs().mean() < 0.3
     metric = FaithfulnessCorrelation(runs=30, subset_size=10)
@@ -167,17 +194,20 @@ def test_relative_stabilities_equal_their_definitions(batch):
     for s, u in enumerate(noise):
         moved, logits1 = saliency(x + u), model(x + u).detach()
         top = ((moved - base) / safe(base)).flatten(1).norm(dim=1)
-        denominators = {"input": (u.expand_as(x) / safe(x)).flatten(1).norm(dim=1),
-                        "output": (logits1 - logits0).norm(dim=1),
-                        "representation": ((hidden(x + u) - hidden(x)) / safe(hidden(x))).norm(dim=1)}
+        denominators = {
+            "input": (u.expand_as(x) / safe(x)).flatten(1).norm(dim=1),
+            "output": (logits1 - logits0).norm(dim=1),
+            "representation": ((hidden(x + u) - hidden(x)) / safe(hidden(x))).norm(dim=1),
+        }
         kept = logits1.argmax(1) == logits0.argmax(1)
         for kind, below in denominators.items():
             expected[kind][s] = torch.where(kept, top / below.clamp(min=1e-6), -float("inf"))
     for kind in expected:
         layer = "2" if kind == "representation" else None
         ours = relative_stability(kind, model, "saliency", x, y, samples=8, radius=0.3, seed=11, layer=layer)
-        torch.testing.assert_close(ours, expected[kind].amax(0).nan_to_num(neginf=float("nan")), rtol=1e-4, atol=1e-6,
-                                   equal_nan=True)
+        torch.testing.assert_close(
+            ours, expected[kind].amax(0).nan_to_num(neginf=float("nan")), rtol=1e-4, atol=1e-6, equal_nan=True
+        )
     metric = RelativeOutputStability("saliency", samples=8, scale=0.3, seed=11)
     metric.update(model, x, None, y)
     assert float(metric.compute()) == pytest.approx(float(expected["output"].amax(0).mean()), rel=1e-4)
@@ -200,8 +230,12 @@ def test_monotonicity_correlation_is_one_for_the_true_feature_importance():
     x = torch.full((2, 1, 8, 8), 0.5)
     y = torch.tensor([0, 1])
     importance = w.abs().reshape(1, 1, 8, 8).expand(2, 1, 8, 8)
-    torch.testing.assert_close(monotonicity_correlation(model, x, importance, y, features_in_step=1, samples=5),
-                               torch.ones(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        monotonicity_correlation(model, x, importance, y, features_in_step=1, samples=5),
+        torch.ones(2),
+        atol=1e-6,
+        rtol=0,
+    )
     reversed_ = monotonicity_correlation(model, x, 1 / importance, y, features_in_step=1, samples=5)
     torch.testing.assert_close(reversed_, -torch.ones(2), atol=1e-6, rtol=0)
     metric = MonotonicityCorrelation(features_in_step=1, samples=3)

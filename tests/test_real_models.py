@@ -27,7 +27,9 @@ from captum_ext.explainer import METHODS, images_per_pass
 from captum_ext.model_output import LogitsModel, logits
 from captum_ext.models import SmallCNN
 
-CNN_METHODS = [m for m in METHODS if m not in ("rollout", "gradient_rollout", "cam")]  # CAM: see test_cam_layerwise_lime
+CNN_METHODS = [
+    m for m in METHODS if m not in ("rollout", "gradient_rollout", "cam")
+]  # CAM: see test_cam_layerwise_lime
 
 
 class TupleOutput(nn.Module):
@@ -102,8 +104,14 @@ def test_logits_rule_and_wrapper_leave_the_model_alone(cnn, model_guard):
 def test_hugging_face_vit_output_in_every_entry_point(model_guard):
     transformers = pytest.importorskip("transformers")
     config = transformers.ViTConfig(
-        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=5,
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=5,
     )
     model = model_guard(seeded(lambda: transformers.ViTForImageClassification(config), 2))
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -149,7 +157,10 @@ def test_road_and_audit_read_dict_batches_like_tuples(cnn):
     y = torch.tensor([0, 1, 2, 3] * 2)
     tuples = DataLoader(TensorDataset(x, y), batch_size=4)
     dicts = DataLoader(DictDataset(x, y), batch_size=4)
-    assert road(cnn, dicts, "saliency", fractions=(0.3, 0.7)).to_dict() == road(cnn, tuples, "saliency", fractions=(0.3, 0.7)).to_dict()
+    assert (
+        road(cnn, dicts, "saliency", fractions=(0.3, 0.7)).to_dict()
+        == road(cnn, tuples, "saliency", fractions=(0.3, 0.7)).to_dict()
+    )
     custom = DataLoader(DictDataset(x, y, "photo", "cls_id"), batch_size=4)
     unpacked = road(cnn, custom, "saliency", fractions=(0.3,), unpack=lambda b: (b["photo"], b["cls_id"]))
     assert unpacked.to_dict() == road(cnn, tuples, "saliency", fractions=(0.3,)).to_dict()
@@ -163,7 +174,9 @@ class BatchRecorder(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 4, 8, stride=8), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5)
+        )
         self.sizes: list[int] = []
 
     def forward(self, x):
@@ -171,11 +184,15 @@ class BatchRecorder(nn.Module):
         return self.net(x)
 
 
-@pytest.mark.parametrize(("method", "limit"), [("integrated_gradients", 16), ("smoothgrad", 16), ("vargrad", 16), ("occlusion", 64)])
+@pytest.mark.parametrize(
+    ("method", "limit"), [("integrated_gradients", 16), ("smoothgrad", 16), ("vargrad", 16), ("occlusion", 64)]
+)
 def test_multi_sample_methods_chunk_to_sixteen_images_at_224_px(method, limit):
     model = seeded(BatchRecorder)
     x = torch.rand(16, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    windows = {"sliding_window_shapes": (3, 56, 56), "strides": (3, 56, 56)} if method == "occlusion" else {}  # 16 windows
+    windows = (
+        {"sliding_window_shapes": (3, 56, 56), "strides": (3, 56, 56)} if method == "occlusion" else {}
+    )  # 16 windows
     Explainer(method, **windows).attribute(model, x, 1)
     assert max(model.sizes[1:]) <= limit  # sizes[0] is the one-image target check
     assert images_per_pass(x) == 16 and images_per_pass(torch.zeros(64, 1, 32, 32)) == 2352
@@ -277,7 +294,9 @@ def test_bad_inputs_are_named_before_any_work(cnn, images):
     nan[1, 0, 3, 4] = float("nan")
     with pytest.raises(ValueError, match=r"`inputs` to be finite, but it holds NaN at index \(1, 0, 3, 4\)"):
         Explainer("saliency").attribute(cnn, nan, 0)
-    with pytest.raises(ValueError, match=r"model's dtype and device \(torch.float32, cpu\), but got \(torch.float64, cpu\)"):
+    with pytest.raises(
+        ValueError, match=r"model's dtype and device \(torch.float32, cpu\), but got \(torch.float64, cpu\)"
+    ):
         Explainer("saliency").attribute(cnn, images.double(), 0)
     with pytest.raises(ValueError, match=r"with N >= 1, but got shape \(0, 1, 32, 32\)"):
         Explainer("saliency").attribute(cnn, images[:0], 0)
@@ -341,9 +360,16 @@ def _every_callback(region):
 def _fit_with(module, callbacks, train, val, logdir, namespace):
     loggers = pytest.importorskip(f"{namespace}.loggers")
     trainer = pytest.importorskip(namespace).Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, deterministic=True,
-        logger=loggers.TensorBoardLogger(str(logdir)), enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=callbacks,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        logger=loggers.TensorBoardLogger(str(logdir)),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -364,17 +390,33 @@ def test_every_callback_on_dict_batches_and_tuple_outputs_matches_the_plain_modu
     plain = ClassifierModule(SmallCNN())
     # ClassifierModule is a pytorch_lightning module; tuples from a plain Dataset (a TensorDataset's probe is chosen
     # from its label tensor directly, which orders the candidates differently)
-    plain_trainer = _fit_with(plain, plain_callbacks, DataLoader(TupleDataset(x, y), batch_size=32),
-                              DataLoader(TupleDataset(vx, vy), batch_size=50), tmp_path / "plain", "pytorch_lightning")
+    plain_trainer = _fit_with(
+        plain,
+        plain_callbacks,
+        DataLoader(TupleDataset(x, y), batch_size=32),
+        DataLoader(TupleDataset(vx, vy), batch_size=50),
+        tmp_path / "plain",
+        "pytorch_lightning",
+    )
     torch.manual_seed(0)
     ours = _dict_module(pytest.importorskip(namespace).LightningModule)()
     CountingDictDataset.reads = 0
     callbacks = _every_callback(region)
-    trainer = _fit_with(ours, callbacks, DataLoader(DictDataset(x, y), batch_size=32),
-                        DataLoader(CountingDictDataset(vx, vy), batch_size=50), tmp_path / "ours", namespace)
+    trainer = _fit_with(
+        ours,
+        callbacks,
+        DataLoader(DictDataset(x, y), batch_size=32),
+        DataLoader(CountingDictDataset(vx, vy), batch_size=50),
+        tmp_path / "ours",
+        namespace,
+    )
     for key, value in plain.model.state_dict().items():  # the same training run, so the same numbers
         assert torch.equal(ours.model.state_dict()[key], value), key
-    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("attribution/", "sanity/", "shortcut/"))}
+    logged = {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith(("attribution/", "sanity/", "shortcut/"))
+    }
     expected = {k: float(v) for k, v in plain_trainer.callback_metrics.items() if k in logged}
     assert logged and expected.keys() == logged.keys()
     for key in logged:
@@ -393,8 +435,14 @@ def test_a_misconfigured_callback_fails_before_the_first_training_step(digits, t
     bad_layer = AttributionMonitor([Explainer("gradcam", layer="model.nope")], num_samples=4)
     loader = DataLoader(DictDataset(x[:64], y[:64]), batch_size=32)
     trainer = pytest.importorskip("pytorch_lightning").Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[bad_layer],
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[bad_layer],
     )
     with pytest.raises(ValueError, match=r"`layer` to name a submodule of the model; 'model.nope'"):
         trainer.fit(module, loader, loader)
@@ -402,15 +450,27 @@ def test_a_misconfigured_callback_fails_before_the_first_training_step(digits, t
     odd_keys = DataLoader(DictDataset(x[:64], y[:64], "picture", "tag"), batch_size=32)
     monitor = AttributionMonitor(["saliency"], num_samples=4, unpack=lambda item: (item["picture"], item["tag"]))
     trainer = pytest.importorskip("pytorch_lightning").Trainer(
-        max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[AttributionMonitor(["saliency"], num_samples=4)],
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[AttributionMonitor(["saliency"], num_samples=4)],
     )
     with pytest.raises(TypeError, match=r"got the keys 'picture', 'tag', 'path'; pass `unpack=`"):
         trainer.fit(_PictureModule(), odd_keys, odd_keys)
     assert trainer.global_step == 0
     trainer = pytest.importorskip("pytorch_lightning").Trainer(
-        max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[monitor],
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor],
     )
     trainer.fit(_PictureModule(), odd_keys, odd_keys)
     assert "attribution/saliency/deletion_auc" in trainer.callback_metrics
@@ -445,7 +505,9 @@ def test_normalised_inputs_delete_to_black_in_pixel_space(cnn):
     saliency = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
     target = torch.tensor([0, 1, 2])
     reference = perturbation_curve(cnn, pixels, saliency, target, steps=4)
-    ours = perturbation_curve(BehindNormalize(), norm.from_pixels(pixels), saliency, target, steps=4, normalization=norm)
+    ours = perturbation_curve(
+        BehindNormalize(), norm.from_pixels(pixels), saliency, target, steps=4, normalization=norm
+    )
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
     unaware = perturbation_curve(BehindNormalize(), norm.from_pixels(pixels), saliency, target, steps=4)
     assert not torch.allclose(unaware, reference, atol=1e-4)  # a raw 0 is the mean colour there
@@ -498,7 +560,9 @@ def test_audit_at_224_px_flags_by_intervention_and_discovers_the_square():
     assert zero["accuracy_drop"] == 1.0 and zero["placebo_drop"] == 0.0 and zero["intervention_p"] < 0.01
     assert zero["agreement"].startswith("intervention only")
     assert "class 0: intervention only" in repr(given)
-    found = CleverHansAudit(Explainer("integrated_gradients", n_steps=4), flip_images=12, batch_size=16).run(model, (x, y))
+    found = CleverHansAudit(Explainer("integrated_gradients", n_steps=4), flip_images=12, batch_size=16).run(
+        model, (x, y)
+    )
     assert found.flagged == [0]
     x0, y0, x1, y1 = found.classes[0]["region"]
     inter = max(0, min(x1, 24) - max(x0, 0)) * max(0, min(y1, 24) - max(y0, 0))
@@ -514,7 +578,9 @@ def test_a_region_too_large_for_a_placebo_is_judged_by_its_effect_sizes_with_a_w
     region[:, :20] = True  # 62% of the image: no shifted copy can avoid it
     x = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(8))
     with pytest.warns(RuntimeWarning, match="no room for a disjoint placebo"):
-        report = CleverHansAudit("input_x_gradient", region=region, flip_images=4).run(cnn, (x, torch.tensor([0, 1, 2, 3] * 2)))
+        report = CleverHansAudit("input_x_gradient", region=region, flip_images=4).run(
+            cnn, (x, torch.tensor([0, 1, 2, 3] * 2))
+        )
     for entry in report.classes.values():
         assert math.isnan(entry["intervention_p"]) and math.isnan(entry["placebo_drop"])
         assert entry["evidence"]["counterfactual"] == (entry["accuracy_drop"] >= 0.1 or entry["flip_rate"] >= 0.1)
@@ -540,9 +606,13 @@ def test_captum_metrics_get_captum_s_tuple_convention(cnn, images):
     torch.manual_seed(0)
     ours = sensitivity_max(lambda inputs, target: explainer.attribute(cnn, inputs, target), (images,), target=1)
     torch.manual_seed(0)
-    reference = sensitivity_max(lambda inputs, target: (explainer.attribute(cnn, inputs[0], target),), (images,), target=1)
+    reference = sensitivity_max(
+        lambda inputs, target: (explainer.attribute(cnn, inputs[0], target),), (images,), target=1
+    )
     torch.testing.assert_close(ours, reference)
-    with pytest.raises(ValueError, match=r"`inputs` to be a tensor or Captum's tuple of one tensor, but got a tuple of 2"):
+    with pytest.raises(
+        ValueError, match=r"`inputs` to be a tensor or Captum's tuple of one tensor, but got a tuple of 2"
+    ):
         explainer.attribute(cnn, (images, images), 1)
 
 

@@ -41,7 +41,9 @@ def test_report_embeds_pngs_tables_and_verdicts(tmp_path):
     fig = Figure(figsize=(2, 1))
     fig.subplots().plot([0, 1], [1, 0])
     report = Report("t <&>")
-    report.add_section("A", text="x < y", table=[{"method": "saliency", "score": 0.12345}], verdict=("passed", True), figures=[fig])
+    report.add_section(
+        "A", text="x < y", table=[{"method": "saliency", "score": 0.12345}], verdict=("passed", True), figures=[fig]
+    )
     report.add_section("B", verdict=("failed", False))
     path = report.write(tmp_path / "r.html")
     text = path.read_text()

@@ -17,8 +17,16 @@ from captum_ext.evaluation import ROADResult, road
 from captum_ext.imputation import NoisyLinearImputer
 
 # ROAD's neighbour weights: 1/6 for the 4 direct neighbours, 1/12 for the 4 diagonal ones
-OFFSETS = [((-1, -1), 1 / 12), ((-1, 0), 1 / 6), ((-1, 1), 1 / 12), ((0, -1), 1 / 6),
-           ((0, 1), 1 / 6), ((1, -1), 1 / 12), ((1, 0), 1 / 6), ((1, 1), 1 / 12)]
+OFFSETS = [
+    ((-1, -1), 1 / 12),
+    ((-1, 0), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((0, 1), 1 / 6),
+    ((1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((1, 1), 1 / 12),
+]
 
 
 def reference_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -48,7 +56,9 @@ def reference_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def reference_batch(images: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     x, m = images.double().numpy(), masks.numpy()
-    return np.stack([np.stack([reference_fill(x[n, c], m[n, c]) for c in range(x.shape[1])]) for n in range(x.shape[0])])
+    return np.stack(
+        [np.stack([reference_fill(x[n, c], m[n, c]) for c in range(x.shape[1])]) for n in range(x.shape[0])]
+    )
 
 
 def test_noisy_linear_matches_scipy_reference_per_channel_masks():
@@ -84,7 +94,9 @@ def test_multigrid_solver_on_large_holes_matches_reference_in_few_iterations():
     out = NoisyLinearImputer(noise=0.0, mean=[0.3, 0.7])(x, per_channel)
     assert torch.equal(out[1, 1], torch.full((45, 38), 0.7))
     np.testing.assert_allclose(out[0].double().numpy(), reference_batch(x[:1], per_channel[:1])[0], atol=1e-4, rtol=0)
-    np.testing.assert_allclose(out[1, 0].double().numpy(), reference_fill(x[1, 0].double().numpy(), per_channel[1, 0].numpy()), atol=1e-4)
+    np.testing.assert_allclose(
+        out[1, 0].double().numpy(), reference_fill(x[1, 0].double().numpy(), per_channel[1, 0].numpy()), atol=1e-4
+    )
 
 
 def test_noisy_linear_warns_when_the_iteration_cap_stops_it():

@@ -149,8 +149,16 @@ def sweep(data, tmp_path_factory):
     """The uninterrupted, sequential reference sweep: oracle + random, 2 fractions, 1 repeat."""
     folder = tmp_path_factory.mktemp("sequential")
     _Linear.seen.clear()
-    result = roar(make_pl, data, [ORACLE], fractions=(0.3, 0.6), repeats=1, trainer_kwargs=TRAINER,
-                  cache_dir=folder, progress=False)
+    result = roar(
+        make_pl,
+        data,
+        [ORACLE],
+        fractions=(0.3, 0.6),
+        repeats=1,
+        trainer_kwargs=TRAINER,
+        cache_dir=folder,
+        progress=False,
+    )
     trainers = [value for kind, value in _Linear.seen if kind == "trainer"]
     return result, folder, trainers
 
@@ -165,8 +173,9 @@ def test_roar_oracle_drops_to_chance_random_does_not(data, tmp_path):
 
 
 def test_kar_oracle_keeps_accuracy_above_random(data, tmp_path):
-    result = kar(make_pl, data, [ORACLE], fractions=(0.1,), repeats=1, trainer_kwargs=TRAINER, cache_dir=tmp_path,
-                 progress=False)
+    result = kar(
+        make_pl, data, [ORACLE], fractions=(0.1,), repeats=1, trainer_kwargs=TRAINER, cache_dir=tmp_path, progress=False
+    )
     assert result.keep is True
     assert result.accuracy["oracle"][0.1][0] > result.accuracy["random"][0.1][0] + 0.1
     assert result.better_than_random == {"oracle": True}
@@ -176,23 +185,47 @@ def test_resumes_after_a_crash_without_repeating_runs(data, sweep, tmp_path):
     reference, _, _ = sweep
     Crash.starts = 0
     with pytest.raises(RuntimeError, match="injected crash"):  # base model + 2 runs finish, the 3rd run crashes
-        roar(make_pl, data, [ORACLE], fractions=(0.3, 0.6), repeats=1,
-             trainer_kwargs={**TRAINER, "callbacks": [Crash(limit=3)]}, cache_dir=tmp_path, progress=False)
+        roar(
+            make_pl,
+            data,
+            [ORACLE],
+            fractions=(0.3, 0.6),
+            repeats=1,
+            trainer_kwargs={**TRAINER, "callbacks": [Crash(limit=3)]},
+            cache_dir=tmp_path,
+            progress=False,
+        )
     assert len(list((tmp_path / "runs").glob("*.json"))) == 2
     from captum_ext.evaluation import claims
 
     (lock,) = (tmp_path / "runs").glob("*.lock")  # the crashed run's claim was given up: marked expired, not deleted
     assert not claims.held_elsewhere(tmp_path / "runs", lock.name.split(".")[0])
     Crash.starts = 0
-    resumed = roar(make_pl, data, [ORACLE], fractions=(0.3, 0.6), repeats=1,
-                   trainer_kwargs={**TRAINER, "callbacks": [Crash(limit=None)]}, cache_dir=tmp_path, progress=False)
+    resumed = roar(
+        make_pl,
+        data,
+        [ORACLE],
+        fractions=(0.3, 0.6),
+        repeats=1,
+        trainer_kwargs={**TRAINER, "callbacks": [Crash(limit=None)]},
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert Crash.starts == 2  # only the two unfinished runs were trained; the base model came from the cache
     assert resumed.accuracy == reference.accuracy
     assert resumed.baseline_accuracy == reference.baseline_accuracy
     assert len(list((tmp_path / "runs").glob("*.json"))) == 4
     Crash.starts = 0
-    again = roar(make_pl, data, [ORACLE], fractions=(0.3, 0.6), repeats=1,
-                 trainer_kwargs={**TRAINER, "callbacks": [Crash(limit=None)]}, cache_dir=tmp_path, progress=False)
+    again = roar(
+        make_pl,
+        data,
+        [ORACLE],
+        fractions=(0.3, 0.6),
+        repeats=1,
+        trainer_kwargs={**TRAINER, "callbacks": [Crash(limit=None)]},
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert Crash.starts == 0 and again.accuracy == reference.accuracy
 
 
@@ -201,14 +234,28 @@ def test_process_pool_executor_matches_sequential(data, sweep, tmp_path):
     for cached in [*folder.glob("base_*.pt"), *folder.glob("rank_*.npy")]:  # reuse the base model and rankings
         shutil.copy(cached, tmp_path / cached.name)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=context, initializer=torch.set_num_threads,
-                                                initargs=(1,)) as executor:
-        parallel = roar(make_pl, data, [ORACLE], fractions=(0.3, 0.6), repeats=1, trainer_kwargs=TRAINER,
-                        cache_dir=tmp_path, executor=executor, progress=False)
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=2, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
+    ) as executor:
+        parallel = roar(
+            make_pl,
+            data,
+            [ORACLE],
+            fractions=(0.3, 0.6),
+            repeats=1,
+            trainer_kwargs=TRAINER,
+            cache_dir=tmp_path,
+            executor=executor,
+            progress=False,
+        )
     assert parallel.accuracy == reference.accuracy
     records = [json.loads(path.read_text()) for path in (tmp_path / "runs").glob("*.json")]
     assert sorted((r["method"], r["fraction"]) for r in records) == [
-        ("oracle", 0.3), ("oracle", 0.6), ("random", 0.3), ("random", 0.6)]
+        ("oracle", 0.3),
+        ("oracle", 0.6),
+        ("random", 0.3),
+        ("random", 0.6),
+    ]
 
 
 def test_lightning_namespace_and_every_split_masked_with_the_train_mean(data, tmp_path, model_guard):
@@ -216,8 +263,17 @@ def test_lightning_namespace_and_every_split_masked_with_the_train_mean(data, tm
     oracle region (exactly a quarter of the pixels) replaced by the training set's mean."""
     base = model_guard(make_lightning())
     _Linear.seen.clear()
-    result = roar(make_lightning, data, [ORACLE], fractions=(0.25,), repeats=1, trainer_kwargs={**TRAINER, "max_epochs": 1},
-                  model=base, cache_dir=tmp_path, progress=False)
+    result = roar(
+        make_lightning,
+        data,
+        [ORACLE],
+        fractions=(0.25,),
+        repeats=1,
+        trainer_kwargs={**TRAINER, "max_epochs": 1},
+        model=base,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert set(result.accuracy) == {"oracle", "random"}
     trainers = {value for kind, value in _Linear.seen if kind == "trainer"}
     assert trainers == {"lightning.pytorch.trainer.trainer"}
@@ -243,8 +299,13 @@ def test_pytorch_lightning_modules_are_fitted_by_its_trainer(sweep):
 def test_ranking_cache_misses_on_one_weight_or_one_kwarg(tmp_path):
     data = OracleData(sizes=(96, 32, 32))
     model = make_pl()
-    settings = dict(fractions=(0.5,), repeats=1, trainer_kwargs={**TRAINER, "max_epochs": 1}, cache_dir=tmp_path,
-                    progress=False)
+    settings = {
+        "fractions": (0.5,),
+        "repeats": 1,
+        "trainer_kwargs": {**TRAINER, "max_epochs": 1},
+        "cache_dir": tmp_path,
+        "progress": False,
+    }
     roar(make_pl, data, ["saliency"], model=model, **settings)
     first = set(tmp_path.glob("rank_*.npy"))
     assert len(first) == 6  # saliency and random, three splits each
@@ -281,7 +342,7 @@ def test_masked_view_removes_or_keeps_by_rank(tmp_path):
             return super().fill(inputs, mask)
 
     batched = RankedMaskDataset(dataset, tmp_path / "rank.npy", 0.5, False, CountingImputer([-1.0]))
-    (x, y), = DataLoader(batched, batch_size=2)
+    ((x, y),) = DataLoader(batched, batch_size=2)
     assert CountingImputer.calls == [2]  # one imputer call for the whole batch
     assert torch.equal(x, torch.stack([removed[0][0], removed[1][0]])) and y.tolist() == [0, 1]
 
@@ -319,8 +380,9 @@ def test_rankings_stream_to_npy_loaded_without_pickle(tmp_path):
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(9, 2))
     images, labels = torch.rand(10, 1, 3, 3), torch.arange(10) % 2
-    path = compute_rankings(model, Explainer("saliency"), TensorDataset(images, labels), tmp_path / "r.npy",
-                            batch_size=4, progress=False)
+    path = compute_rankings(
+        model, Explainer("saliency"), TensorDataset(images, labels), tmp_path / "r.npy", batch_size=4, progress=False
+    )
     positions = np.load(path, allow_pickle=False)
     assert positions.dtype == np.int16 and np.array_equal(load_rankings(path), positions)
     weight = model[1].weight.detach().abs().numpy()
@@ -346,7 +408,9 @@ def test_stale_temporaries_go_live_writers_stay(tmp_path):
     from captum_ext.evaluation import cache
 
     results = cache.write_record(tmp_path, "a", {"key": "a", "accuracy": 0.5})
-    assert cache.read_record(tmp_path, "a") == {"key": "a", "accuracy": 0.5} and cache.read_record(tmp_path, "b") is None
+    assert (
+        cache.read_record(tmp_path, "a") == {"key": "a", "accuracy": 0.5} and cache.read_record(tmp_path, "b") is None
+    )
     import socket
     import subprocess
     import sys
@@ -407,6 +471,14 @@ def make_dict_linear() -> pl.LightningModule:
 
 def test_dict_batches_and_tuple_outputs_give_the_tuple_results(sweep, tmp_path):
     reference, _, _ = sweep
-    result = roar(make_dict_linear, DictOracleData(), [ORACLE], fractions=(0.3, 0.6), repeats=1,
-                  trainer_kwargs=TRAINER, cache_dir=tmp_path, progress=False)
+    result = roar(
+        make_dict_linear,
+        DictOracleData(),
+        [ORACLE],
+        fractions=(0.3, 0.6),
+        repeats=1,
+        trainer_kwargs=TRAINER,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert result.accuracy == reference.accuracy and result.baseline_accuracy == reference.baseline_accuracy

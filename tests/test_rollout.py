@@ -64,7 +64,7 @@ def ref_gradient_rollout(logits, attentions, target, start=0):
 
 
 def cls_grid(r: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    return r[:, 0, -grid[0] * grid[1]:].reshape(-1, *grid)
+    return r[:, 0, -grid[0] * grid[1] :].reshape(-1, *grid)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,9 @@ def test_rollout_start_layer_and_batch_independence(vit, images):
     explain = AttentionRollout(vit, discard_ratio=0.5, start_layer=2)
     batched = explain.attribute(images, return_grid=True)
     _, attentions = reference_torchvision(vit, images)
-    torch.testing.assert_close(batched.double(), cls_grid(ref_rollout(attentions, "mean", 0.5, start=2), (8, 8)),
-                               atol=TOL, rtol=0)
+    torch.testing.assert_close(
+        batched.double(), cls_grid(ref_rollout(attentions, "mean", 0.5, start=2), (8, 8)), atol=TOL, rtol=0
+    )
     singles = torch.cat([explain.attribute(images[i : i + 1], return_grid=True) for i in range(3)])
     torch.testing.assert_close(batched, singles, atol=1e-6, rtol=0)
 
@@ -113,8 +114,9 @@ def test_rollout_timm_non_square(model_guard):
     from test_attention import reference_timm_attention
 
     got = AttentionRollout(model).attribute(x, return_grid=True)
-    torch.testing.assert_close(got.double(), cls_grid(ref_rollout(reference_timm_attention(model, x)), (5, 7)),
-                               atol=TOL, rtol=0)
+    torch.testing.assert_close(
+        got.double(), cls_grid(ref_rollout(reference_timm_attention(model, x)), (5, 7)), atol=TOL, rtol=0
+    )
 
 
 def test_rollout_transformers(model_guard):
@@ -172,7 +174,9 @@ def test_gradient_rollout_predicted_class_start_layer_and_layer_order(vit, image
     logits, attentions = reference_torchvision(vit, images)
     grads = torch.autograd.grad(logits.gather(1, logits.argmax(1)[:, None]).sum(), attentions)
     attentions = [a.detach() for a in attentions]
-    torch.testing.assert_close(cls_grid(gradient_rollout(attentions[1:], grads[1:]), (8, 8)), want.float(), atol=TOL, rtol=1e-4)
+    torch.testing.assert_close(
+        cls_grid(gradient_rollout(attentions[1:], grads[1:]), (8, 8)), want.float(), atol=TOL, rtol=1e-4
+    )
     reversed_pairs = cls_grid(gradient_rollout(attentions[1:], list(grads[1:])[::-1]).float(), (8, 8))
     assert not torch.allclose(got, reversed_pairs, atol=1e-3)  # pairing by block matters
 
@@ -205,8 +209,16 @@ def test_rollout_transformers_deit_two_prefix_tokens(model_guard):
     """DeiT (CLS + distillation token): the captured attention equals HF's own ``output_attentions`` and rollout
     reads the CLS row over the 4x4 patch grid after both prefix tokens."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.DeiTConfig(image_size=32, patch_size=8, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, num_labels=4)
+    config = transformers.DeiTConfig(
+        image_size=32,
+        patch_size=8,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=4,
+    )
     model = model_guard(seeded(lambda: transformers.DeiTForImageClassificationWithTeacher(config), 3))
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(21))
     captured = attention_maps(model, x)
@@ -217,7 +229,9 @@ def test_rollout_transformers_deit_two_prefix_tokens(model_guard):
     for got, want in zip(captured.maps, want_maps, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     got = AttentionRollout(model).attribute(x, return_grid=True)
-    torch.testing.assert_close(got.double(), cls_grid(ref_rollout([m.double() for m in want_maps]), (4, 4)), atol=TOL, rtol=0)
+    torch.testing.assert_close(
+        got.double(), cls_grid(ref_rollout([m.double() for m in want_maps]), (4, 4)), atol=TOL, rtol=0
+    )
 
 
 # -- RawAttention ---------------------------------------------------------------------------------------------------
@@ -283,7 +297,9 @@ def test_errors_name_the_argument(vit, images):
         RawAttention(vit, head=4).attribute(images)
     with pytest.raises(TypeError, match="`token` to be 'cls' or an int token index, but got 'patch'"):
         RawAttention(vit, token="patch")
-    with pytest.raises(ValueError, match=r"`target` to be an int or hold one index per input \(3,\), but got shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"`target` to be an int or hold one index per input \(3,\), but got shape \(2,\)"
+    ):
         GradientRollout(vit).attribute(images, target=[1, 2])
     with pytest.raises(ValueError, match=r"`target` to hold class indices in \[0, 10\), but got -1 at position 1"):
         GradientRollout(vit).attribute(images, target=[3, -1, 12])
@@ -327,8 +343,11 @@ def test_captum_metrics_and_visualisation_accept_the_maps(vit, images):
     assert score.shape == (3,) and torch.isfinite(score).all()
     assert sens.shape == (3,) and torch.isfinite(sens).all()
     figure, _ = visualization.visualize_image_attr(
-        maps[0].permute(1, 2, 0).numpy(), images[0].permute(1, 2, 0).numpy(), method="blended_heat_map",
-        sign="positive", use_pyplot=False,
+        maps[0].permute(1, 2, 0).numpy(),
+        images[0].permute(1, 2, 0).numpy(),
+        method="blended_heat_map",
+        sign="positive",
+        use_pyplot=False,
     )
     assert figure is not None
 

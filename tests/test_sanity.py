@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Attribution
+from conftest import assert_unchanged, snapshot
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 from torch import nn
@@ -22,7 +23,6 @@ from captum_ext.sanity import (
     randomize_layer,
     train_on_random_labels,
 )
-from conftest import assert_unchanged, snapshot
 
 
 class InputMap(Attribution):
@@ -68,8 +68,15 @@ def test_linear_oracle_cascading_and_independent(mode, recompute_target, model_g
     model = model_guard(_linear_net())
     x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     seed = 7
-    result = model_randomization_test(model, "saliency", x, mode=mode, similarity=("spearman_abs", "spearman"),
-                                      seed=seed, recompute_target=recompute_target)
+    result = model_randomization_test(
+        model,
+        "saliency",
+        x,
+        mode=mode,
+        similarity=("spearman_abs", "spearman"),
+        seed=seed,
+        recompute_target=recompute_target,
+    )
     assert result.layers == ["2", "1"]  # top-down: logits layer first
     # Reference: layer i (forward order) is drawn with seed * 1_000_003 + i by the documented initialiser.
     lin1, lin2 = copy.deepcopy(model[1]), copy.deepcopy(model[2])
@@ -77,8 +84,12 @@ def test_linear_oracle_cascading_and_independent(mode, recompute_target, model_g
     randomize_layer(lin2, seed * 1_000_003 + 1)
     w1, w2 = model[1].weight.detach().double(), model[2].weight.detach().double()
     r1, r2 = lin1.weight.detach().double(), lin2.weight.detach().double()
-    b = {"w1": model[1].bias.detach().double(), "w2": model[2].bias.detach().double(),
-         "r1": lin1.bias.detach().double(), "r2": lin2.bias.detach().double()}
+    b = {
+        "w1": model[1].bias.detach().double(),
+        "w2": model[2].bias.detach().double(),
+        "r1": lin1.bias.detach().double(),
+        "r2": lin2.bias.detach().double(),
+    }
     flat = x.reshape(16, -1).double()
     if mode == "cascading":
         stages = [(r2, w1, "r2", "w1"), (r2, r1, "r2", "r1")]
@@ -154,8 +165,10 @@ def test_trained_vit_rollout_is_class_agnostic_gradient_rollout_passes(digits, t
     property Chefer et al. 2021 point out), while gradient-weighted rollout depends on the head and passes."""
     model_guard(trained_vit)
     x, y, _ = digits.split("test")
-    results = {name: model_randomization_test(trained_vit, name, x[:64], y[:64], similarity=("spearman_abs",))
-               for name in ("rollout", "gradient_rollout")}
+    results = {
+        name: model_randomization_test(trained_vit, name, x[:64], y[:64], similarity=("spearman_abs",))
+        for name in ("rollout", "gradient_rollout")
+    }
     rollout, gradient = (results[n].similarity["spearman_abs"] for n in ("rollout", "gradient_rollout"))
     assert results["rollout"].layers[0] == "heads.head"
     assert rollout[0] > 0.999 and rollout[-1] < 0.3  # the head does not matter, the attention weights do
@@ -166,7 +179,9 @@ def test_trained_vit_rollout_is_class_agnostic_gradient_rollout_passes(digits, t
 
 def test_user_model_with_batchnorm_grads_and_hooks_is_unchanged():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3)
+    )
     x = torch.rand(8, 1, 8, 8)
     model.train()
     model(x).sum().backward()  # .grad present, running stats moved
@@ -198,8 +213,18 @@ def test_vit_layers_cover_every_parameter_once():
     model = TinyViT(num_layers=1)
     order = parameter_layers(model, torch.zeros(2, 1, 32, 32))
     block = "encoder.layers.encoder_layer_0"
-    assert order == ["", "conv_proj", "encoder", f"{block}.ln_1", f"{block}.self_attention", f"{block}.ln_2",
-                     f"{block}.mlp.0", f"{block}.mlp.3", "encoder.ln", "heads.head"]
+    assert order == [
+        "",
+        "conv_proj",
+        "encoder",
+        f"{block}.ln_1",
+        f"{block}.self_attention",
+        f"{block}.ln_2",
+        f"{block}.mlp.0",
+        f"{block}.mlp.3",
+        "encoder.ln",
+        "heads.head",
+    ]
     owned = []
     for name in order:
         module = model.get_submodule(name)
@@ -230,7 +255,9 @@ def test_batchnorm_running_stats_kept_unless_reset():
 
 def test_errors_name_the_argument():
     model, x = _linear_net(), torch.rand(2, 1, 8, 8)
-    with pytest.raises(ValueError, match="Expected argument `mode` to be one of 'cascading', 'independent', but got 'top'"):
+    with pytest.raises(
+        ValueError, match="Expected argument `mode` to be one of 'cascading', 'independent', but got 'top'"
+    ):
         model_randomization_test(model, "saliency", x, mode="top")
     with pytest.raises(ValueError, match="Expected argument `similarity` to be a non-empty sequence"):
         model_randomization_test(model, "saliency", x, similarity=("pearson",))
@@ -287,7 +314,9 @@ def test_random_label_model_fits_its_training_set(random_label_cnn):
     assert history[-1] == accuracy and len(history) < 60  # stopped at the target
 
 
-def test_data_randomization_gradient_changes_more_than_guided_backprop(probe, trained_cnn, random_label_cnn, model_guard):
+def test_data_randomization_gradient_changes_more_than_guided_backprop(
+    probe, trained_cnn, random_label_cnn, model_guard
+):
     model_guard(trained_cnn)
     random_model = random_label_cnn[0]
     gradient = data_randomization_test(trained_cnn, "saliency", probe, random_model=random_model)
@@ -301,7 +330,9 @@ def test_data_randomization_trains_like_train_on_random_labels(model_guard):
     model = model_guard(SmallCNN())
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(32, 1, 32, 32, generator=gen), torch.randint(0, 10, (32,), generator=gen)
-    result = data_randomization_test(model, "saliency", x[:4], (x, y), max_epochs=2, seed=3, similarity=("spearman_abs",))
+    result = data_randomization_test(
+        model, "saliency", x[:4], (x, y), max_epochs=2, seed=3, similarity=("spearman_abs",)
+    )
     random_model, accuracy, _ = train_on_random_labels(model, (x, y), max_epochs=2, seed=3)
     again = data_randomization_test(model, "saliency", x[:4], random_model=random_model, similarity=("spearman_abs",))
     assert result.train_accuracy == accuracy
@@ -312,4 +343,3 @@ def test_data_randomization_trains_like_train_on_random_labels(model_guard):
         data_randomization_test(model, "saliency", x[:4], (x, y.float()))
     with pytest.raises(ValueError, match="Expected argument `target_accuracy` to be a real number in \\(0, 1\\]"):
         train_on_random_labels(model, (x, y), target_accuracy=1.5)
-

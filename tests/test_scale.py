@@ -17,11 +17,11 @@ import time
 import pytest
 import pytorch_lightning as pl
 import torch
+from test_roar import ORACLE, SIDE, TRAINER, OracleData, _Linear, data, make_pl, one_thread, sweep  # noqa: F401
 
 from captum_ext.evaluation import claims, roar, roar_plan
 from captum_ext.evaluation.executors import DaskExecutor, ProcessPool, RayExecutor, SubmititExecutor
 from captum_ext.evaluation.retraining import Job, RunSampler
-from test_roar import ORACLE, SIDE, TRAINER, OracleData, _Linear, data, make_pl, one_thread, sweep  # noqa: F401
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 SETTINGS = {"fractions": (0.3, 0.6), "repeats": 1, "trainer_kwargs": TRAINER, "progress": False}
@@ -45,7 +45,12 @@ def test_plan_runs_in_any_order_then_collects_the_sequential_table(data, sweep, 
         roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path / "empty", compute=False, **SETTINGS)
     _reuse(folder, tmp_path)
     plan = roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, compute=False, **SETTINGS)
-    assert [(r.method, r.fraction) for r in plan.runs] == [("oracle", 0.3), ("oracle", 0.6), ("random", 0.3), ("random", 0.6)]
+    assert [(r.method, r.fraction) for r in plan.runs] == [
+        ("oracle", 0.3),
+        ("oracle", 0.6),
+        ("random", 0.3),
+        ("random", 0.6),
+    ]
     with pytest.raises(RuntimeError, match="4 of 4 runs .* indices 0, 1, 2, 3"):
         plan.collect()
     _Linear.seen.clear()
@@ -102,8 +107,16 @@ def test_module_hyperparameters_enter_the_cache_key(data, tmp_path):
     """Issue #15: a factory with lr=0.5 silently reused the lr=0.05 results; now the base model and every run miss."""
     keys = {}
     for factory in (slow, fast, slow_hparam, fast_hparam, slow):
-        plan = roar_plan(factory, data, [ORACLE], cache_dir=tmp_path, fractions=(0.3,), repeats=1,
-                         trainer_kwargs={**TRAINER, "max_epochs": 1}, progress=False)
+        plan = roar_plan(
+            factory,
+            data,
+            [ORACLE],
+            cache_dir=tmp_path,
+            fractions=(0.3,),
+            repeats=1,
+            trainer_kwargs={**TRAINER, "max_epochs": 1},
+            progress=False,
+        )
         keys.setdefault(factory.__name__, set()).update(run.key for run in plan.runs)
     assert len(keys["slow"]) == 2  # the same factory twice: the same two runs
     assert len(set.union(*keys.values())) == 8 and len(list(tmp_path.glob("base_*.pt"))) == 4
@@ -127,7 +140,9 @@ def test_claims_back_off_expire_and_never_take_a_fresh_claim(tmp_path):
     assert list(tmp_path.iterdir()) == []  # recorded: every generation up to its own is gone
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / "d.0.lock").write_text(json.dumps({"owner": f"{claims.owner().rpartition('-')[0]}-{dead.stdout.strip()}"}))
+    (tmp_path / "d.0.lock").write_text(
+        json.dumps({"owner": f"{claims.owner().rpartition('-')[0]}-{dead.stdout.strip()}"})
+    )
     assert claims.claim(tmp_path, "d") is not None  # its owner on this host died: taken at once
 
     (tmp_path / "t.0.lock").write_text('{"owner": "elsewhere-12')  # cut short by a crash
@@ -171,8 +186,16 @@ def test_two_drivers_on_one_cache_train_each_run_once(data, sweep, tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    drivers = [subprocess.Popen([sys.executable, str(script), TESTS, str(tmp_path)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    drivers = [
+        subprocess.Popen(
+            [sys.executable, str(script), TESTS, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     outputs = [driver.communicate(timeout=300) for driver in drivers]
     assert [d.returncode for d in drivers] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert outputs[0][0] == outputs[1][0]  # both drivers report the same table
@@ -181,7 +204,8 @@ def test_two_drivers_on_one_cache_train_each_run_once(data, sweep, tmp_path):
     reference = sweep[0].accuracy
     table = json.loads(outputs[0][0])
     assert {m: {f: v[0] for f, v in per.items()} for m, per in table.items()} == {
-        m: {str(f): v[0] for f, v in per.items()} for m, per in reference.items()}  # repeat 0 is the sweep's run
+        m: {str(f): v[0] for f, v in per.items()} for m, per in reference.items()
+    }  # repeat 0 is the sweep's run
     assert list((tmp_path / "runs").glob("*.lock")) == []
 
 
@@ -219,8 +243,10 @@ def test_dask_adapter_matches_sequential(data, sweep, tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     reference, folder, _ = sweep
     _reuse(folder, tmp_path)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         executor = DaskExecutor(client)
         carried = _carried(executor, monkeypatch)
         result = roar(make_pl, data, [ORACLE], cache_dir=tmp_path, executor=executor, **ONE_FRACTION)
@@ -231,8 +257,12 @@ def test_ray_adapter_matches_sequential(data, sweep, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     reference, folder, _ = sweep
     _reuse(folder, tmp_path)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": TESTS, "OMP_NUM_THREADS": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": TESTS, "OMP_NUM_THREADS": "1"}},
+    )
     try:
         executor = RayExecutor(num_cpus=1)
         carried = _carried(executor, monkeypatch)
@@ -306,8 +336,14 @@ def test_ddp_and_ddp_spawn_inside_each_retraining_record_once_on_rank_zero(tmp_p
     tables = {}
     for strategy in ("ddp", "ddp_spawn"):
         folder = tmp_path / strategy
-        done = subprocess.run([sys.executable, str(script), TESTS, strategy, str(folder)],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, str(script), TESTS, strategy, str(folder)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         records = [json.loads(p.read_text()) for p in (folder / "runs").glob("*.json")]
         results = [json.loads(p.read_text()) for p in sorted(folder.glob("result_*.json"))]
@@ -332,7 +368,16 @@ def test_imputer_functions_key_the_runs_by_code_arguments_and_captured_values():
     def fill_with(value):
         return lambda images, mask: images.masked_fill(mask[:, None], value)
 
-    keys = [canonical(f) for f in (fill, functools.partial(fill, value=1.0), functools.partial(fill, value=2.0),
-                                   fill_with(1.0), fill_with(5.0), lambda images, mask: images)]
+    keys = [
+        canonical(f)
+        for f in (
+            fill,
+            functools.partial(fill, value=1.0),
+            functools.partial(fill, value=2.0),
+            fill_with(1.0),
+            fill_with(5.0),
+            lambda images, mask: images,
+        )
+    ]
     assert len({repr(k) for k in keys}) == len(keys)
     assert canonical(fill_with(1.0)) == canonical(fill_with(1.0))  # the same code and value: the same key

@@ -66,8 +66,14 @@ def test_hog_features_match_skimage(size):
     maps = torch.rand(3, *size, generator=gen, dtype=torch.float64)
     got = hog_features(maps)
     for i in range(3):
-        expected = hog(maps[i].numpy(), orientations=9, pixels_per_cell=(8, 8), cells_per_block=(3, 3),
-                       block_norm="L2-Hys", feature_vector=True)
+        expected = hog(
+            maps[i].numpy(),
+            orientations=9,
+            pixels_per_cell=(8, 8),
+            cells_per_block=(3, 3),
+            block_norm="L2-Hys",
+            feature_vector=True,
+        )
         # scikit-image sums each cell's histogram in float32 (its Cython `cdef float total`): agree to ~1e-7
         np.testing.assert_allclose(got[i].numpy(), expected, rtol=1e-6, atol=1e-7)
 
@@ -104,8 +110,9 @@ def test_metric_accumulates_mean_over_batches():
     for name, values in map_similarity(a, b).items():
         assert got[name].item() == pytest.approx(values.mean().item(), abs=1e-12)
     # reference for the accumulated mean: scipy per image
-    ref = np.mean([spearmanr(np.abs(a[i].double().numpy().ravel()), np.abs(b[i].numpy().ravel())).statistic
-                   for i in range(6)])
+    ref = np.mean(
+        [spearmanr(np.abs(a[i].double().numpy().ravel()), np.abs(b[i].numpy().ravel())).statistic for i in range(6)]
+    )
     assert got["spearman_abs"].item() == pytest.approx(ref, abs=1e-10)
     metric.reset()
     metric.update(a[:1], a[:1])
@@ -123,7 +130,9 @@ def test_errors_name_the_argument():
     a, b = _pairs(n=2)
     with pytest.raises(ValueError, match="Expected argument `metrics` to be a non-empty sequence of distinct names"):
         MapSimilarity(metrics=("spearman", "pearson"))
-    with pytest.raises(ValueError, match="Expected argument `maps_b` to be a \\(N, H, W\\) or \\(N, C, H, W\\) tensor, but got shape"):
+    with pytest.raises(
+        ValueError, match="Expected argument `maps_b` to be a \\(N, H, W\\) or \\(N, C, H, W\\) tensor, but got shape"
+    ):
         map_similarity(a, b[:, None, None])
     with pytest.raises(ValueError, match="Expected `maps_a` and `maps_b` to have the same shape"):
         map_similarity(a, b[:1])
@@ -156,7 +165,12 @@ def test_attributions_with_channels_use_the_sanity_checks_reductions():
     metric = MapSimilarity(metrics=("spearman_abs", "spearman", "ssim"))
     metric.update(a, b)
     got = metric.compute()
-    for name, reduced_a, reduced_b in (("spearman_abs", a.abs().sum(1), b.abs().sum(1)), ("spearman", a.sum(1), b.sum(1))):
+    for name, reduced_a, reduced_b in (
+        ("spearman_abs", a.abs().sum(1), b.abs().sum(1)),
+        ("spearman", a.sum(1), b.sum(1)),
+    ):
         ref = np.mean([spearmanr(reduced_a[i].flatten(), reduced_b[i].flatten())[0] for i in range(3)])
         assert float(got[name]) == pytest.approx(ref, abs=1e-10)
-    assert float(got["ssim"]) == pytest.approx(float(map_similarity(a.abs().sum(1), b.abs().sum(1), ("ssim",))["ssim"].mean()), abs=1e-12)
+    assert float(got["ssim"]) == pytest.approx(
+        float(map_similarity(a.abs().sum(1), b.abs().sum(1), ("ssim",))["ssim"].mean()), abs=1e-12
+    )

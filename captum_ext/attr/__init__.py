@@ -6,5 +6,13 @@ from captum_ext.attr.random_map import RandomAttribution
 from captum_ext.attr.rollout import AttentionRollout, GradientRollout, RawAttention
 from captum_ext.attr.superpixels import SuperpixelLime
 
-__all__ = ["RandomAttribution", "AttentionRollout", "GradientRollout", "RawAttention", "CAM", "GradCAMPlusPlus",
-           "LayerwiseInputXGradient", "SuperpixelLime"]
+__all__ = [
+    "RandomAttribution",
+    "AttentionRollout",
+    "GradientRollout",
+    "RawAttention",
+    "CAM",
+    "GradCAMPlusPlus",
+    "LayerwiseInputXGradient",
+    "SuperpixelLime",
+]

@@ -137,7 +137,9 @@ def explicit_multihead_attention(
         else:
             w_q, w_k, w_v = module.q_proj_weight, module.k_proj_weight, module.v_proj_weight
         b_q, b_k, b_v = module.in_proj_bias.chunk(3) if module.in_proj_bias is not None else (None, None, None)
-        q, k, v = (split_heads(F.linear(t, w, b)) for t, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v)))
+        q, k, v = (
+            split_heads(F.linear(t, w, b)) for t, w, b in ((query, w_q, b_q), (key, w_k, b_k), (value, w_v, b_v))
+        )
     probs = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
     probs = F.dropout(probs, module.dropout, training=module.training)
     sink(probs)
@@ -211,7 +213,11 @@ def _timm_readout(model: nn.Module) -> str:
 @contextlib.contextmanager
 def _timm_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
     # timm's Attention and EvaAttention share the switch and the dropout module the probabilities pass through
-    modules = [m for m in _timm_vit(model).modules() if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)]
+    modules = [
+        m
+        for m in _timm_vit(model).modules()
+        if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)
+    ]
     fused = [m.fused_attn for m in modules]
     handles = []
     try:
@@ -337,7 +343,9 @@ def find_adapter(model: nn.Module) -> AttentionAdapter:
     for adapter in ADAPTERS:
         if adapter.matches(model):
             return adapter
-    windowed = next((type(m).__name__ for m in model.modules() if "Swin" in type(m).__name__ or "Window" in type(m).__name__), None)
+    windowed = next(
+        (type(m).__name__ for m in model.modules() if "Swin" in type(m).__name__ or "Window" in type(m).__name__), None
+    )
     if windowed is not None:
         raise ValueError(
             f"Attention rollout does not apply to {type(model).__name__} ({windowed}): its blocks attend within local "

@@ -36,14 +36,22 @@ def _layer_output(forward_func: nn.Module, layer: nn.Module, inputs: torch.Tenso
     finally:
         handle.remove()
     if len(captured) != 1 or not isinstance(captured[0], torch.Tensor) or captured[0].dim() != 4:
-        got = "no output" if not captured else f"{len(captured)} calls" if len(captured) > 1 else type(captured[0]).__name__
+        got = (
+            "no output"
+            if not captured
+            else f"{len(captured)} calls"
+            if len(captured) > 1
+            else type(captured[0]).__name__
+        )
         raise ValueError(f"Expected the layer to produce one (N, K, h, w) tensor per forward pass, but got {got}.")
     return captured[0], scores
 
 
 def _targets(target: Any, n: int, device: torch.device) -> torch.Tensor:
     if target is None:
-        raise ValueError("Expected argument `target` (class indices); the Explainer passes the predicted class for None.")
+        raise ValueError(
+            "Expected argument `target` (class indices); the Explainer passes the predicted class for None."
+        )
     return torch.as_tensor(target, device=device).reshape(-1).expand(n)  # one class for all, or one per image
 
 
@@ -71,7 +79,9 @@ class CAM(LayerAttribution):
     def __init__(self, forward_func: nn.Module, layer: nn.Module, classifier: nn.Linear | None = None):
         super().__init__(forward_func, layer)
         if classifier is not None and not isinstance(classifier, nn.Linear):
-            raise TypeError(f"Expected argument `classifier` to be an nn.Linear or None, but got {type(classifier).__name__}.")
+            raise TypeError(
+                f"Expected argument `classifier` to be an nn.Linear or None, but got {type(classifier).__name__}."
+            )
         self.classifier = classifier
 
     def _find_classifier(self, channels: int) -> nn.Linear:
@@ -91,7 +101,9 @@ class CAM(LayerAttribution):
             activations, scores = _layer_output(self.forward_func, self.layer, inputs)
             classifier = self._find_classifier(activations.shape[1])
             pooled = classifier(activations.mean(dim=(2, 3)))
-            if pooled.shape != scores.shape or not torch.allclose(pooled, scores, rtol=1e-4, atol=1e-4 * float(scores.abs().max()) + 1e-6):
+            if pooled.shape != scores.shape or not torch.allclose(
+                pooled, scores, rtol=1e-4, atol=1e-4 * float(scores.abs().max()) + 1e-6
+            ):
                 raise ValueError(
                     "CAM needs the model's scores to be the classifier applied to the layer's global average pool, but "
                     "they differ here (another head, or the wrong `layer`). Use Grad-CAM for this model."

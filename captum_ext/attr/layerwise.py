@@ -43,7 +43,9 @@ class LayerwiseInputXGradient(Attribution):
     def __init__(self, forward_func: nn.Module, layers: Sequence[str] | None = None, skip_first: int = 0):
         super().__init__(forward_func)
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
-            raise TypeError(f"Expected argument `layers` to be a list of dotted layer names or None, but got {layers!r}.")
+            raise TypeError(
+                f"Expected argument `layers` to be a list of dotted layer names or None, but got {layers!r}."
+            )
         if isinstance(skip_first, bool) or not isinstance(skip_first, int) or skip_first < 0:
             raise ValueError(f"Expected argument `skip_first` to be an int >= 0, but got {skip_first!r}.")
         self.layers, self.skip_first = (list(layers) if layers is not None else None), skip_first
@@ -55,18 +57,24 @@ class LayerwiseInputXGradient(Attribution):
         names = self.layers
         if names is None:
             names = forward_order(model, inputs, lambda module: isinstance(module, nn.Conv2d))
-        chosen = names[self.skip_first:]
+        chosen = names[self.skip_first :]
         if not chosen:
-            raise ValueError(f"Expected at least one layer after skipping the first {self.skip_first} of {len(names)}: {names}.")
+            raise ValueError(
+                f"Expected at least one layer after skipping the first {self.skip_first} of {len(names)}: {names}."
+            )
         return [resolve_layer(model, name) for name in chosen]
 
     def attribute(self, inputs: torch.Tensor, target: Any = None) -> torch.Tensor:
         """(N, 1, H, W): the mean over the layers of each layer's scaled, upsampled input x gradient map."""
         if target is None:
-            raise ValueError("Expected argument `target` (class indices); the Explainer passes the predicted class for None.")
+            raise ValueError(
+                "Expected argument `target` (class indices); the Explainer passes the predicted class for None."
+            )
         modules = self._modules(inputs)
         captured: dict[int, torch.Tensor] = {}
-        handles = [m.register_forward_hook(lambda m, a, out, i=i: captured.setdefault(i, out)) for i, m in enumerate(modules)]
+        handles = [
+            m.register_forward_hook(lambda m, a, out, i=i: captured.setdefault(i, out)) for i, m in enumerate(modules)
+        ]
         try:
             with torch.enable_grad():
                 scores = self.forward_func(inputs)

@@ -178,7 +178,9 @@ def _output_row(matrix: torch.Tensor, readout: str, grid: tuple[int, int], prefi
 
 def _require_block(start_layer: int, blocks: int) -> None:
     if start_layer >= blocks:
-        raise ValueError(f"Expected argument `start_layer` to be below the model's {blocks} blocks, but got {start_layer}.")
+        raise ValueError(
+            f"Expected argument `start_layer` to be below the model's {blocks} blocks, but got {start_layer}."
+        )
 
 
 def _check_start_layer(start_layer: Any) -> None:
@@ -225,7 +227,9 @@ def _resolve_layer(layer: int, count: int, name: str) -> int:
 def _logits(output: Any) -> torch.Tensor:
     scores = logits(output)
     if scores.dim() != 2:
-        raise TypeError(f"Expected the model's scores to be an (N, classes) tensor, but got shape {tuple(scores.shape)}.")
+        raise TypeError(
+            f"Expected the model's scores to be an (N, classes) tensor, but got shape {tuple(scores.shape)}."
+        )
     return scores
 
 
@@ -398,7 +402,9 @@ class RawAttention(Attribution):
         torch.Size([2, 8, 8])
     """
 
-    def __init__(self, model: nn.Module, layer: int | None = -1, head: int | None = None, token: int | Literal["cls"] = "cls"):
+    def __init__(
+        self, model: nn.Module, layer: int | None = -1, head: int | None = None, token: int | Literal["cls"] = "cls"
+    ):
         for name, value in (("layer", layer), ("head", head)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
                 raise TypeError(f"Expected argument `{name}` to be an int or None, but got {value!r}.")
@@ -433,9 +439,13 @@ class RawAttention(Attribution):
         def sink(index: int, attention: torch.Tensor) -> None:
             heads, tokens = attention.shape[1], attention.shape[-1]
             if self.head is not None and not -heads <= self.head < heads:
-                raise ValueError(f"Expected argument `head` to index one of the model's {heads} heads, but got {self.head}.")
+                raise ValueError(
+                    f"Expected argument `head` to index one of the model's {heads} heads, but got {self.head}."
+                )
             if self.token != "cls" and not -tokens <= int(self.token) < tokens:
-                raise ValueError(f"Expected argument `token` to index one of the {tokens} tokens, but got {self.token!r}.")
+                raise ValueError(
+                    f"Expected argument `token` to index one of the {tokens} tokens, but got {self.token!r}."
+                )
             blocks.append(attention.float().mean(1) if self.head is None else attention[:, self.head].float())
 
         with torch.no_grad(), capture_attention(self.forward_func, sink) as capture:

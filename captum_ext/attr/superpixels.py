@@ -32,7 +32,9 @@ def superpixel_mask(inputs: torch.Tensor, n_segments: int = 50, compactness: flo
         (torch.Size([2, 1, 32, 32]), 0)
     """
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
-        raise ValueError(f"Expected argument `inputs` to be an (N, C, H, W) tensor, but got {getattr(inputs, 'shape', inputs)!r}.")
+        raise ValueError(
+            f"Expected argument `inputs` to be an (N, C, H, W) tensor, but got {getattr(inputs, 'shape', inputs)!r}."
+        )
     if isinstance(n_segments, bool) or not isinstance(n_segments, int) or n_segments < 1:
         raise ValueError(f"Expected argument `n_segments` to be an int >= 1, but got {n_segments!r}.")
     images = inputs.detach().float().cpu()
@@ -41,8 +43,14 @@ def superpixel_mask(inputs: torch.Tensor, n_segments: int = 50, compactness: flo
         low, high = image.min(), image.max()
         scaled = ((image - low) / (high - low if high > low else 1.0)).permute(1, 2, 0).numpy().astype(np.float64)
         multichannel = scaled.shape[-1] > 1
-        segments = slic(scaled if multichannel else scaled[..., 0], n_segments=n_segments, compactness=compactness,
-                        channel_axis=-1 if multichannel else None, convert2lab=False, start_label=0)
+        segments = slic(
+            scaled if multichannel else scaled[..., 0],
+            n_segments=n_segments,
+            compactness=compactness,
+            channel_axis=-1 if multichannel else None,
+            convert2lab=False,
+            start_label=0,
+        )
         masks.append(np.unique(segments, return_inverse=True)[1].reshape(segments.shape))  # ids 0..K-1, no gaps
     return torch.from_numpy(np.stack(masks)).long().unsqueeze(1).to(inputs.device)
 
@@ -64,7 +72,9 @@ class SuperpixelLime(Lime):
         torch.Size([2, 1, 8, 8])
     """
 
-    def __init__(self, forward_func: Any, interpretable_model: Any = None, similarity_func: Any = None, perturb_func: Any = None):
+    def __init__(
+        self, forward_func: Any, interpretable_model: Any = None, similarity_func: Any = None, perturb_func: Any = None
+    ):
         if interpretable_model is None:
             from captum._utils.models.linear_model import SkLearnRidge
 
@@ -90,7 +100,11 @@ class SuperpixelLime(Lime):
         masks = feature_mask if feature_mask is not None else superpixel_mask(inputs, n_segments, compactness)
         seed = int(torch.randint(2**62, ()))
         devices = [inputs.device] if inputs.device.type == "cuda" else []
-        targets = torch.as_tensor(target, device=inputs.device).reshape(-1).expand(inputs.shape[0]) if target is not None else None
+        targets = (
+            torch.as_tensor(target, device=inputs.device).reshape(-1).expand(inputs.shape[0])
+            if target is not None
+            else None
+        )
         out = []
         for i in range(inputs.shape[0]):
             image = inputs[i : i + 1]
@@ -104,7 +118,14 @@ class SuperpixelLime(Lime):
             with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
                 torch.manual_seed(seed)
                 warnings.filterwarnings("ignore", message="You are providing multiple inputs for Lime")
-                out.append(super().attribute(image, baselines=off, target=None if targets is None else targets[i : i + 1],
-                                             feature_mask=mask, n_samples=n_samples,
-                                             perturbations_per_eval=perturbations_per_eval))
+                out.append(
+                    super().attribute(
+                        image,
+                        baselines=off,
+                        target=None if targets is None else targets[i : i + 1],
+                        feature_mask=mask,
+                        n_samples=n_samples,
+                        perturbations_per_eval=perturbations_per_eval,
+                    )
+                )
         return torch.cat(out)

@@ -69,7 +69,6 @@ from captum_ext.batches import Unpack, check_unpack, unpack_batch
 from captum_ext.evaluation._common import model_device, predict
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import Imputer, MeanImputer
-from captum_ext.model_output import OutputFn, check_output_fn
 from captum_ext.maps import normalize_sum
 from captum_ext.metrics.localisation import (
     check_region,
@@ -78,6 +77,7 @@ from captum_ext.metrics.localisation import (
     relevance_mass,
     relevance_rank_accuracy,
 )
+from captum_ext.model_output import OutputFn, check_output_fn
 
 __all__ = ["CleverHansAudit", "box_to_mask", "mask_to_box"]
 
@@ -315,10 +315,15 @@ class CleverHansAudit:
             raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {type(imputer).__name__}.")
         self.imputer = imputer
         if classes is not None:
-            if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not all(
-                isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in classes
-            ) or len(classes) == 0:
-                raise ValueError(f"Expected argument `classes` to be a non-empty sequence of ints or None, but got {classes!r}.")
+            if (
+                isinstance(classes, (str, bytes))
+                or not isinstance(classes, Sequence)
+                or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in classes)
+                or len(classes) == 0
+            ):
+                raise ValueError(
+                    f"Expected argument `classes` to be a non-empty sequence of ints or None, but got {classes!r}."
+                )
             classes = sorted({int(c) for c in classes})
         self.classes = classes
         if target not in ("label", "prediction"):
@@ -359,7 +364,9 @@ class CleverHansAudit:
         out = []
         for start in range(0, len(x), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            attributions = self.explainer.attribute(model, x[chunk].to(device), target[chunk].to(device), output_fn=self.output_fn)
+            attributions = self.explainer.attribute(
+                model, x[chunk].to(device), target[chunk].to(device), output_fn=self.output_fn
+            )
             out.append(positive_map(attributions).cpu())
         return normalize_sum(torch.cat(out).double())
 
@@ -377,7 +384,9 @@ class CleverHansAudit:
         h, w = mean_map.shape
         return box_to_mask((max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)), (h, w))
 
-    def _attribution_evidence(self, normalised: torch.Tensor, group: torch.Tensor, region: torch.Tensor) -> dict[str, float]:
+    def _attribution_evidence(
+        self, normalised: torch.Tensor, group: torch.Tensor, region: torch.Tensor
+    ) -> dict[str, float]:
         area = float(region.double().mean())
         mass = relevance_mass(normalised, region)
         inside, outside = mass[group], mass[~group]
@@ -503,7 +512,9 @@ class CleverHansAudit:
             group = grouping == cls
             class_maps[cls] = normalised[group].mean(0).float()
             region = given if given is not None else self._candidate(class_maps[cls].double())
-            entry: dict[str, Any] = {"region": None if given is not None else mask_to_box(region) if region.any() else None}
+            entry: dict[str, Any] = {
+                "region": None if given is not None else mask_to_box(region) if region.any() else None
+            }
             if not region.any():  # discovery found nothing: an all-zero class-mean map
                 results[cls] = {**entry, "n_images": int(group.sum()), "flagged": False}
                 continue
@@ -519,7 +530,9 @@ class CleverHansAudit:
             evidence = {
                 "attribution": entry["ratio"] >= t["ratio"],
                 "counterfactual": counterfactual_evidence(entry, t),
-                "control": None if entry["control_ratio"] is None else entry["ratio"] >= t["control_factor"] * entry["control_ratio"],
+                "control": None
+                if entry["control_ratio"] is None
+                else entry["ratio"] >= t["control_factor"] * entry["control_ratio"],
                 "candidate": None
                 if given is not None
                 else bool(

@@ -152,7 +152,11 @@ class AuditReport:
         for row in table:
             lines.append("  ".join(cell.rjust(width) for cell, width in zip(row, widths)).rstrip())
         lines.append(f"flagged: {self.flagged}")
-        lines += [f"class {cls}: {entry['agreement']}" for cls, entry in self.classes.items() if ":" in entry.get("agreement", "")]
+        lines += [
+            f"class {cls}: {entry['agreement']}"
+            for cls, entry in self.classes.items()
+            if ":" in entry.get("agreement", "")
+        ]
         return "\n".join(lines)
 
     def plot(self, columns: int = 5) -> Figure:
@@ -187,7 +191,9 @@ class AuditReport:
                 if region is not None:  # padded so the outline closes along the image border
                     h, w = region.shape
                     padded = np.pad(region.float().numpy(), 1)
-                    ax.contour(np.arange(-1, w + 1), np.arange(-1, h + 1), padded, levels=[0.5], colors="cyan", linewidths=1.0)
+                    ax.contour(
+                        np.arange(-1, w + 1), np.arange(-1, h + 1), padded, levels=[0.5], colors="cyan", linewidths=1.0
+                    )
                     ax.set_xlim(-0.5, w - 0.5)
                     ax.set_ylim(h - 0.5, -0.5)
                 entry = self.classes[cls]

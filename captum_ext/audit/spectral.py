@@ -161,7 +161,7 @@ def spray(
     if (
         not isinstance(size, (tuple, list))
         or len(size) != 2
-        or not all(isinstance(s, numbers.Integral) and 1 <= s for s in size)
+        or not all(isinstance(s, numbers.Integral) and s >= 1 for s in size)
         or size[0] > positive.shape[1]
         or size[1] > positive.shape[2]
     ):
@@ -171,7 +171,9 @@ def spray(
         )
     k_nn = min(10, n - 1) if n_neighbors is None else n_neighbors
     if isinstance(k_nn, bool) or not isinstance(k_nn, numbers.Integral) or not 1 <= k_nn <= n - 1:
-        raise ValueError(f"Expected argument `n_neighbors` to be an int in [1, {n - 1}] or None, but got {n_neighbors!r}.")
+        raise ValueError(
+            f"Expected argument `n_neighbors` to be an int in [1, {n - 1}] or None, but got {n_neighbors!r}."
+        )
     max_clusters = min(check_int("max_clusters", max_clusters, 1), n - 1)
     if n_clusters is not None and (
         isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or not 1 <= n_clusters <= n
@@ -193,10 +195,7 @@ def spray(
     eigenvalues, eigenvectors = torch.linalg.eigh(laplacian)
     m = max_clusters + 1
     gaps = eigenvalues[1:m] - eigenvalues[: m - 1]
-    if n_clusters is None:
-        k = int(gaps.argmax()) + 1
-    else:
-        k = int(n_clusters)
+    k = int(gaps.argmax()) + 1 if n_clusters is None else int(n_clusters)
     eigengap = float(gaps[k - 1]) if k - 1 < len(gaps) else float("nan")
 
     if k == 1:

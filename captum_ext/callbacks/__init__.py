@@ -11,4 +11,11 @@ from captum_ext.callbacks.projector import EmbeddingProjector
 from captum_ext.callbacks.randomization import RandomizationMonitor
 from captum_ext.callbacks.shortcut import ShortcutMonitor
 
-__all__ = ["AttributionMonitor", "RandomizationMonitor", "ShortcutMonitor", "EmbeddingProjector", "ExplanationCallback", "FilterMonitor"]
+__all__ = [
+    "AttributionMonitor",
+    "RandomizationMonitor",
+    "ShortcutMonitor",
+    "EmbeddingProjector",
+    "ExplanationCallback",
+    "FilterMonitor",
+]

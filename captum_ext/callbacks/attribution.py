@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import Dataset
 
 from captum_ext import maps
+from captum_ext import metrics as _metrics
 from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback, overlay_grid, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
-from captum_ext import metrics as _metrics
 from captum_ext.model_output import OutputFn
 from captum_ext.normalization import Normalization, check_normalization
 
@@ -57,6 +57,8 @@ def build_metric(name: str, explainer: Explainer, options: Mapping[str, Any]) ->
     if "explainer" in accepted:
         kwargs["explainer"] = explainer
     return cls(**kwargs)
+
+
 Target = Literal["label", "prediction"]
 
 
@@ -135,15 +137,23 @@ class AttributionMonitor(ExplanationCallback):
         normalization: Normalization | None = None,
     ):
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
-            output_fn=output_fn, unpack=unpack,
+            every_n_epochs=every_n_epochs,
+            num_samples=num_samples,
+            probe=probe,
+            classes=classes,
+            seed=seed,
+            probe_scan=probe_scan,
+            output_fn=output_fn,
+            unpack=unpack,
         )
         if isinstance(explainers, (str, Explainer)):
             explainers = [explainers]
         self.explainers = [as_explainer(e, "explainers") for e in explainers]
         names = [e.name for e in self.explainers]
         if not names or len(set(names)) != len(names):
-            raise ValueError(f"Expected argument `explainers` to be a non-empty sequence with unique names, but got {names}.")
+            raise ValueError(
+                f"Expected argument `explainers` to be a non-empty sequence with unique names, but got {names}."
+            )
         if isinstance(metrics, str):
             metrics = [metrics]
         unknown = [m for m in metrics if m not in METRICS]
@@ -153,7 +163,9 @@ class AttributionMonitor(ExplanationCallback):
             )
         maps.check_reduction(reduce)
         if metric_kwargs is not None and not isinstance(metric_kwargs, Mapping):
-            raise TypeError(f"Expected argument `metric_kwargs` to be a mapping or None, but got {type(metric_kwargs).__name__}.")
+            raise TypeError(
+                f"Expected argument `metric_kwargs` to be a mapping or None, but got {type(metric_kwargs).__name__}."
+            )
         self.metric_names = list(metrics)
         accepted = {name for m in self.metric_names for name in inspect.signature(METRICS[m].__init__).parameters}
         unknown = sorted(set(metric_kwargs or {}) - accepted - {"steps"})
@@ -170,7 +182,8 @@ class AttributionMonitor(ExplanationCallback):
         self.normalization = check_normalization(normalization)
         shared = {"output_fn": self.output_fn, "normalization": self.normalization}
         self._metrics = {
-            e.name: {m: build_metric(m, e, {**shared, **self.metric_kwargs}) for m in self.metric_names} for e in self.explainers
+            e.name: {m: build_metric(m, e, {**shared, **self.metric_kwargs}) for m in self.metric_names}
+            for e in self.explainers
         }
 
     def _state_key_fields(self) -> dict[str, Any]:
@@ -194,8 +207,16 @@ class AttributionMonitor(ExplanationCallback):
                 elif not empty:
                     metric.update(pl_module, inputs, attributions, target)  # run in eval mode without gradients
                 values[f"attribution/{explainer.name}/{metric_name}"] = synced_compute(metric)
-            shard_maps = inputs.new_zeros(len(inputs), *inputs.shape[-2:]) if empty else maps.reduce_channels(attributions, self.reduce)
+            shard_maps = (
+                inputs.new_zeros(len(inputs), *inputs.shape[-2:])
+                if empty
+                else maps.reduce_channels(attributions, self.reduce)
+            )
             self.maps[explainer.name] = self.gather(trainer, shard_maps, probe).cpu()
             if self.log_images and self.tensorboard(trainer) is not None:
-                self.log_image(trainer, f"attribution/{explainer.name}/maps", overlay_grid(probe.inputs, self.maps[explainer.name], normalization=self.normalization))
+                self.log_image(
+                    trainer,
+                    f"attribution/{explainer.name}/maps",
+                    overlay_grid(probe.inputs, self.maps[explainer.name], normalization=self.normalization),
+                )
         self.log_scalars(trainer, pl_module, values)

@@ -191,7 +191,9 @@ def _unpack(item: Any, unpack: Unpack | None) -> tuple[torch.Tensor, int]:
             "(item -> (image, label)) or the probe images with `probe=(inputs, labels)`."
         )
     if isinstance(label, torch.Tensor) and label.numel() != 1:
-        raise TypeError(f"Expected each item's label to be a class index, but got a tensor of shape {tuple(label.shape)}.")
+        raise TypeError(
+            f"Expected each item's label to be a class index, but got a tensor of shape {tuple(label.shape)}."
+        )
     return image, int(label)
 
 
@@ -378,7 +380,9 @@ class ExplanationCallback(*CALLBACK_BASES):
         self.probe_scan = check_int("probe_scan", probe_scan, 1)
         if classes is not None:
             if not isinstance(classes, Sequence) or not all(isinstance(c, numbers.Integral) for c in classes):
-                raise ValueError(f"Expected argument `classes` to be a sequence of class indices or None, but got {classes!r}.")
+                raise ValueError(
+                    f"Expected argument `classes` to be a sequence of class indices or None, but got {classes!r}."
+                )
             classes = [int(c) for c in classes]
         self.classes = classes
         if isinstance(probe, (tuple, list)):
@@ -424,7 +428,10 @@ class ExplanationCallback(*CALLBACK_BASES):
         if not self.due(trainer):
             return
         if not trainer.loggers:
-            self.warn_once("logger", f"{type(self).__name__}: the trainer has no logger; only trainer.callback_metrics get the scalars.")
+            self.warn_once(
+                "logger",
+                f"{type(self).__name__}: the trainer has no logger; only trainer.callback_metrics get the scalars.",
+            )
         self._last_run = (str(trainer.state.fn), trainer.current_epoch)
         with preserved_rng([pl_module.device]), gradients_enabled():
             self.run(trainer, pl_module)
@@ -467,11 +474,20 @@ class ExplanationCallback(*CALLBACK_BASES):
                 loaders = trainer.val_dataloaders
                 loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
                 if loader is None:
-                    raise ValueError(f"{type(self).__name__} needs validation data or `probe=` to choose its probe images.")
+                    raise ValueError(
+                        f"{type(self).__name__} needs validation data or `probe=` to choose its probe images."
+                    )
                 source = loader.dataset
             cache = _shared_cache(trainer, source, self.unpack) if self._probe_source is None else None
             inputs, labels, indices = _select_probe(
-                source, self.num_samples, self.seed, self.classes, self.probe_scan, self._probe_indices, self.unpack, cache
+                source,
+                self.num_samples,
+                self.seed,
+                self.classes,
+                self.probe_scan,
+                self._probe_indices,
+                self.unpack,
+                cache,
             )
             self._probe_indices = indices.tolist()
             self._probe = ProbeSet(inputs, labels, indices, trainer.global_rank, trainer.world_size)
@@ -536,7 +552,8 @@ class ExplanationCallback(*CALLBACK_BASES):
                 return logger.experiment
         if trainer.loggers:
             self.warn_once(
-                "tensorboard", f"{type(self).__name__}: images and figures are written only to a TensorBoardLogger; none is attached."
+                "tensorboard",
+                f"{type(self).__name__}: images and figures are written only to a TensorBoardLogger; none is attached.",
             )
         return None
 

@@ -24,8 +24,8 @@ from captum_ext import maps
 from captum_ext._checks import check_int, class_targets
 from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval
-from captum_ext.features import ActivationMaximization, feature_maps, first_layer_filters
 from captum_ext.explainer import resolve_layer
+from captum_ext.features import ActivationMaximization, feature_maps, first_layer_filters
 from captum_ext.features.filters import first_conv_name
 from captum_ext.model_output import OutputFn
 
@@ -104,17 +104,27 @@ class FilterMonitor(ExplanationCallback):
         unpack: Unpack | None = None,
     ):
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
-            output_fn=output_fn, unpack=unpack,
+            every_n_epochs=every_n_epochs,
+            num_samples=num_samples,
+            probe=probe,
+            classes=classes,
+            seed=seed,
+            probe_scan=probe_scan,
+            output_fn=output_fn,
+            unpack=unpack,
         )
         if filter_layer is not None and not isinstance(filter_layer, str):
-            raise TypeError(f"Expected argument `filter_layer` to be a dotted module name (str) or None, but got {filter_layer!r}.")
+            raise TypeError(
+                f"Expected argument `filter_layer` to be a dotted module name (str) or None, but got {filter_layer!r}."
+            )
         if feature_layers is not None and (
             isinstance(feature_layers, str)
             or not isinstance(feature_layers, Sequence)
             or not all(isinstance(n, str) for n in feature_layers)
         ):
-            raise TypeError(f"Expected argument `feature_layers` to be a list of dotted module names or None, but got {feature_layers!r}.")
+            raise TypeError(
+                f"Expected argument `feature_layers` to be a list of dotted module names or None, but got {feature_layers!r}."
+            )
         every = check_int("class_images_every_n_epochs", class_images_every_n_epochs, 0)
         if class_targets is not None and (
             not isinstance(class_targets, Sequence)
@@ -165,7 +175,9 @@ class FilterMonitor(ExplanationCallback):
         probe = self.probe(trainer, pl_module)
         if self._filters_due(trainer):
             filter_layer = self.filter_layer or first_conv_name(pl_module)
-            self.log_image(trainer, f"filters/{filter_layer}", first_layer_filters(pl_module, filter_layer, scale=self.scale))
+            self.log_image(
+                trainer, f"filters/{filter_layer}", first_layer_filters(pl_module, filter_layer, scale=self.scale)
+            )
             for layer in self.feature_layers or [filter_layer]:
                 grids = feature_maps(pl_module, layer, probe.inputs)
                 self.log_image(trainer, f"feature_maps/{layer}", make_grid(grids, nrow=1, padding=2, pad_value=1.0))

@@ -110,8 +110,14 @@ class EmbeddingProjector(ExplanationCallback):
     ):
         check_int("max_samples", max_samples, 1)  # named as the user named it, before the base checks num_samples
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=max_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
-            output_fn=output_fn, unpack=unpack,
+            every_n_epochs=every_n_epochs,
+            num_samples=max_samples,
+            probe=probe,
+            classes=classes,
+            seed=seed,
+            probe_scan=probe_scan,
+            output_fn=output_fn,
+            unpack=unpack,
         )
         if layer is not None and not isinstance(layer, str):
             raise TypeError(f"Expected argument `layer` to be a dotted module name (str) or None, but got {layer!r}.")

@@ -41,8 +41,12 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     """
     clone = copy.deepcopy(model)
     # an nn.MultiheadAttention is one layer with its out_proj, as in the sanity checks' parameter_layers
-    inside_attention = {id(m) for a in clone.modules() if isinstance(a, nn.MultiheadAttention) for m in a.modules() if m is not a}
-    owners = [m for m in clone.modules() if id(m) not in inside_attention and any(True for _ in m.parameters(recurse=False))]
+    inside_attention = {
+        id(m) for a in clone.modules() if isinstance(a, nn.MultiheadAttention) for m in a.modules() if m is not a
+    }
+    owners = [
+        m for m in clone.modules() if id(m) not in inside_attention and any(True for _ in m.parameters(recurse=False))
+    ]
     for index, module in enumerate(owners):
         randomize_layer(module, seed=seed * 1_000_003 + index)
     return clone
@@ -107,8 +111,14 @@ class RandomizationMonitor(ExplanationCallback):
         unpack: Unpack | None = None,
     ):
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
-            output_fn=output_fn, unpack=unpack,
+            every_n_epochs=every_n_epochs,
+            num_samples=num_samples,
+            probe=probe,
+            classes=classes,
+            seed=seed,
+            probe_scan=probe_scan,
+            output_fn=output_fn,
+            unpack=unpack,
         )
         self.similarity = check_similarities(similarity, "similarity")
         if monitor not in self.similarity:
@@ -149,7 +159,9 @@ class RandomizationMonitor(ExplanationCallback):
             del randomized
             metric.update(trained, baseline)  # (N, C, H, W): sum_abs for spearman_abs / SSIM / HOG, sum for spearman
         self.similarities = {name: float(value) for name, value in synced_compute(metric).items()}
-        self.log_scalars(trainer, pl_module, {f"sanity/{self.explainer.name}/{k}": v for k, v in self.similarities.items()})
+        self.log_scalars(
+            trainer, pl_module, {f"sanity/{self.explainer.name}/{k}": v for k, v in self.similarities.items()}
+        )
         self._streak = self._streak + 1 if self.similarities[self.monitor] > self.threshold else 0
         if self._streak >= self.patience and not self.failed:
             self.failed = True

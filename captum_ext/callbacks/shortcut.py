@@ -91,8 +91,14 @@ class ShortcutMonitor(ExplanationCallback):
         unpack: Unpack | None = None,
     ):
         super().__init__(
-            every_n_epochs=every_n_epochs, num_samples=num_samples, probe=probe, classes=classes, seed=seed, probe_scan=probe_scan,
-            output_fn=output_fn, unpack=unpack,
+            every_n_epochs=every_n_epochs,
+            num_samples=num_samples,
+            probe=probe,
+            classes=classes,
+            seed=seed,
+            probe_scan=probe_scan,
+            output_fn=output_fn,
+            unpack=unpack,
         )
         check_region(region)
         check_real("threshold", threshold, 0.0, low_open=True)
@@ -112,7 +118,12 @@ class ShortcutMonitor(ExplanationCallback):
 
     def _state_key_fields(self) -> dict[str, Any]:
         region = hashlib.sha256(self.region.numpy().tobytes() + str(tuple(self.region.shape)).encode()).hexdigest()[:12]
-        return {"explainer": self.explainer.name, "region": region, "classes": self.classes, "threshold": self.threshold}
+        return {
+            "explainer": self.explainer.name,
+            "region": region,
+            "classes": self.classes,
+            "threshold": self.threshold,
+        }
 
     def explainers_used(self) -> list[Explainer]:
         return [self.explainer]

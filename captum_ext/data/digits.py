@@ -133,9 +133,13 @@ class CleverHansDigits(pl.LightningDataModule):
                 f"tag fits with a margin, but got {size!r}."
             )
         if shortcut_class is not None and shortcut_class not in range(10):
-            raise ValueError(f"Expected argument `shortcut_class` to be None or a digit 0..9, but got {shortcut_class!r}.")
+            raise ValueError(
+                f"Expected argument `shortcut_class` to be None or a digit 0..9, but got {shortcut_class!r}."
+            )
         if tag_pattern not in ("solid", "checker"):
-            raise ValueError(f"Expected argument `tag_pattern` to be one of 'solid', 'checker', but got {tag_pattern!r}.")
+            raise ValueError(
+                f"Expected argument `tag_pattern` to be one of 'solid', 'checker', but got {tag_pattern!r}."
+            )
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(
                 "Expected arguments `val_fraction` and `test_fraction` in (0, 1) with a sum below 1, "
@@ -279,7 +283,9 @@ class CleverHansDigits(pl.LightningDataModule):
         checkpoint sees the orders an uninterrupted fit would (Lightning calls ``set_epoch``)."""
         train = self.dataset("train")
         base_seeds = torch.Generator().manual_seed(self.seed)  # DataLoader draws its worker base seed from it
-        return DataLoader(train, batch_size=self.batch_size, sampler=EpochShuffle(len(train), self.seed), generator=base_seeds)
+        return DataLoader(
+            train, batch_size=self.batch_size, sampler=EpochShuffle(len(train), self.seed), generator=base_seeds
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.dataset("val"), batch_size=self.batch_size)

@@ -27,7 +27,9 @@ def predict(model: nn.Module, inputs: torch.Tensor, output_fn: OutputFn | None =
     return logits(model(inputs), output_fn).argmax(dim=1)
 
 
-def accuracy(model: nn.Module, batches: Iterable, output_fn: OutputFn | None = None, unpack: Unpack | None = None) -> float:
+def accuracy(
+    model: nn.Module, batches: Iterable, output_fn: OutputFn | None = None, unpack: Unpack | None = None
+) -> float:
     """Share of the batches' images (read by :func:`captum_ext.batches.unpack_batch`) whose argmax prediction equals
     the label; eval mode, no grad."""
     device = model_device(model)
@@ -46,6 +48,10 @@ def check_fractions(fractions: Sequence[float]) -> list[float]:
     if isinstance(fractions, (str, bytes)) or not isinstance(fractions, Iterable):
         raise ValueError(f"Expected argument `fractions` to be a sequence of numbers in [0, 1], but got {fractions!r}.")
     values = list(fractions)
-    if not values or not all(isinstance(f, numbers.Real) and 0 <= f <= 1 for f in values) or len(set(values)) != len(values):
+    if (
+        not values
+        or not all(isinstance(f, numbers.Real) and 0 <= f <= 1 for f in values)
+        or len(set(values)) != len(values)
+    ):
         raise ValueError(f"Expected argument `fractions` to be distinct numbers in [0, 1], but got {fractions!r}.")
     return [float(f) for f in values]

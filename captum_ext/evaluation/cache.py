@@ -110,9 +110,13 @@ def compute_rankings(
     target = Path(path)
     device = model_device(model)
     written, dtype = 0, None
-    with atomic_path(target) as tmp, open(tmp, "wb") as handle, tqdm(
-        total=len(dataset), desc=description or f"ranking {explainer.name}", disable=not progress, leave=False
-    ) as bar:
+    with (
+        atomic_path(target) as tmp,
+        open(tmp, "wb") as handle,
+        tqdm(
+            total=len(dataset), desc=description or f"ranking {explainer.name}", disable=not progress, leave=False
+        ) as bar,
+    ):
         for batch in _loader(dataset, batch_size):
             x, y = unpack_batch(batch)
             x, y = x.to(device), torch.as_tensor(y).to(device)
@@ -121,8 +125,11 @@ def compute_rankings(
             n, hw = ranking.shape
             if dtype is None:  # the .npy header first, then the rows as they come (no memory map, no growth)
                 dtype = np.dtype(np.int16 if hw <= np.iinfo(np.int16).max else np.int32)
-                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                          "shape": (len(dataset), hw)}
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(dtype),
+                    "fortran_order": False,
+                    "shape": (len(dataset), hw),
+                }
                 np.lib.format.write_array_header_1_0(handle, header)
             positions = torch.empty_like(ranking)
             positions.scatter_(1, ranking, torch.arange(hw, device=ranking.device).expand(n, -1))
@@ -161,7 +168,9 @@ def read_record(folder: str | os.PathLike, key: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except ValueError:
-        warnings.warn(f"The ROAR record {path} is not valid JSON; the run will be trained again.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"The ROAR record {path} is not valid JSON; the run will be trained again.", RuntimeWarning, stacklevel=2
+        )
         path.unlink(missing_ok=True)
         return None
     return record if isinstance(record, dict) else None
@@ -171,7 +180,11 @@ def recorded_keys(folder: str | os.PathLike) -> set[str]:
     """The keys of every run with a record file, from one directory listing."""
     try:
         with os.scandir(Path(folder) / "runs") as entries:
-            return {entry.name[: -len(".json")] for entry in entries if entry.name.endswith(".json") and not entry.name.startswith(".")}
+            return {
+                entry.name[: -len(".json")]
+                for entry in entries
+                if entry.name.endswith(".json") and not entry.name.startswith(".")
+            }
     except FileNotFoundError:
         return set()
 

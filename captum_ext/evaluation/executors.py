@@ -99,7 +99,9 @@ class ProcessPool(concurrent.futures.Executor):
 
     def __init__(self, workers: int, threads: int | None = None):
         self.workers = check_int("workers", workers, 1)
-        self.threads = check_int("threads", threads, 1) if threads is not None else max(1, (os.cpu_count() or 1) // workers)
+        self.threads = (
+            check_int("threads", threads, 1) if threads is not None else max(1, (os.cpu_count() or 1) // workers)
+        )
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def _start(self, initargs: tuple) -> None:
@@ -140,7 +142,11 @@ class RayExecutor(concurrent.futures.Executor):
     def __init__(self, num_cpus: float = 1, num_gpus: float = 0, **options: Any):
         import ray  # noqa: F401 - fail here, not at the first submission, when Ray is missing
 
-        self.options = {"num_cpus": check_real("num_cpus", num_cpus, 0), "num_gpus": check_real("num_gpus", num_gpus, 0), **options}
+        self.options = {
+            "num_cpus": check_real("num_cpus", num_cpus, 0),
+            "num_gpus": check_real("num_gpus", num_gpus, 0),
+            **options,
+        }
         self._remote: dict[Callable, Any] = {}
 
     def share(self, obj: Any) -> Any:
@@ -207,7 +213,9 @@ class SubmititExecutor(concurrent.futures.Executor):
 
     def __init__(self, executor: Any, poll_s: float = 2.0):
         if not hasattr(executor, "submit") or not hasattr(executor, "folder"):
-            raise TypeError(f"Expected argument `executor` to be a submitit Executor, but got {type(executor).__name__}.")
+            raise TypeError(
+                f"Expected argument `executor` to be a submitit Executor, but got {type(executor).__name__}."
+            )
         self.executor, self.poll_s = executor, check_real("poll_s", poll_s, 0, low_open=True)
         self._jobs: list[tuple[Any, concurrent.futures.Future]] = []
         self._lock = threading.Lock()

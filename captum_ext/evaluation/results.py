@@ -107,8 +107,15 @@ class ROARResult:
             stats = self.mean_std(name)
             xs = list(stats)
             style = {"color": "black", "linestyle": "--"} if name == "random" else {}
-            ax.errorbar(xs, [m for m, _ in stats.values()], yerr=[s for _, s in stats.values()], marker="o",
-                        capsize=3, label=name, **style)
+            ax.errorbar(
+                xs,
+                [m for m, _ in stats.values()],
+                yerr=[s for _, s in stats.values()],
+                marker="o",
+                capsize=3,
+                label=name,
+                **style,
+            )
         ax.axhline(self.baseline_accuracy, color="grey", linestyle=":", label="unmodified")
         ax.set_xlabel("fraction of pixels " + ("kept (KAR)" if self.keep else "removed (ROAR)"))
         ax.set_ylabel("test accuracy after retraining")
@@ -202,8 +209,14 @@ class ROADResult:
         fig = Figure(figsize=(5.0, 3.5))
         ax = fig.add_subplot()
         ax.plot(list(self.accuracy), list(self.accuracy.values()), marker="o", label=self.explainer)
-        ax.plot(list(self.random_accuracy), list(self.random_accuracy.values()), marker="o", color="black",
-                linestyle="--", label="random")
+        ax.plot(
+            list(self.random_accuracy),
+            list(self.random_accuracy.values()),
+            marker="o",
+            color="black",
+            linestyle="--",
+            label="random",
+        )
         ax.axhline(self.baseline_accuracy, color="grey", linestyle=":", label="unmodified")
         ax.set_xlabel(f"fraction removed ({self.order.upper()})")
         ax.set_ylabel("accuracy")

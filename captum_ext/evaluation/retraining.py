@@ -31,6 +31,7 @@ from captum_ext.evaluation.executors import resolve
 
 __all__ = ["RankedMaskDataset", "RunSampler", "PlannedRun"]
 
+
 class RankedMaskDataset(Dataset):
     """A view of ``dataset`` whose images have their top ``fraction`` of ranked pixels imputed (ROAR), or all
     but the top ``fraction`` (KAR, ``keep=True``), applied on the fly when an item is read.
@@ -52,7 +53,13 @@ class RankedMaskDataset(Dataset):
     """
 
     def __init__(self, dataset: Dataset, rankings: str | os.PathLike, fraction: float, keep: bool, imputer: Callable):
-        self.dataset, self.rankings, self.fraction, self.keep, self.imputer = dataset, str(rankings), fraction, keep, imputer
+        self.dataset, self.rankings, self.fraction, self.keep, self.imputer = (
+            dataset,
+            str(rankings),
+            fraction,
+            keep,
+            imputer,
+        )
         self._positions: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -203,9 +210,17 @@ def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
                 fit(job, module, splits, fitter)
 
                 def write() -> dict[str, Any]:
-                    record = {"key": run.key, "method": run.method, "fraction": run.fraction, "repeat": run.repeat,
-                              "seed": run.seed, "keep": job.keep, "accuracy": accuracy(module, splits["test"]),
-                              "worker": owner(), "seconds": round(time.time() - started, 3)}
+                    record = {
+                        "key": run.key,
+                        "method": run.method,
+                        "fraction": run.fraction,
+                        "repeat": run.repeat,
+                        "seed": run.seed,
+                        "keep": job.keep,
+                        "accuracy": accuracy(module, splits["test"]),
+                        "worker": owner(),
+                        "seconds": round(time.time() - started, 3),
+                    }
                     cache.write_record(job.cache_dir, run.key, record)
                     return record
 

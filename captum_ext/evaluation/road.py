@@ -40,7 +40,9 @@ def _correct_after_removal(
     n, c, h, w = x.shape
     masks = torch.cat([maps.mask_from_ranking(ranking, f, (h, w)) for f in fractions])
     images = imputer(x.repeat(len(fractions), 1, 1, 1), masks)
-    preds = torch.cat([predict(model, images[i : i + batch_size], output_fn) for i in range(0, images.shape[0], batch_size)])
+    preds = torch.cat(
+        [predict(model, images[i : i + batch_size], output_fn) for i in range(0, images.shape[0], batch_size)]
+    )
     hits = (preds == y.repeat(len(fractions))).reshape(len(fractions), n)
     return [int(v) for v in hits.sum(dim=1)]
 
@@ -126,7 +128,11 @@ def road(
             if order == "lerf":
                 ranking = ranking.flip(1)
             with torch.no_grad(), eval_mode(model):
-                hits = iter(_correct_after_removal(model, x, y, ranking, scored, imputer, batch_size, output_fn) if scored else ())
+                hits = iter(
+                    _correct_after_removal(model, x, y, ranking, scored, imputer, batch_size, output_fn)
+                    if scored
+                    else ()
+                )
             correct[name] = [c + (0 if later else next(hits)) for c, later in zip(correct[name], deferred)]
         if any(deferred):
             blank.append((x.shape, y, deferred))
@@ -140,7 +146,9 @@ def road(
     if blank:  # every pixel removed: the image is the dataset mean plus noise, whatever the ranking
         fill = NoisyLinearImputer(mean=(channel_sum / pixels).float().cpu())
         for shape, y, deferred in blank:
-            images = fill(torch.zeros(shape, device=device), torch.ones(shape[0], *shape[2:], dtype=torch.bool, device=device))
+            images = fill(
+                torch.zeros(shape, device=device), torch.ones(shape[0], *shape[2:], dtype=torch.bool, device=device)
+            )
             with torch.no_grad(), eval_mode(model):
                 hits = int((predict(model, images, output_fn) == y).sum())
             for name in correct:

@@ -96,14 +96,25 @@ class ROARPlan:
         return len(self.runs)
 
     def __repr__(self) -> str:
-        return (f"ROARPlan({'KAR' if self.keep else 'ROAR'}, {len(self)} runs, {len(self.missing())} missing, "
-                f"cache_dir={str(self.cache_dir)!r})")
+        return (
+            f"ROARPlan({'KAR' if self.keep else 'ROAR'}, {len(self)} runs, {len(self.missing())} missing, "
+            f"cache_dir={str(self.cache_dir)!r})"
+        )
 
     def describe(self) -> list[dict[str, Any]]:
         """One plain dict per run (index, method, fraction, repeat, seed, key, done), e.g. for ``plan.json``."""
-        return [{"index": i, "method": r.method, "fraction": r.fraction, "repeat": r.repeat, "seed": r.seed,
-                 "key": r.key, "done": cache.read_record(self.cache_dir, r.key) is not None}
-                for i, r in enumerate(self.runs)]
+        return [
+            {
+                "index": i,
+                "method": r.method,
+                "fraction": r.fraction,
+                "repeat": r.repeat,
+                "seed": r.seed,
+                "key": r.key,
+                "done": cache.read_record(self.cache_dir, r.key) is not None,
+            }
+            for i, r in enumerate(self.runs)
+        ]
 
     def missing(self) -> list[int]:
         """Indices of the runs without a record yet (one directory listing, not one look per run)."""
@@ -115,7 +126,9 @@ class ROARPlan:
         elsewhere (returns None)."""
         check_int("index", index, 0)
         if index >= len(self.runs):
-            raise ValueError(f"Expected argument `index` to be below the plan's {len(self.runs)} runs, but got {index}.")
+            raise ValueError(
+                f"Expected argument `index` to be below the plan's {len(self.runs)} runs, but got {index}."
+            )
         return retraining.execute(self._job, self.runs[index])
 
     def collect(self) -> ROARResult:
@@ -124,8 +137,10 @@ class ROARPlan:
         missing = [i for i, record in enumerate(records) if record is None]
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
-            raise RuntimeError(f"{len(missing)} of {len(self.runs)} runs have no record yet in {self.cache_dir}: "
-                               f"indices {shown}. Execute them (run(i), execute(), or --run-index), then collect.")
+            raise RuntimeError(
+                f"{len(missing)} of {len(self.runs)} runs have no record yet in {self.cache_dir}: "
+                f"indices {shown}. Execute them (run(i), execute(), or --run-index), then collect."
+            )
         table: dict[str, dict[float, list[float]]] = {}
         for run, record in zip(self.runs, records):
             table.setdefault(run.method, {}).setdefault(run.fraction, []).append(float(record["accuracy"]))
@@ -144,8 +159,12 @@ class ROARPlan:
             if hasattr(executor, "share"):
                 shared = executor.share(self._job)
         title = "KAR" if self.keep else "ROAR"
-        with tqdm(total=len(self.runs), initial=len(self.runs) - len(missing), desc=f"{title} retraining",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=len(self.runs),
+            initial=len(self.runs) - len(missing),
+            desc=f"{title} retraining",
+            disable=not progress,
+        ) as bar:
             while missing:
                 held = claims.live_keys(self.cache_dir / "runs")
                 free = [self.runs[i] for i in missing if self.runs[i].key not in held]
@@ -225,18 +244,26 @@ def _plain(value: Any) -> bool:
 
 def _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model, seed) -> list[Explainer]:
     if not callable(module_factory):
-        raise TypeError(f"Expected argument `module_factory` to be a callable returning a LightningModule, but got {module_factory!r}.")
+        raise TypeError(
+            f"Expected argument `module_factory` to be a callable returning a LightningModule, but got {module_factory!r}."
+        )
     if isinstance(explainers, (str, Explainer)) or not isinstance(explainers, Sequence) or not explainers:
-        raise ValueError(f"Expected argument `explainers` to be a non-empty list of Explainers or short names, but got {explainers!r}.")
+        raise ValueError(
+            f"Expected argument `explainers` to be a non-empty list of Explainers or short names, but got {explainers!r}."
+        )
     recipes = [as_explainer(e, "explainers") for e in explainers]
     names = [e.name for e in recipes]
     if "random" in names:
-        raise ValueError("Expected argument `explainers` without the name 'random': the random ranking is always included.")
+        raise ValueError(
+            "Expected argument `explainers` without the name 'random': the random ranking is always included."
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"Expected argument `explainers` to have unique names, but got {names}.")
     check_int("repeats", repeats, 1)
     if trainer_kwargs is not None and not isinstance(trainer_kwargs, dict):
-        raise TypeError(f"Expected argument `trainer_kwargs` to be a dict or None, but got {type(trainer_kwargs).__name__}.")
+        raise TypeError(
+            f"Expected argument `trainer_kwargs` to be a dict or None, but got {type(trainer_kwargs).__name__}."
+        )
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"Expected argument `model` to be an nn.Module or None, but got {type(model).__name__}.")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -264,13 +291,19 @@ def _check_sendable(job: Job, executor: Any) -> None:
     """A TypeError naming the argument that ``executor`` cannot send to its workers, before anything is submitted."""
     pickler = _pickler(executor)
     dumps = importlib.import_module(pickler).dumps
-    parts = {"module_factory": job.module_factory, "datamodule": job.datasets, "imputer": job.imputer,
-             "trainer_kwargs": job.trainer_kwargs}
+    parts = {
+        "module_factory": job.module_factory,
+        "datamodule": job.datasets,
+        "imputer": job.imputer,
+        "trainer_kwargs": job.trainer_kwargs,
+    }
     for name, value in parts.items():
         try:
             dumps(value)
         except Exception as err:  # noqa: BLE001 - any pickling failure is reported the same way
-            hint = " (a module-level function or class, not a lambda or a local function)" if pickler == "pickle" else ""
+            hint = (
+                " (a module-level function or class, not a lambda or a local function)" if pickler == "pickle" else ""
+            )
             raise TypeError(
                 f"Expected argument `{name}` to be picklable{hint}, as {type(executor).__name__} sends it to its "
                 f"workers with {pickler}, but pickling failed: {type(err).__name__}: {err}"
@@ -304,7 +337,9 @@ def _base_model(job: Job, model: nn.Module | None, folder: Path, key: str, seed:
             return cache.load_weights(module, path)
         _require(compute, path)
         fitter = retraining.fit(job, module, retraining.loaders(job, job.datasets, seed))
-    retraining.after_rank_zero(fitter, lambda: cache.save_weights(module, path), lambda: cache.load_weights(module, path))
+    retraining.after_rank_zero(
+        fitter, lambda: cache.save_weights(module, path), lambda: cache.load_weights(module, path)
+    )
     return module
 
 
@@ -354,8 +389,9 @@ def roar_plan(
         torch.manual_seed(seed)
         probe = module_factory()
     namespace = _namespace(probe)
-    factory_fp = cache.digest(type(probe).__module__, type(probe).__qualname__, cache.weights_fingerprint(probe),
-                              _module_settings(probe))
+    factory_fp = cache.digest(
+        type(probe).__module__, type(probe).__qualname__, cache.weights_fingerprint(probe), _module_settings(probe)
+    )
     datasets, batch_sizes = _split_datasets(datamodule)
     data_fp, train_mean = cache.data_fingerprint(datasets, batch_size)
     imputer = imputer if imputer is not None else MeanImputer(train_mean)
@@ -376,16 +412,42 @@ def roar_plan(
             path = folder / f"rank_{key[:24]}.npy"
             if not path.exists():
                 _require(compute, path)
-                cache.compute_rankings(model, as_explainer(recipe), dataset, path, batch_size, seed, progress,
-                                       description=f"ranking {recipe.name} ({split})")
+                cache.compute_rankings(
+                    model,
+                    as_explainer(recipe),
+                    dataset,
+                    path,
+                    batch_size,
+                    seed,
+                    progress,
+                    description=f"ranking {recipe.name} ({split})",
+                )
             rankings[recipe.name][split] = str(path)
 
-    setup = cache.digest(_RESULTS_FORMAT, "keep" if keep else "roar", namespace, factory_fp, data_fp, batch_sizes, base_fp,
-                         imputer, trainer_key, seed)
+    setup = cache.digest(
+        _RESULTS_FORMAT,
+        "keep" if keep else "roar",
+        namespace,
+        factory_fp,
+        data_fp,
+        batch_sizes,
+        base_fp,
+        imputer,
+        trainer_key,
+        seed,
+    )
     runs = [  # 3. one run per (method, fraction, repeat)
-        PlannedRun(cache.digest(setup, recipe.name, recipe.fingerprint(), repr(f), r), recipe.name, f, r,
-                   _run_seed(seed, recipe.name, f, r), rankings[recipe.name])
-        for recipe in recipes for f in fractions for r in range(repeats)
+        PlannedRun(
+            cache.digest(setup, recipe.name, recipe.fingerprint(), repr(f), r),
+            recipe.name,
+            f,
+            r,
+            _run_seed(seed, recipe.name, f, r),
+            rankings[recipe.name],
+        )
+        for recipe in recipes
+        for f in fractions
+        for r in range(repeats)
     ]
     return ROARPlan(job, runs, baseline)
 
@@ -468,8 +530,21 @@ def roar(
         >>> sorted(result.accuracy)
         ['random', 'saliency']
     """
-    plan = roar_plan(module_factory, datamodule, explainers, fractions, repeats, imputer, trainer_kwargs, model,
-                     cache_dir, seed, batch_size, progress, keep=False)
+    plan = roar_plan(
+        module_factory,
+        datamodule,
+        explainers,
+        fractions,
+        repeats,
+        imputer,
+        trainer_kwargs,
+        model,
+        cache_dir,
+        seed,
+        batch_size,
+        progress,
+        keep=False,
+    )
     return plan.execute(executor, progress)
 
 
@@ -505,8 +580,21 @@ def kar(
         >>> result.keep, sorted(result.accuracy["saliency"])
         (True, [0.1])
     """
-    plan = roar_plan(module_factory, datamodule, explainers, fractions, repeats, imputer, trainer_kwargs, model,
-                     cache_dir, seed, batch_size, progress, keep=True)
+    plan = roar_plan(
+        module_factory,
+        datamodule,
+        explainers,
+        fractions,
+        repeats,
+        imputer,
+        trainer_kwargs,
+        model,
+        cache_dir,
+        seed,
+        batch_size,
+        progress,
+        keep=True,
+    )
     return plan.execute(executor, progress)
 
 

@@ -40,7 +40,9 @@ def _as_index_list(value: object, name: str) -> list[int]:
         or not items
         or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in items)
     ):
-        raise ValueError(f"Expected argument `{name}` to be a non-negative int or a non-empty list of them, but got {value!r}.")
+        raise ValueError(
+            f"Expected argument `{name}` to be a non-negative int or a non-empty list of them, but got {value!r}."
+        )
     return [int(i) for i in items]
 
 
@@ -129,7 +131,9 @@ class ActivationMaximization:
                 and value_range[0] < value_range[1]
             )
             if not ok:
-                raise ValueError(f"Expected argument `value_range` to be None or (lo, hi) with lo < hi, but got {value_range!r}.")
+                raise ValueError(
+                    f"Expected argument `value_range` to be None or (lo, hi) with lo < hi, but got {value_range!r}."
+                )
             value_range = (float(value_range[0]), float(value_range[1]))
         self.model = model
         self.input_shape: tuple[int, int, int] = tuple(int(s) for s in shape)  # type: ignore[assignment]
@@ -195,7 +199,9 @@ class ActivationMaximization:
         if direction is not None:
             indices = [0] * direction.shape[0]
         else:
-            indices = _as_index_list(target if target is not None else channel, "target" if target is not None else "channel")
+            indices = _as_index_list(
+                target if target is not None else channel, "target" if target is not None else "channel"
+            )
         with eval_mode(self.model), gradients_enabled():
             if layer is None:
                 images, trace = self._optimise(indices, self._logits)
@@ -223,7 +229,9 @@ class ActivationMaximization:
     @staticmethod
     def _channel_means(output: torch.Tensor, layer: str) -> torch.Tensor:
         if output.dim() < 2:
-            raise ValueError(f"Expected layer {layer!r} to output (K, channels, ...), but got shape {tuple(output.shape)}.")
+            raise ValueError(
+                f"Expected layer {layer!r} to output (K, channels, ...), but got shape {tuple(output.shape)}."
+            )
         return output.flatten(2).mean(2) if output.dim() > 2 else output
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:

@@ -96,7 +96,9 @@ def layout_2d(vectors: torch.Tensor, method: str = "tsne", seed: int = 0) -> tor
         try:
             import umap
         except ImportError as err:
-            raise ImportError("method='umap' needs umap-learn (pip install umap-learn); method='tsne' needs nothing.") from err
+            raise ImportError(
+                "method='umap' needs umap-learn (pip install umap-learn); method='tsne' needs nothing."
+            ) from err
         points = umap.UMAP(n_components=2, random_state=seed).fit_transform(data)
     else:
         raise ValueError(f"Expected argument `method` to be 'tsne' or 'umap', but got {method!r}.")
@@ -105,8 +107,9 @@ def layout_2d(vectors: torch.Tensor, method: str = "tsne", seed: int = 0) -> tor
     return ((points - low) / (high - low).clamp(min=1e-12)).float()
 
 
-def _vectors_and_attribution(model: nn.Module, layer: str, inputs: torch.Tensor, seed: int, output_fn: OutputFn | None,
-                             chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def _vectors_and_attribution(
+    model: nn.Module, layer: str, inputs: torch.Tensor, seed: int, output_fn: OutputFn | None, chunk: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, channels) activation at one random position per image, and (N, classes) ``h . d logit_c / d h`` there;
     ``chunk`` images per forward pass (and one backward pass per class each)."""
     gen = torch.Generator().manual_seed(seed)
@@ -117,7 +120,9 @@ def _vectors_and_attribution(model: nn.Module, layer: str, inputs: torch.Tensor,
             scores = logits(model(inputs[start : start + chunk].detach()), output_fn)
             activation = outputs[-1]
             if activation.dim() != 4:
-                raise ValueError(f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(activation.shape)}.")
+                raise ValueError(
+                    f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(activation.shape)}."
+                )
             n, _, h, w = activation.shape
             rows = torch.randint(h, (n,), generator=gen).to(inputs.device)
             cols = torch.randint(w, (n,), generator=gen).to(inputs.device)
@@ -159,7 +164,9 @@ def activation_atlas(
     check_int("min_count", min_count, 1)
     if class_filter is not None:
         if labels is None:
-            raise ValueError("Expected argument `labels` with `class_filter` (a class activation atlas keeps one class).")
+            raise ValueError(
+                "Expected argument `labels` with `class_filter` (a class activation atlas keeps one class)."
+            )
         keep = torch.as_tensor(labels).reshape(-1) == class_filter
         inputs, labels = inputs[keep.to(inputs.device)], torch.as_tensor(labels)[keep]
     if inputs.shape[0] < 3:
@@ -173,13 +180,33 @@ def activation_atlas(
     renumber = torch.cumsum(shown.long(), 0) - 1
     member_cell = torch.where(shown[member], renumber[member], torch.full_like(member, -1))
     chosen = occupied[shown]
-    directions = torch.stack([vectors[(member_cell == k).to(vectors.device)].mean(0) for k in range(len(chosen))]) if len(chosen) \
+    directions = (
+        torch.stack([vectors[(member_cell == k).to(vectors.device)].mean(0) for k in range(len(chosen))])
+        if len(chosen)
         else vectors.new_zeros(0, vectors.shape[1])
-    cell_attribution = torch.stack([attribution[(member_cell == k).to(attribution.device)].mean(0) for k in range(len(chosen))]) \
-        if len(chosen) else attribution.new_zeros(0, attribution.shape[1])
-    images = ActivationMaximization(model, tuple(inputs.shape[1:]), steps=steps, seed=seed, output_fn=output_fn).visualize(
-        layer=layer, direction=directions) if len(chosen) else inputs.new_zeros(0, *inputs.shape[1:])
+    )
+    cell_attribution = (
+        torch.stack([attribution[(member_cell == k).to(attribution.device)].mean(0) for k in range(len(chosen))])
+        if len(chosen)
+        else attribution.new_zeros(0, attribution.shape[1])
+    )
+    images = (
+        ActivationMaximization(model, tuple(inputs.shape[1:]), steps=steps, seed=seed, output_fn=output_fn).visualize(
+            layer=layer, direction=directions
+        )
+        if len(chosen)
+        else inputs.new_zeros(0, *inputs.shape[1:])
+    )
     cells = torch.stack([chosen // grid, chosen % grid], dim=1)
-    return ActivationAtlas(layer, grid, positions, member_cell, cells, counts[shown], directions.cpu(),
-                           cell_attribution.detach().cpu(), images.detach(),
-                           None if labels is None else torch.as_tensor(labels).reshape(-1).cpu())
+    return ActivationAtlas(
+        layer,
+        grid,
+        positions,
+        member_cell,
+        cells,
+        counts[shown],
+        directions.cpu(),
+        cell_attribution.detach().cpu(),
+        images.detach(),
+        None if labels is None else torch.as_tensor(labels).reshape(-1).cpu(),
+    )

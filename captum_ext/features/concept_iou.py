@@ -80,7 +80,9 @@ class ConceptIoU:
         ax.set_ylabel("unit")
         for unit, (name, _) in self.detectors.items():
             ax.text(self.concepts.index(name), unit, "*", ha="center", va="center", color="red")
-        ax.set_title(f"Network Dissection IoU, {self.layer} (q={self.quantile}; * = IoU > {self.iou_threshold})", fontsize=9)
+        ax.set_title(
+            f"Network Dissection IoU, {self.layer} (q={self.quantile}; * = IoU > {self.iou_threshold})", fontsize=9
+        )
         fig.colorbar(image, ax=ax)
         fig.tight_layout()
         return fig
@@ -180,7 +182,9 @@ def concept_iou(
             model(images)
             out = outputs[-1]
             if out.dim() != 4:
-                raise ValueError(f"Expected layer {layer!r} to output (N, units, h, w), but got shape {tuple(out.shape)}.")
+                raise ValueError(
+                    f"Expected layer {layer!r} to output (N, units, h, w), but got shape {tuple(out.shape)}."
+                )
             return out.detach().float().cpu()
 
         values = [unit_maps(_split_batch(batch)[0]).transpose(0, 1).flatten(1) for batch in dataloader]
@@ -204,12 +208,18 @@ def concept_iou(
                     f"but got {batch_inter.shape[1]}."
                 )
             else:
-                inter, unit_area, concept_area = inter + batch_inter, unit_area + batch_units, concept_area + batch_concepts
+                inter, unit_area, concept_area = (
+                    inter + batch_inter,
+                    unit_area + batch_units,
+                    concept_area + batch_concepts,
+                )
     union = unit_area[:, None] + concept_area[None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter)).float()
     names = [str(i) for i in range(iou.shape[1])] if concepts is None else [str(c) for c in concepts]
     if len(names) != iou.shape[1]:
-        raise ValueError(f"Expected argument `concepts` to name all {iou.shape[1]} concepts, but got {len(names)} names.")
+        raise ValueError(
+            f"Expected argument `concepts` to name all {iou.shape[1]} concepts, but got {len(names)} names."
+        )
     best_iou, best = iou.max(dim=1)
     detectors = {
         unit: (names[int(best[unit])], float(best_iou[unit]))

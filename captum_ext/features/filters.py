@@ -37,7 +37,9 @@ def first_conv_name(model: nn.Module) -> str:
     return name
 
 
-def first_layer_filters(model: nn.Module, layer: str | None = None, scale: int = 8, nrow: int | None = None) -> torch.Tensor:
+def first_layer_filters(
+    model: nn.Module, layer: str | None = None, scale: int = 8, nrow: int | None = None
+) -> torch.Tensor:
     """What does the first layer look for? Its convolution kernels as one image grid.
 
     Reference: Krizhevsky et al. 2012 (Fig. 3), Zeiler & Fergus 2014, "Visualizing and Understanding
@@ -79,7 +81,9 @@ def first_layer_filters(model: nn.Module, layer: str | None = None, scale: int =
     return _grid(tiles, scale, nrow)
 
 
-def feature_maps(model: nn.Module, layer: str, inputs: torch.Tensor, scale: int = 1, nrow: int | None = None) -> torch.Tensor:
+def feature_maps(
+    model: nn.Module, layer: str, inputs: torch.Tensor, scale: int = 1, nrow: int | None = None
+) -> torch.Tensor:
     """Where in each input does every channel of ``layer`` fire? One grid of per-channel maps per input.
 
     Reference: Zeiler & Fergus 2014; Yosinski et al. 2015, "Understanding Neural Networks Through Deep

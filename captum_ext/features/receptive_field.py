@@ -73,7 +73,9 @@ def receptive_field(
         model(x)
         out = outputs[-1]
         if out.dim() != 4:
-            raise ValueError(f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(out.shape)}.")
+            raise ValueError(
+                f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(out.shape)}."
+            )
         h, w = out.shape[2:]
         for i, j in positions:
             if not (0 <= i < h and 0 <= j < w):

@@ -181,9 +181,13 @@ def top_activating_patches(
             model(x)
             out = outputs[-1]
             if out.dim() != 4:
-                raise ValueError(f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(out.shape)}.")
+                raise ValueError(
+                    f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(out.shape)}."
+                )
             if channel >= out.shape[1]:
-                raise ValueError(f"Expected argument `channel` to be < {out.shape[1]} (channels of {layer!r}), but got {channel}.")
+                raise ValueError(
+                    f"Expected argument `channel` to be < {out.shape[1]} (channels of {layer!r}), but got {channel}."
+                )
             maps = out[:, channel].float().cpu()
             width = maps.shape[2]
             values, flat = maps.flatten(1).max(dim=1)
@@ -202,7 +206,9 @@ def top_activating_patches(
     shape = tuple(best_images.shape[1:])
     grid = tuple(out.shape[2:])
     centre = (grid[0] // 2, grid[1] // 2)
-    boxes = receptive_field(model, layer, shape, [tuple(u) for u in best_units.tolist()] + [centre], probes=probes, seed=seed)
+    boxes = receptive_field(
+        model, layer, shape, [tuple(u) for u in best_units.tolist()] + [centre], probes=probes, seed=seed
+    )
     full = boxes[-1]
     size = (int(full[3] - full[1]), int(full[2] - full[0]))
     boxes = boxes[:-1]

@@ -31,8 +31,14 @@ __all__ = ["sparseness", "complexity", "effective_complexity", "Sparseness", "Co
 def _magnitudes(attributions: torch.Tensor) -> torch.Tensor:
     """(N, features) float64 ``|a|`` of an (N, ...) batch of maps."""
     if not isinstance(attributions, torch.Tensor) or attributions.dim() < 2 or not attributions.is_floating_point():
-        got = f"shape {tuple(attributions.shape)}" if isinstance(attributions, torch.Tensor) else type(attributions).__name__
-        raise ValueError(f"Expected argument `attributions` to be a float (N, H, W) or (N, C, H, W) tensor, but got {got}.")
+        got = (
+            f"shape {tuple(attributions.shape)}"
+            if isinstance(attributions, torch.Tensor)
+            else type(attributions).__name__
+        )
+        raise ValueError(
+            f"Expected argument `attributions` to be a float (N, H, W) or (N, C, H, W) tensor, but got {got}."
+        )
     check_finite("attributions", attributions)
     return attributions.detach().flatten(1).abs().double()
 

@@ -213,9 +213,19 @@ class _PerturbationMetric(Metric):
     ) -> None:
         """Score a batch: ``inputs`` (N, C, H, W), ``attributions`` (N, C, H, W) or (N, H, W), ``target`` int or (N,)."""
         curve = perturbation_curve(
-            forward_func, inputs, attributions, target, steps=self.steps, mode=self._mode, imputer=self.imputer,
-            apply_softmax=self.apply_softmax, reduce=self.reduce, batch_size=self.batch_size, seed=self.seed,
-            output_fn=self.output_fn, normalization=self.normalization,
+            forward_func,
+            inputs,
+            attributions,
+            target,
+            steps=self.steps,
+            mode=self._mode,
+            imputer=self.imputer,
+            apply_softmax=self.apply_softmax,
+            reduce=self.reduce,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            output_fn=self.output_fn,
+            normalization=self.normalization,
         )
         scores = self._score(curve)
         self.total += scores.double().sum().to(self.total.device)

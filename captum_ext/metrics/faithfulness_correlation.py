@@ -44,17 +44,31 @@ from captum_ext.metrics._scores import class_scores
 from captum_ext.metrics.similarity import average_ranks, pearson_rows
 from captum_ext.model_output import OutputFn
 
-__all__ = ["faithfulness_correlation", "monotonicity_correlation", "irof", "FaithfulnessCorrelation",
-           "MonotonicityCorrelation", "IROF"]
+__all__ = [
+    "faithfulness_correlation",
+    "monotonicity_correlation",
+    "irof",
+    "FaithfulnessCorrelation",
+    "MonotonicityCorrelation",
+    "IROF",
+]
 
 
 def _check(inputs: torch.Tensor, attributions: torch.Tensor) -> None:
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
-        raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {getattr(inputs, 'shape', inputs)!r}.")
-    if not isinstance(attributions, torch.Tensor) or attributions.shape[0] != inputs.shape[0] or attributions.dim() != 4 \
-            or attributions.shape[-2:] != inputs.shape[-2:]:
-        raise ValueError(f"Expected argument `attributions` to be (N, C or 1, H, W) for inputs {tuple(inputs.shape)}, but got "
-                         f"{tuple(getattr(attributions, 'shape', ()))}.")
+        raise ValueError(
+            f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {getattr(inputs, 'shape', inputs)!r}."
+        )
+    if (
+        not isinstance(attributions, torch.Tensor)
+        or attributions.shape[0] != inputs.shape[0]
+        or attributions.dim() != 4
+        or attributions.shape[-2:] != inputs.shape[-2:]
+    ):
+        raise ValueError(
+            f"Expected argument `attributions` to be (N, C or 1, H, W) for inputs {tuple(inputs.shape)}, but got "
+            f"{tuple(getattr(attributions, 'shape', ()))}."
+        )
     check_finite("inputs", inputs)
     check_finite("attributions", attributions)
 
@@ -62,13 +76,21 @@ def _check(inputs: torch.Tensor, attributions: torch.Tensor) -> None:
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise Pearson correlation of (N, P) tensors; NaN where a row is constant (no correlation is defined)."""
     constant = (a.amax(1) == a.amin(1)) | (b.amax(1) == b.amin(1))
-    return torch.where(constant, torch.full((a.shape[0],), float("nan"), dtype=torch.float64, device=a.device),
-                       pearson_rows(a, b))
+    return torch.where(
+        constant, torch.full((a.shape[0],), float("nan"), dtype=torch.float64, device=a.device), pearson_rows(a, b)
+    )
 
 
 def faithfulness_correlation(
-    model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target, runs: int = 100, subset_size: int = 224,
-    seed: int = 0, batch_size: int = 128, output_fn: OutputFn | None = None,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    attributions: torch.Tensor,
+    target,
+    runs: int = 100,
+    subset_size: int = 224,
+    seed: int = 0,
+    batch_size: int = 128,
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) Pearson correlation between subset attribution sums and logit drops over ``runs`` random subsets."""
     _check(inputs, attributions)
@@ -77,7 +99,9 @@ def faithfulness_correlation(
     features = inputs[0].numel()
     subset_size = check_int("subset_size", subset_size, 1)
     if subset_size > features:
-        raise ValueError(f"Expected argument `subset_size` to be at most the {features} input values, but got {subset_size}.")
+        raise ValueError(
+            f"Expected argument `subset_size` to be at most the {features} input values, but got {subset_size}."
+        )
     target = class_targets(target, n, None, inputs.device)
     flat_x = inputs.detach().flatten(1)
     flat_a = attributions.detach().expand_as(inputs).flatten(1).double()
@@ -101,8 +125,15 @@ def faithfulness_correlation(
 
 
 def monotonicity_correlation(
-    model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target, features_in_step: int = 16,
-    samples: int = 10, seed: int = 0, batch_size: int = 128, output_fn: OutputFn | None = None,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    attributions: torch.Tensor,
+    target,
+    features_in_step: int = 16,
+    samples: int = 10,
+    seed: int = 0,
+    batch_size: int = 128,
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) Spearman correlation between each group's ``sum |a|`` and the mean squared change of the class
     probability when that group alone is set to each of ``samples`` uniform values in [0, 1)."""
@@ -131,8 +162,9 @@ def monotonicity_correlation(
         out[moved] = out[moved].scatter(1, columns, values[sample][:, None].expand_as(columns))
         return out.reshape(-1, *inputs.shape[1:])
 
-    probabilities = class_scores(model, build, target.repeat(groups * samples + 1), batch_size, apply_softmax=True,
-                                 output_fn=output_fn)
+    probabilities = class_scores(
+        model, build, target.repeat(groups * samples + 1), batch_size, apply_softmax=True, output_fn=output_fn
+    )
     base, moved = probabilities[:n], probabilities[n:].reshape(groups, samples, n)
     variance = ((moved - base[None, None]) ** 2).mean(1).T  # (N, groups)
     relevance = magnitude.gather(1, order.reshape(n, -1)).reshape(n, groups, step).sum(2)
@@ -140,8 +172,14 @@ def monotonicity_correlation(
 
 
 def irof(
-    model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target, n_segments: int = 100,
-    compactness: float = 1.0, batch_size: int = 128, output_fn: OutputFn | None = None,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    attributions: torch.Tensor,
+    target,
+    n_segments: int = 100,
+    compactness: float = 1.0,
+    batch_size: int = 128,
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) IROF: ``mean_t (1 - p_t / p_0)`` while SLIC superpixels are replaced by the image's per-channel mean,
     most relevant (highest mean attribution) first, cumulatively."""
@@ -152,9 +190,12 @@ def irof(
     counts = segments.flatten(1).amax(1) + 1
     k_max = int(counts.max())
     relevance = attributions.detach().double().mean(1)  # (N, H, W): the channel mean, as Quantus averages them
-    sums = torch.zeros(n, k_max, dtype=torch.float64, device=inputs.device).scatter_add_(1, segments.flatten(1), relevance.flatten(1))
+    sums = torch.zeros(n, k_max, dtype=torch.float64, device=inputs.device).scatter_add_(
+        1, segments.flatten(1), relevance.flatten(1)
+    )
     sizes = torch.zeros(n, k_max, dtype=torch.float64, device=inputs.device).scatter_add_(
-        1, segments.flatten(1), torch.ones_like(relevance.flatten(1)))
+        1, segments.flatten(1), torch.ones_like(relevance.flatten(1))
+    )
     means = torch.where(sizes > 0, sums / sizes.clamp(min=1), torch.full_like(sums, -torch.inf))
     order = means.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(k_max, device=order.device).expand(n, -1))
@@ -168,8 +209,9 @@ def irof(
         removed = pixel_rank[image] < step[:, None, None, None]
         return torch.where(removed, fill[image], x[image])
 
-    scores = class_scores(model, build, target.repeat(k_max + 1), batch_size, apply_softmax=True,
-                          output_fn=output_fn).reshape(k_max + 1, n)
+    scores = class_scores(
+        model, build, target.repeat(k_max + 1), batch_size, apply_softmax=True, output_fn=output_fn
+    ).reshape(k_max + 1, n)
     ratios = scores[1:] / scores[:1].clamp(min=torch.finfo(scores.dtype).tiny)  # (K, N)
     valid = torch.arange(k_max, device=inputs.device)[:, None] < counts[None, :]
     return ((1 - ratios) * valid).sum(0) / counts.to(ratios.dtype)
@@ -181,16 +223,24 @@ class FaithfulnessCorrelation(MeanOverImages):
 
     higher_is_better = True
 
-    def __init__(self, runs: int = 100, subset_size: int = 224, seed: int = 0, batch_size: int = 128,
-                 output_fn: OutputFn | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        runs: int = 100,
+        subset_size: int = 224,
+        seed: int = 0,
+        batch_size: int = 128,
+        output_fn: OutputFn | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.runs, self.subset_size = check_int("runs", runs, 2), check_int("subset_size", subset_size, 1)
         self.seed, self.batch_size, self.output_fn = seed, check_int("batch_size", batch_size, 1), output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
         """Add a batch: the model, the inputs, their attributions and the explained classes."""
-        scores = faithfulness_correlation(model, inputs, attributions, target, self.runs, self.subset_size, self.seed,
-                                          self.batch_size, self.output_fn)
+        scores = faithfulness_correlation(
+            model, inputs, attributions, target, self.runs, self.subset_size, self.seed, self.batch_size, self.output_fn
+        )
         self.add(scores[~scores.isnan()])
 
 
@@ -199,16 +249,35 @@ class MonotonicityCorrelation(MeanOverImages):
 
     higher_is_better = True
 
-    def __init__(self, features_in_step: int = 16, samples: int = 10, seed: int = 0, batch_size: int = 128,
-                 output_fn: OutputFn | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        features_in_step: int = 16,
+        samples: int = 10,
+        seed: int = 0,
+        batch_size: int = 128,
+        output_fn: OutputFn | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
-        self.features_in_step, self.samples = check_int("features_in_step", features_in_step, 1), check_int("samples", samples, 1)
+        self.features_in_step, self.samples = (
+            check_int("features_in_step", features_in_step, 1),
+            check_int("samples", samples, 1),
+        )
         self.seed, self.batch_size, self.output_fn = seed, check_int("batch_size", batch_size, 1), output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
         """Add a batch: the model, the inputs, their attributions and the explained classes."""
-        scores = monotonicity_correlation(model, inputs, attributions, target, self.features_in_step, self.samples,
-                                          self.seed, self.batch_size, self.output_fn)
+        scores = monotonicity_correlation(
+            model,
+            inputs,
+            attributions,
+            target,
+            self.features_in_step,
+            self.samples,
+            self.seed,
+            self.batch_size,
+            self.output_fn,
+        )
         self.add(scores[~scores.isnan()])
 
 
@@ -217,13 +286,22 @@ class IROF(MeanOverImages):
 
     higher_is_better = True
 
-    def __init__(self, n_segments: int = 100, compactness: float = 1.0, batch_size: int = 128,
-                 output_fn: OutputFn | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        n_segments: int = 100,
+        compactness: float = 1.0,
+        batch_size: int = 128,
+        output_fn: OutputFn | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.n_segments, self.compactness = check_int("n_segments", n_segments, 1), float(compactness)
         self.batch_size, self.output_fn = check_int("batch_size", batch_size, 1), output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
         """Add a batch: the model, the inputs, their attributions and the explained classes."""
-        self.add(irof(model, inputs, attributions, target, self.n_segments, self.compactness, self.batch_size,
-                      self.output_fn))
+        self.add(
+            irof(
+                model, inputs, attributions, target, self.n_segments, self.compactness, self.batch_size, self.output_fn
+            )
+        )

@@ -71,13 +71,19 @@ def positive_map(attributions: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: ``attributions`` is not a 3-d or 4-d floating tensor, or holds NaN or Inf.
     """
-    if not isinstance(attributions, torch.Tensor) or attributions.dim() not in (3, 4) or not attributions.is_floating_point():
+    if (
+        not isinstance(attributions, torch.Tensor)
+        or attributions.dim() not in (3, 4)
+        or not attributions.is_floating_point()
+    ):
         got = (
             f"shape {tuple(attributions.shape)}, dtype {attributions.dtype}"
             if isinstance(attributions, torch.Tensor)
             else type(attributions).__name__
         )
-        raise ValueError(f"Expected argument `attributions` to be a float (N, H, W) or (N, C, H, W) tensor, but got {got}.")
+        raise ValueError(
+            f"Expected argument `attributions` to be a float (N, H, W) or (N, C, H, W) tensor, but got {got}."
+        )
     check_finite("attributions", attributions, "A NaN map has no relevance mass (it would count as 0).")
     if attributions.dim() == 4:
         return _maps.reduce_channels(attributions, "positive")
@@ -373,8 +379,10 @@ def localisation_error(
     truth = _as_boxes(boxes, n, tuple(attributions.shape[-2:]))
     predictions, labels = torch.as_tensor(predictions).reshape(-1).cpu(), torch.as_tensor(labels).reshape(-1).cpu()
     if predictions.shape != (n,) or labels.shape != (n,):
-        raise ValueError(f"Expected arguments `predictions` and `labels` to have shape ({n},), but got "
-                         f"{tuple(predictions.shape)} and {tuple(labels.shape)}.")
+        raise ValueError(
+            f"Expected arguments `predictions` and `labels` to have shape ({n},), but got "
+            f"{tuple(predictions.shape)} and {tuple(labels.shape)}."
+        )
     correct = (predictions == labels) & (box_iou(found, truth) >= iou)
     return (~correct).float().to(attributions.device)
 
@@ -400,6 +408,8 @@ class LocalisationError(MeanOverImages):
         if not 0 < self.threshold <= 1 or not 0 < self.iou <= 1:
             raise ValueError(f"Expected arguments `threshold` and `iou` in (0, 1], but got {threshold!r} and {iou!r}.")
 
-    def update(self, attributions: torch.Tensor, boxes: torch.Tensor, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(
+        self, attributions: torch.Tensor, boxes: torch.Tensor, predictions: torch.Tensor, labels: torch.Tensor
+    ) -> None:
         """Add a batch: maps, object boxes or masks, predicted and true classes."""
         self.add(localisation_error(attributions, boxes, predictions, labels, self.threshold, self.iou))

@@ -22,10 +22,10 @@ from torch import nn
 
 from captum_ext import maps
 from captum_ext._checks import check_finite, check_int, class_targets
+from captum_ext._context import eval_mode
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.metrics.similarity import ssim_similarity
-from captum_ext._context import eval_mode
 from captum_ext.model_output import OutputFn, logits
 
 __all__ = ["random_logit", "other_classes", "RandomLogit"]
@@ -48,8 +48,14 @@ def other_classes(target: torch.Tensor, num_classes: int, seed: int = 0) -> torc
 
 
 def random_logit(
-    model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, target, num_classes: int | None = None,
-    attributions: torch.Tensor | None = None, seed: int = 0, reduce: maps.Reduction = "sum",
+    model: nn.Module,
+    explainer: Explainer | str,
+    inputs: torch.Tensor,
+    target,
+    num_classes: int | None = None,
+    attributions: torch.Tensor | None = None,
+    seed: int = 0,
+    reduce: maps.Reduction = "sum",
     output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) SSIM between the map for ``target`` (``attributions``, or computed) and the map for a random other class.
@@ -70,11 +76,15 @@ def random_logit(
     if attributions is None:
         attributions = recipe.attribute(model, inputs, target, output_fn=output_fn)
     elif attributions.shape != inputs.shape:
-        raise ValueError(f"Expected argument `attributions` to have the inputs' shape {tuple(inputs.shape)}, but got "
-                         f"{tuple(attributions.shape)}.")
+        raise ValueError(
+            f"Expected argument `attributions` to have the inputs' shape {tuple(inputs.shape)}, but got "
+            f"{tuple(attributions.shape)}."
+        )
     check_finite("attributions", attributions)
     other = recipe.attribute(model, inputs, other_classes(target, num_classes, seed), output_fn=output_fn)
-    return ssim_similarity(maps.reduce_channels(attributions.detach(), reduce), maps.reduce_channels(other, reduce)).float()
+    return ssim_similarity(
+        maps.reduce_channels(attributions.detach(), reduce), maps.reduce_channels(other, reduce)
+    ).float()
 
 
 class RandomLogit(MeanOverImages):
@@ -82,8 +92,15 @@ class RandomLogit(MeanOverImages):
 
     higher_is_better = False
 
-    def __init__(self, explainer: Explainer | str, num_classes: int | None = None, seed: int = 0,
-                 reduce: maps.Reduction = "sum", output_fn: OutputFn | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        explainer: Explainer | str,
+        num_classes: int | None = None,
+        seed: int = 0,
+        reduce: maps.Reduction = "sum",
+        output_fn: OutputFn | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.explainer = as_explainer(explainer)
         self.num_classes = check_int("num_classes", num_classes, 2) if num_classes is not None else None
@@ -92,5 +109,16 @@ class RandomLogit(MeanOverImages):
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor | None, target) -> None:
         """Add a batch: the model, the inputs, their maps for ``target`` (or None) and the explained classes."""
-        self.add(random_logit(model, self.explainer, inputs, target, self.num_classes, attributions, self.seed,
-                              self.reduce, self.output_fn))
+        self.add(
+            random_logit(
+                model,
+                self.explainer,
+                inputs,
+                target,
+                self.num_classes,
+                attributions,
+                self.seed,
+                self.reduce,
+                self.output_fn,
+            )
+        )

@@ -34,21 +34,36 @@ import torch
 from torch import nn
 
 from captum_ext._checks import check_finite, check_int, check_real, class_targets
+from captum_ext._context import eval_mode
 from captum_ext.explainer import Explainer, as_explainer, images_per_pass
 from captum_ext.metrics._mean import MeanOverImages
-from captum_ext._context import eval_mode
 from captum_ext.model_output import OutputFn, logits
 
-__all__ = ["max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "relative_stability", "MaxSensitivity",
-           "AvgSensitivity", "LocalLipschitzEstimate", "RelativeInputStability", "RelativeOutputStability",
-           "RelativeRepresentationStability"]
+__all__ = [
+    "max_sensitivity",
+    "avg_sensitivity",
+    "local_lipschitz_estimate",
+    "relative_stability",
+    "MaxSensitivity",
+    "AvgSensitivity",
+    "LocalLipschitzEstimate",
+    "RelativeInputStability",
+    "RelativeOutputStability",
+    "RelativeRepresentationStability",
+]
 
 Noise = Callable[[torch.Generator, tuple[int, ...]], torch.Tensor]
 
 
 def _perturbed_maps(
-    model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, target: torch.Tensor, samples: int, noise: Noise,
-    seed: int, output_fn: OutputFn | None,
+    model: nn.Module,
+    explainer: Explainer | str,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    samples: int,
+    noise: Noise,
+    seed: int,
+    output_fn: OutputFn | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(samples, N, C, H, W) input perturbations and the maps of the perturbed inputs, explained in chunks."""
     recipe = as_explainer(explainer)
@@ -57,21 +72,27 @@ def _perturbed_maps(
     perturbed = (inputs.detach()[None] + deltas).reshape(-1, *inputs.shape[1:])
     targets = target.repeat(samples)
     chunk = min(256, images_per_pass(inputs))  # small digits: 256 a pass is faster on CPU than thousands
-    out = [recipe.attribute(model, perturbed[i : i + chunk], targets[i : i + chunk], output_fn=output_fn)
-           for i in range(0, perturbed.shape[0], chunk)]
+    out = [
+        recipe.attribute(model, perturbed[i : i + chunk], targets[i : i + chunk], output_fn=output_fn)
+        for i in range(0, perturbed.shape[0], chunk)
+    ]
     return deltas, torch.cat(out).reshape(samples, *inputs.shape)
 
 
 def _prepare(model, explainer, inputs, target, attributions, output_fn) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
-        raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {getattr(inputs, 'shape', inputs)!r}.")
+        raise ValueError(
+            f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {getattr(inputs, 'shape', inputs)!r}."
+        )
     check_finite("inputs", inputs)
     target = class_targets(target, inputs.shape[0], None, inputs.device)
     if attributions is None:
         attributions = as_explainer(explainer).attribute(model, inputs, target, output_fn=output_fn)
     elif attributions.shape != inputs.shape:
-        raise ValueError(f"Expected argument `attributions` to have the inputs' shape {tuple(inputs.shape)}, but got "
-                         f"{tuple(attributions.shape)}.")
+        raise ValueError(
+            f"Expected argument `attributions` to have the inputs' shape {tuple(inputs.shape)}, but got "
+            f"{tuple(attributions.shape)}."
+        )
     return target, check_finite("attributions", attributions.detach())
 
 
@@ -80,16 +101,33 @@ def _sensitivities(model, explainer, inputs, target, samples, radius, attributio
     check_int("samples", samples, 1)
     radius = check_real("radius", radius, 0.0)
     target, base = _prepare(model, explainer, inputs, target, attributions, output_fn)
-    _, moved = _perturbed_maps(model, explainer, inputs, target, samples,
-                               lambda gen, shape: (torch.rand(shape, generator=gen) * 2 - 1) * radius, seed, output_fn)
+    _, moved = _perturbed_maps(
+        model,
+        explainer,
+        inputs,
+        target,
+        samples,
+        lambda gen, shape: (torch.rand(shape, generator=gen) * 2 - 1) * radius,
+        seed,
+        output_fn,
+    )
     change = (moved - base[None]).flatten(2).norm(dim=2)
     size = base.flatten(1).norm(dim=1)
-    return torch.where(size > 0, change / size.clamp(min=torch.finfo(size.dtype).tiny), torch.full_like(change, float("nan")))
+    return torch.where(
+        size > 0, change / size.clamp(min=torch.finfo(size.dtype).tiny), torch.full_like(change, float("nan"))
+    )
 
 
 def max_sensitivity(
-    model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, target, samples: int = 10, radius: float = 0.2,
-    attributions: torch.Tensor | None = None, seed: int = 0, output_fn: OutputFn | None = None,
+    model: nn.Module,
+    explainer: Explainer | str,
+    inputs: torch.Tensor,
+    target,
+    samples: int = 10,
+    radius: float = 0.2,
+    attributions: torch.Tensor | None = None,
+    seed: int = 0,
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) largest relative map change over ``samples`` uniform perturbations of size ``radius`` (Yeh et al. 2019).
 
@@ -99,8 +137,15 @@ def max_sensitivity(
 
 
 def avg_sensitivity(
-    model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, target, samples: int = 10, radius: float = 0.2,
-    attributions: torch.Tensor | None = None, seed: int = 0, output_fn: OutputFn | None = None,
+    model: nn.Module,
+    explainer: Explainer | str,
+    inputs: torch.Tensor,
+    target,
+    samples: int = 10,
+    radius: float = 0.2,
+    attributions: torch.Tensor | None = None,
+    seed: int = 0,
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) mean relative map change over ``samples`` uniform perturbations of size ``radius`` (Yeh et al. 2019)."""
     return _sensitivities(model, explainer, inputs, target, samples, radius, attributions, seed, output_fn).mean(0)
@@ -113,16 +158,31 @@ def _unit(maps: torch.Tensor) -> torch.Tensor:
 
 
 def local_lipschitz_estimate(
-    model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, target, samples: int = 10, std: float = 0.1,
-    attributions: torch.Tensor | None = None, seed: int = 0, output_fn: OutputFn | None = None,
+    model: nn.Module,
+    explainer: Explainer | str,
+    inputs: torch.Tensor,
+    target,
+    samples: int = 10,
+    std: float = 0.1,
+    attributions: torch.Tensor | None = None,
+    seed: int = 0,
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) ``max ||ê(x') - ê(x)|| / (||x' - x|| + 1e-10)`` over ``samples`` Gaussian perturbations of std ``std``,
     each map scaled by its own maximum absolute value (Alvarez-Melis & Jaakkola 2018)."""
     check_int("samples", samples, 1)
     std = check_real("std", std, 0.0)
     target, base = _prepare(model, explainer, inputs, target, attributions, output_fn)
-    deltas, moved = _perturbed_maps(model, explainer, inputs, target, samples,
-                                    lambda gen, shape: torch.randn(shape, generator=gen) * std, seed, output_fn)
+    deltas, moved = _perturbed_maps(
+        model,
+        explainer,
+        inputs,
+        target,
+        samples,
+        lambda gen, shape: torch.randn(shape, generator=gen) * std,
+        seed,
+        output_fn,
+    )
     change = (_unit(moved) - _unit(base)[None]).flatten(2).norm(dim=2)
     return (change / (deltas.flatten(2).norm(dim=2) + 1e-10)).amax(0)
 
@@ -131,8 +191,15 @@ class _RobustnessMetric(MeanOverImages):
     higher_is_better = False
     _score: Callable
 
-    def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.2, seed: int = 0,
-                 output_fn: OutputFn | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        explainer: Explainer | str,
+        samples: int = 10,
+        scale: float = 0.2,
+        seed: int = 0,
+        output_fn: OutputFn | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.explainer = as_explainer(explainer)
         self.samples = check_int("samples", samples, 1)
@@ -142,8 +209,9 @@ class _RobustnessMetric(MeanOverImages):
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor | None, target) -> None:
         """Add a batch: the model, the inputs, their maps (or None to compute them) and the explained classes; an
         image whose map is all zero has no relative change and is skipped."""
-        scores = type(self)._score(model, self.explainer, inputs, target, self.samples, self.scale, attributions,
-                                   self.seed, self.output_fn)
+        scores = type(self)._score(
+            model, self.explainer, inputs, target, self.samples, self.scale, attributions, self.seed, self.output_fn
+        )
         self.add(scores[~scores.isnan()])
 
 
@@ -164,20 +232,30 @@ class LocalLipschitzEstimate(_RobustnessMetric):
 
     _score = staticmethod(local_lipschitz_estimate)
 
-    def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.1, seed: int = 0,
-                 output_fn: OutputFn | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        explainer: Explainer | str,
+        samples: int = 10,
+        scale: float = 0.1,
+        seed: int = 0,
+        output_fn: OutputFn | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(explainer, samples, scale, seed, output_fn, **kwargs)
 
 
-def _outputs(model: nn.Module, images: torch.Tensor, layer: str | None, output_fn: OutputFn | None, chunk: int
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _outputs(
+    model: nn.Module, images: torch.Tensor, layer: str | None, output_fn: OutputFn | None, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, K) scores of ``images`` and, with ``layer``, that layer's flattened (B, D) output, ``chunk`` at a time."""
     from captum_ext.explainer import resolve_layer
 
     scores, features = [], []
     hook = None
     if layer is not None:
-        hook = resolve_layer(model, layer).register_forward_hook(lambda m, a, out: features.append(out.detach().flatten(1)))
+        hook = resolve_layer(model, layer).register_forward_hook(
+            lambda m, a, out: features.append(out.detach().flatten(1))
+        )
     try:
         with torch.no_grad(), eval_mode(model):
             for start in range(0, images.shape[0], chunk):
@@ -195,9 +273,18 @@ def _relative(change: torch.Tensor, reference: torch.Tensor, eps: float) -> torc
 
 
 def relative_stability(
-    kind: str, model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, target, samples: int = 10,
-    radius: float = 0.2, attributions: torch.Tensor | None = None, seed: int = 0, layer: str | None = None,
-    eps: float = 1e-6, output_fn: OutputFn | None = None,
+    kind: str,
+    model: nn.Module,
+    explainer: Explainer | str,
+    inputs: torch.Tensor,
+    target,
+    samples: int = 10,
+    radius: float = 0.2,
+    attributions: torch.Tensor | None = None,
+    seed: int = 0,
+    layer: str | None = None,
+    eps: float = 1e-6,
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) relative input (``kind="input"``), output (``"output"``) or representation (``"representation"``,
     at ``layer``) stability of Agarwal et al. (2022): the largest, over the ``samples`` uniform perturbations of size
@@ -205,18 +292,29 @@ def relative_stability(
     input change ``||(x - x') / x||``, the logit change ``||h(x) - h(x')||`` or the relative change of the layer's
     output; NaN when every perturbation changes the prediction. Lower is better."""
     if kind not in ("input", "output", "representation"):
-        raise ValueError(f"Expected argument `kind` to be one of 'input', 'output', 'representation', but got {kind!r}.")
+        raise ValueError(
+            f"Expected argument `kind` to be one of 'input', 'output', 'representation', but got {kind!r}."
+        )
     if (kind == "representation") != (layer is not None):
         raise ValueError("Expected argument `layer` (a dotted module name) exactly when kind='representation'.")
     check_int("samples", samples, 1)
     radius, eps = check_real("radius", radius, 0.0), check_real("eps", eps, 0.0, low_open=True)
     target, base = _prepare(model, explainer, inputs, target, attributions, output_fn)
-    deltas, moved = _perturbed_maps(model, explainer, inputs, target, samples,
-                                    lambda gen, shape: (torch.rand(shape, generator=gen) * 2 - 1) * radius, seed, output_fn)
+    deltas, moved = _perturbed_maps(
+        model,
+        explainer,
+        inputs,
+        target,
+        samples,
+        lambda gen, shape: (torch.rand(shape, generator=gen) * 2 - 1) * radius,
+        seed,
+        output_fn,
+    )
     n = inputs.shape[0]
     chunk = min(256, images_per_pass(inputs))
-    scores, features = _outputs(model, torch.cat([inputs.detach(), (inputs.detach()[None] + deltas).flatten(0, 1)]),
-                                layer, output_fn, chunk)
+    scores, features = _outputs(
+        model, torch.cat([inputs.detach(), (inputs.detach()[None] + deltas).flatten(0, 1)]), layer, output_fn, chunk
+    )
     scores = scores.reshape(samples + 1, n, -1)
     numerator = _relative(moved - base[None], base[None].expand_as(moved), eps)  # (samples, N)
     if kind == "input":
@@ -235,8 +333,16 @@ class _RelativeStability(MeanOverImages):
     higher_is_better = False
     _kind = "input"
 
-    def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.2, seed: int = 0,
-                 output_fn: OutputFn | None = None, layer: str | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        explainer: Explainer | str,
+        samples: int = 10,
+        scale: float = 0.2,
+        seed: int = 0,
+        output_fn: OutputFn | None = None,
+        layer: str | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.explainer, self.layer = as_explainer(explainer), layer
         self.samples, self.scale = check_int("samples", samples, 1), check_real("scale", scale, 0.0)
@@ -245,8 +351,19 @@ class _RelativeStability(MeanOverImages):
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor | None, target) -> None:
         """Add a batch: the model, the inputs, their maps (or None to compute them) and the explained classes; images
         whose every perturbation changes the prediction are skipped."""
-        scores = relative_stability(self._kind, model, self.explainer, inputs, target, self.samples, self.scale,
-                                    attributions, self.seed, self.layer, output_fn=self.output_fn)
+        scores = relative_stability(
+            self._kind,
+            model,
+            self.explainer,
+            inputs,
+            target,
+            self.samples,
+            self.scale,
+            attributions,
+            self.seed,
+            self.layer,
+            output_fn=self.output_fn,
+        )
         self.add(scores[~scores.isnan()])
 
 
@@ -263,8 +380,15 @@ class RelativeInputStability(_RelativeStability):
         True
     """
 
-    def __init__(self, explainer: Explainer | str, samples: int = 10, scale: float = 0.2, seed: int = 0,
-                 output_fn: OutputFn | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        explainer: Explainer | str,
+        samples: int = 10,
+        scale: float = 0.2,
+        seed: int = 0,
+        output_fn: OutputFn | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(explainer, samples, scale, seed, output_fn, **kwargs)
 
 
@@ -279,8 +403,16 @@ class RelativeRepresentationStability(_RelativeStability):
 
     _kind = "representation"
 
-    def __init__(self, explainer: Explainer | str, layer: str, samples: int = 10, scale: float = 0.2, seed: int = 0,
-                 output_fn: OutputFn | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        explainer: Explainer | str,
+        layer: str,
+        samples: int = 10,
+        scale: float = 0.2,
+        seed: int = 0,
+        output_fn: OutputFn | None = None,
+        **kwargs,
+    ) -> None:
         if not isinstance(layer, str):
             raise TypeError(f"Expected argument `layer` to be a dotted module name, but got {layer!r}.")
         super().__init__(explainer, samples, scale, seed, output_fn, layer=layer, **kwargs)

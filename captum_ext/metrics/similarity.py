@@ -365,7 +365,11 @@ class MapSimilarity(Metric):
 
 
 def occlusion_rank_correlation(
-    model: torch.nn.Module, explainer: object, inputs: torch.Tensor, target: object, occlusion: object = "occlusion",
+    model: torch.nn.Module,
+    explainer: object,
+    inputs: torch.Tensor,
+    target: object,
+    occlusion: object = "occlusion",
     output_fn: object = None,
 ) -> torch.Tensor:
     """(N,) Spearman rank correlation between ``|occlusion|`` and ``|explainer|`` maps (channels summed): how far a

@@ -120,8 +120,14 @@ def train_on_random_labels(
     """
     images, labels = _check_train_data(train_data)
     check_int("max_epochs", max_epochs, 1)
-    if isinstance(target_accuracy, bool) or not isinstance(target_accuracy, numbers.Real) or not 0 < target_accuracy <= 1:
-        raise ValueError(f"Expected argument `target_accuracy` to be a real number in (0, 1], but got {target_accuracy!r}.")
+    if (
+        isinstance(target_accuracy, bool)
+        or not isinstance(target_accuracy, numbers.Real)
+        or not 0 < target_accuracy <= 1
+    ):
+        raise ValueError(
+            f"Expected argument `target_accuracy` to be a real number in (0, 1], but got {target_accuracy!r}."
+        )
     permuted = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
     random_model = copy.deepcopy(model)
     for param in random_model.parameters():
@@ -130,12 +136,18 @@ def train_on_random_labels(
         randomize_layer(random_model.get_submodule(name), seed * 1_000_003 + index, reset_running_stats=True)
     num_classes = int(max(int(labels.max()) + 1, 2))
     loader = DataLoader(
-        TensorDataset(images, permuted), batch_size=batch_size, shuffle=True,
+        TensorDataset(images, permuted),
+        batch_size=batch_size,
+        shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
     stopper = _StopAtAccuracy(images, permuted, float(target_accuracy))
     settings: dict[str, Any] = {
-        **QUIET_TRAINER_KWARGS, "max_epochs": int(max_epochs), "accelerator": "cpu", "num_sanity_val_steps": 0, **trainer_kwargs
+        **QUIET_TRAINER_KWARGS,
+        "max_epochs": int(max_epochs),
+        "accelerator": "cpu",
+        "num_sanity_val_steps": 0,
+        **trainer_kwargs,
     }
     settings["callbacks"] = [*settings.get("callbacks", []), stopper]
     devices = [images.device] if images.device.type == "cuda" else []
@@ -143,7 +155,9 @@ def train_on_random_labels(
     with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
         torch.manual_seed(seed)
-        pl.Trainer(**settings).fit(ClassifierModule(random_model, lr=lr, num_classes=num_classes), train_dataloaders=loader)
+        pl.Trainer(**settings).fit(
+            ClassifierModule(random_model, lr=lr, num_classes=num_classes), train_dataloaders=loader
+        )
     random_model.eval()
     return random_model, _accuracy(random_model, images, permuted), stopper.history
 
@@ -221,11 +235,19 @@ def data_randomization_test(
     train_accuracy: float | None = None
     if random_model is None:
         random_model, train_accuracy, _ = train_on_random_labels(
-            model, train_data, max_epochs=max_epochs, target_accuracy=target_accuracy, lr=lr, batch_size=batch_size,
-            seed=seed, **trainer_kwargs,
+            model,
+            train_data,
+            max_epochs=max_epochs,
+            target_accuracy=target_accuracy,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            **trainer_kwargs,
         )
     elif not isinstance(random_model, nn.Module):
-        raise TypeError(f"Expected argument `random_model` to be an nn.Module or None, but got {type(random_model).__name__}.")
+        raise TypeError(
+            f"Expected argument `random_model` to be an nn.Module or None, but got {type(random_model).__name__}."
+        )
     with torch.no_grad(), eval_mode(model):
         fixed_target = predict(model, inputs, output_fn) if target is None else target
     original = explainer.attribute(model, inputs, fixed_target, output_fn=output_fn)

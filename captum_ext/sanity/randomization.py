@@ -38,7 +38,6 @@ from torch import nn
 from captum_ext._checks import check_finite
 from captum_ext._context import eval_mode
 from captum_ext.evaluation._common import predict
-from captum_ext.model_output import OutputFn, check_output_fn
 from captum_ext.explainer import Explainer, Target, as_explainer, forward_order
 from captum_ext.metrics.similarity import (
     SIMILARITIES,
@@ -48,6 +47,7 @@ from captum_ext.metrics.similarity import (
     map_similarity,
     pearson_rows,
 )
+from captum_ext.model_output import OutputFn, check_output_fn
 from captum_ext.sanity.result import SanityResult
 
 __all__ = ["model_randomization_test", "parameter_layers", "randomize_layer"]
@@ -162,7 +162,9 @@ def _steps(order: list[str], layers: Sequence[str] | None) -> list[_Step]:
     if layers is None:
         return [_Step(display(order[i]), [i]) for i in reversed(range(len(order)))]
     if isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
-        raise TypeError(f"Expected argument `layers` to be a non-empty sequence of module names or None, but got {layers!r}.")
+        raise TypeError(
+            f"Expected argument `layers` to be a non-empty sequence of module names or None, but got {layers!r}."
+        )
     steps = []
     for name in layers:
         if not isinstance(name, str):
@@ -179,8 +181,14 @@ def _steps(order: list[str], layers: Sequence[str] | None) -> list[_Step]:
 
 
 def _check_common(
-    model: nn.Module, explainer: Explainer | str, inputs: torch.Tensor, similarity: Sequence[str], threshold: float,
-    seed: int, keep_maps: int, output_fn: OutputFn | None = None,
+    model: nn.Module,
+    explainer: Explainer | str,
+    inputs: torch.Tensor,
+    similarity: Sequence[str],
+    threshold: float,
+    seed: int,
+    keep_maps: int,
+    output_fn: OutputFn | None = None,
 ) -> tuple[tuple[str, ...], Explainer]:
     """Validate the arguments both randomisation tests share; return the similarities (``"spearman_abs"``
     always included: the verdicts use it) and the caller's explainer as a private copy."""
@@ -190,7 +198,11 @@ def _check_common(
     if "spearman_abs" not in metrics:
         metrics = ("spearman_abs", *metrics)
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
-        got = f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        got = (
+            f"shape {tuple(inputs.shape)}, dtype {inputs.dtype}"
+            if isinstance(inputs, torch.Tensor)
+            else type(inputs).__name__
+        )
         raise ValueError(f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got {got}.")
     check_finite("inputs", inputs)
     check_output_fn(output_fn)
@@ -228,7 +240,9 @@ class _Comparer:
         ranks = average_ranks(self._flat(new_abs, stage))
         values = {"spearman_abs": pearson_rows(self.ranks0["spearman_abs"][:n], ranks)}
         if "spearman" in self.metrics:
-            values["spearman"] = pearson_rows(self.ranks0["spearman"][:n], average_ranks(self._flat(attribution.sum(1), stage)))
+            values["spearman"] = pearson_rows(
+                self.ranks0["spearman"][:n], average_ranks(self._flat(attribution.sum(1), stage))
+            )
         if self.image_metrics:
             values.update(map_similarity(self.abs0[:n], new_abs, self.image_metrics))
         return {m: values[m] for m in self.metrics}
@@ -238,7 +252,12 @@ NOISE_FLOOR_IMAGES = 16
 
 
 def _noise_floor(
-    explainer: Explainer, model: nn.Module, inputs: torch.Tensor, target: Target, comparer: _Comparer, output_fn: OutputFn | None
+    explainer: Explainer,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: Target,
+    comparer: _Comparer,
+    output_fn: OutputFn | None,
 ) -> dict[str, float]:
     """Mean similarity of a second explanation pass over the first :data:`NOISE_FLOOR_IMAGES` probe images to the
     first pass: what the explainer's own randomness leaves of a map when nothing in the model changed."""
@@ -247,7 +266,9 @@ def _noise_floor(
         target = target[:n]
     elif isinstance(target, (list, tuple)):
         target = list(target)[:n]
-    means, _ = _summaries(comparer.per_image(explainer.attribute(model, inputs[:n], target, output_fn=output_fn), "second pass"))
+    means, _ = _summaries(
+        comparer.per_image(explainer.attribute(model, inputs[:n], target, output_fn=output_fn), "second pass")
+    )
     return means
 
 

@@ -110,7 +110,11 @@ class SanityResult:
         ax.set_xticks(x, ["original", *self.layers], rotation=45, ha="right")
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel("similarity to original map")
-        verdict = "passed" if self.passed and self.reproducible else ("not reproducible" if not self.reproducible else "failed")
+        verdict = (
+            "passed"
+            if self.passed and self.reproducible
+            else ("not reproducible" if not self.reproducible else "failed")
+        )
         ax.set_title(f"{self.explainer}: {self.mode} randomisation ({verdict})", fontsize=10)
         ax.legend(fontsize=7, loc="lower left")
         return fig
@@ -148,7 +152,9 @@ class SanityResult:
             f"{layer:<{label_width}}  " + "  ".join(f"{self.similarity[n][i]:>12.3f}" for n in names)
             for i, layer in enumerate(self.layers)
         ]
-        floor = f"{'noise floor':<{label_width}}  " + "  ".join(f"{self.noise_floor.get(n, float('nan')):>12.3f}" for n in names)
+        floor = f"{'noise floor':<{label_width}}  " + "  ".join(
+            f"{self.noise_floor.get(n, float('nan')):>12.3f}" for n in names
+        )
         extra = "" if self.train_accuracy is None else f", random-label train accuracy {self.train_accuracy:.3f}"
         verdict = (
             f"passed={self.passed} (spearman_abs after first and last step < {self.threshold:g}), "
