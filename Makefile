@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint docs docs-build package demo bench clean
 
 install: $(STAMP)
 
@@ -13,8 +13,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+# lint, types and the strict docs build first (seconds), then the suite
+test: install lint docs-build
 	$(PY) -m pytest -q --durations=15
+
+lint: install
+	$(VENV)/bin/ruff check captum_ext tests benchmarks examples
+	$(VENV)/bin/ruff format --check --quiet captum_ext tests benchmarks examples
+	$(VENV)/bin/mypy captum_ext
+
+docs-build: install
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+
+docs: install
+	$(VENV)/bin/mkdocs serve
+
+package: install
+	bash scripts/check_package.sh $(PY)
 
 demo: install
 	$(VENV)/bin/captum-ext demo
@@ -24,4 +39,4 @@ bench: install
 	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs roar_cache .pytest_cache
+	rm -rf $(VENV) runs roar_cache .pytest_cache build dist
