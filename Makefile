@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# lint, types and the strict docs build first (seconds), then the suite
-test: install lint docs-build
+# lint and types, the strict docs build and the wheel check first (about a minute), then the suite
+test: install lint docs-build package
 	$(PY) -m pytest -q --durations=15
 
 lint: install
@@ -23,7 +23,7 @@ lint: install
 	$(VENV)/bin/mypy captum_ext
 
 docs-build: install
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 docs: install
 	$(VENV)/bin/mkdocs serve

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -51,11 +52,10 @@ def check_real(
         ...
         ValueError: Expected argument `std` to be a positive real number, but got nan.
     """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
+    v: float | None = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
         v = float(value)
-        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
+    if v is None or not ((v > low if low_open else v >= low) and (v < high if high_open else v <= high)):
         if low == 0 and high == math.inf:
             form = "a positive real number" if low_open else "a non-negative real number"
         elif low == -math.inf and high == math.inf:
@@ -65,10 +65,10 @@ def check_real(
             right = ")" if high_open or high == math.inf else "]"
             form = f"{'a positive' if low == 0 and low_open else 'a'} real number in {left}{low:g}, {high:g}{right}"
         raise ValueError(f"Expected argument `{name}` to be {form}, but got {value!r}.")
-    return float(value)
+    return v
 
 
-def check_callable(name: str, value: object, form: str) -> object:
+def check_callable(name: str, value: object, form: str) -> Callable[..., Any] | None:
     """``value`` if it is callable or None, else a TypeError naming the argument and the ``form`` it should have.
 
     Example::
@@ -78,11 +78,9 @@ def check_callable(name: str, value: object, form: str) -> object:
         ...
         TypeError: Expected argument `unpack` to be a callable (item -> (images, labels)) or None, but got str.
     """
-    if value is not None and not callable(value):
-        raise TypeError(
-            f"Expected argument `{name}` to be a callable ({form}) or None, but got {type(value).__name__}."
-        )
-    return value
+    if value is None or callable(value):
+        return value
+    raise TypeError(f"Expected argument `{name}` to be a callable ({form}) or None, but got {type(value).__name__}.")
 
 
 def check_finite(name: str, tensor: torch.Tensor, cause: str = "") -> torch.Tensor:

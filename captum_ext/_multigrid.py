@@ -107,7 +107,7 @@ def _restrict(r: torch.Tensor) -> torch.Tensor:
     return r[..., 0::2, 0::2] + r[..., 1::2, 0::2] + r[..., 0::2, 1::2] + r[..., 1::2, 1::2]
 
 
-def _prolong(e: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _prolong(e: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return e.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., : size[0], : size[1]]
 
 

@@ -120,7 +120,7 @@ def load_config(path: str | Path, command: str) -> dict[str, Any]:
 
 
 def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= minimum
 
 
 def _expect(ok: bool, field: str, form: str, value: Any) -> None:
@@ -153,12 +153,12 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "keep": lambda f, v: _expect(isinstance(v, bool), f, "true or false", v),
     "mode": lambda f, v: _expect(v in ("cascading", "independent"), f, "one of 'cascading', 'independent'", v),
     "threshold": lambda f, v: _expect(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) and -1 <= v <= 1, f, "a number in [-1, 1]", v
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and not v < -1 and v <= 1, f, "a number in [-1, 1]", v
     ),
     "fractions": lambda f, v: _expect(
         isinstance(v, list)
         and bool(v)
-        and all(isinstance(x, numbers.Real) and not isinstance(x, bool) and 0 < x < 1 for x in v),
+        and all(isinstance(x, numbers.Real) and not isinstance(x, bool) and not x <= 0 and x < 1 for x in v),
         f,
         "a non-empty list of numbers in (0, 1)",
         v,

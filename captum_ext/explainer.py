@@ -74,7 +74,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 from captum import attr as captum_attr
@@ -99,6 +99,8 @@ __all__ = [
 ]
 
 Target = int | list | tuple | torch.Tensor | None
+#: (class whose __init__ takes ``init_kwargs``, classes whose ``attribute`` takes the attribute kwargs)
+_Classes = tuple[type[captum_attr.Attribution], tuple[type[captum_attr.Attribution], ...]]
 
 
 @dataclass(frozen=True)
@@ -107,19 +109,19 @@ class _Method:
 
     build: Callable[[nn.Module, nn.Module | None, dict], captum_attr.Attribution]
     #: () -> (class whose __init__ takes ``init_kwargs``, classes whose ``attribute`` takes the attribute kwargs)
-    classes: Callable[[], tuple[type, tuple[type, ...]]]
+    classes: Callable[[], _Classes]
     layer: bool = False
     stochastic: bool = False
     defaults: Callable[[torch.Tensor], dict] = field(default=lambda x: {})
 
 
-def _captum(name: str, *more: str) -> Callable[[], tuple[type, tuple[type, ...]]]:
+def _captum(name: str, *more: str) -> Callable[[], _Classes]:
     """The ``classes`` of a method built from ``captum.attr.<name>`` (wrapped by ``more``, e.g. NoiseTunnel)."""
     return lambda: (getattr(captum_attr, name), tuple(getattr(captum_attr, n) for n in (name, *more)))
 
 
-def _ours(module: str, name: str) -> Callable[[], tuple[type, tuple[type, ...]]]:
-    def classes() -> tuple[type, tuple[type, ...]]:
+def _ours(module: str, name: str) -> Callable[[], _Classes]:
+    def classes() -> _Classes:
         cls = getattr(importlib.import_module(module), name)  # imported late: rollout imports this module
         return cls, (cls,)
 
@@ -528,13 +530,13 @@ class Explainer:
         _check_counts(attribute_kwargs)
         if not isinstance(seed, numbers.Integral):
             raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
-        self.method = method
-        self.layer = layer
-        self.init_kwargs = dict(init_kwargs or {})
-        self.attribute_kwargs = dict(attribute_kwargs)
-        self.name = name or (method if isinstance(method, str) else method.__name__)
-        self.seed = int(seed)
-        self._calls = 0
+        self.method: str | type[captum_attr.Attribution] = method
+        self.layer: str | None = layer
+        self.init_kwargs: dict = dict(init_kwargs or {})
+        self.attribute_kwargs: dict[str, Any] = dict(attribute_kwargs)
+        self.name: str = name or (method if isinstance(method, str) else method.__name__)
+        self.seed: int = int(seed)
+        self._calls: int = 0
 
     # -- recipe ---------------------------------------------------------------------------------------------
     @property
@@ -544,8 +546,8 @@ class Explainer:
     @property
     def uses_layer(self) -> bool:
         """Whether the method attributes to a layer (its maps are upsampled to the input)."""
-        if self._spec is not None:
-            return self._spec.layer
+        if isinstance(self.method, str):
+            return METHODS[self.method].layer
         return issubclass(self.method, captum_attr.LayerAttribution) or issubclass(
             self.method, captum_attr.GuidedGradCam
         )
@@ -575,8 +577,8 @@ class Explainer:
         forward = with_logits(model, output_fn)
         layer_name = self._layer_name(model, inputs)
         layer = resolve_layer(model, layer_name) if layer_name is not None else None
-        if self._spec is not None:
-            return self._spec.build(forward, layer, dict(self.init_kwargs))
+        if isinstance(self.method, str):
+            return METHODS[self.method].build(forward, layer, dict(self.init_kwargs))
         if layer is not None:
             return self.method(forward, layer, **self.init_kwargs)
         return self.method(forward, **self.init_kwargs)
@@ -599,6 +601,21 @@ class Explainer:
         return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()
 
     # -- maps -----------------------------------------------------------------------------------------------
+    @overload
+    def attribute(
+        self, model: nn.Module, inputs: torch.Tensor, target: Target = None, *, output_fn: OutputFn | None = None
+    ) -> torch.Tensor: ...
+
+    @overload
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: tuple[torch.Tensor],
+        target: Target = None,
+        *,
+        output_fn: OutputFn | None = None,
+    ) -> tuple[torch.Tensor]: ...
+
     def attribute(
         self,
         model: nn.Module,
@@ -627,7 +644,7 @@ class Explainer:
             RuntimeError: out of memory, with the setting to lower.
         """
         single = not isinstance(inputs, tuple)
-        if not single:
+        if isinstance(inputs, tuple):
             if len(inputs) != 1:
                 raise ValueError(
                     f"Expected argument `inputs` to be a tensor or Captum's tuple of one tensor, but got a tuple of "
@@ -651,7 +668,7 @@ class Explainer:
                 out = self._run(attribution, x, target, kwargs)
         out = out.detach().float()
         if self.uses_layer and out.shape[-2:] != x.shape[-2:]:
-            out = maps.upsample(out, x.shape[-2:])
+            out = maps.upsample(out, cast("tuple[int, int]", x.shape[-2:]))  # (N, C, H, W): two sizes
         if out.shape != x.shape:
             out = out.expand(x.shape[0], x.shape[1], *out.shape[-2:]).contiguous()
         check_finite(f"{self.name} maps", out, "The gradients overflowed or the model produces NaN for these inputs.")
@@ -790,7 +807,7 @@ def _check_window(window: Any, image: tuple[int, ...]) -> None:
     if (
         shape is None
         or len(shape) != len(image)
-        or not all(isinstance(w, numbers.Integral) and 1 <= w <= s for w, s in zip(shape, image))
+        or not all(isinstance(w, numbers.Integral) and 1 <= int(w) <= s for w, s in zip(shape, image))
     ):
         raise ValueError(
             f"Expected argument `sliding_window_shapes` to be a (C, h, w) tuple of ints within the image's {image}, "

@@ -21,6 +21,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch.nn import functional as F
@@ -55,7 +56,9 @@ def _check(inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             f"{(n, c, h, w)} to match `inputs`, but got {tuple(mask.shape)}."
         )
     check_finite("inputs", inputs, "A non-finite kept pixel would spread into the filled ones.")
-    return allowed[tuple(mask.shape)].to(inputs.device).expand(n, c, h, w)
+    # never the None entry: a mask shaped (N, H, W) is 3-d
+    full = cast(torch.Tensor, allowed[tuple(mask.shape)])
+    return full.to(inputs.device).expand(n, c, h, w)
 
 
 class Imputer:
@@ -224,18 +227,16 @@ class NoisyLinearImputer(Imputer):
             raise ValueError(f"Expected argument `max_iter` to be a positive int or None, but got {max_iter!r}.")
         if not isinstance(seed, numbers.Integral):
             raise ValueError(f"Expected argument `seed` to be an int, but got {seed!r}.")
+        values: torch.Tensor | None = None
         if mean is not None:
             values = torch.as_tensor(mean, dtype=torch.float32).flatten()
             if values.numel() == 0 or not torch.isfinite(values).all():
                 raise ValueError(f"Expected argument `mean` to be finite per-channel values or None, but got {mean!r}.")
-            mean = values
-        self.noise, self.mean, self.seed, self.tol, self.max_iter = (
-            float(noise),
-            mean,
-            int(seed),
-            float(tol),
-            int(max_iter),
-        )
+        self.noise: float = float(noise)
+        self.mean: torch.Tensor | None = values
+        self.seed: int = int(seed)
+        self.tol: float = float(tol)
+        self.max_iter: int = int(max_iter)
 
     def fill(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n, c = inputs.shape[:2]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch.nn import functional as F
@@ -54,7 +54,7 @@ def check_reduction(reduce: object) -> Reduction:
         raise ValueError(
             f"Expected argument `reduce` to be one of {', '.join(map(repr, REDUCTIONS))}, but got {reduce!r}."
         )
-    return reduce
+    return cast(Reduction, reduce)  # one of REDUCTIONS, the strings of Reduction
 
 
 def reduce_channels(attributions: torch.Tensor, reduce: Reduction = "sum_abs") -> torch.Tensor:

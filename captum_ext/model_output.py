@@ -52,7 +52,7 @@ def logits(output: Any, output_fn: OutputFn | None = None) -> torch.Tensor:
         TypeError: no tensor could be found, or ``output_fn`` returned something other than a tensor.
     """
     if output_fn is not None:
-        scores = output_fn(output)
+        scores: object = output_fn(output)  # a user's function: checked below
         if not isinstance(scores, torch.Tensor):
             raise TypeError(
                 f"Expected argument `output_fn` to return a tensor, but it returned {type(scores).__name__}."

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import cast
 
 import pytorch_lightning as pl
 import torch
@@ -114,7 +115,7 @@ class TinyViT(VisionTransformer):
         self.conv_proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size)
         fan_in = in_channels * patch_size * patch_size
         nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / fan_in))
-        nn.init.zeros_(self.conv_proj.bias)
+        nn.init.zeros_(cast(torch.Tensor, self.conv_proj.bias))  # a Conv2d with bias=True
 
 
 class ClassifierModule(pl.LightningModule):

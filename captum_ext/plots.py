@@ -1,7 +1,8 @@
-"""Matplotlib figures shared by results, callbacks and the report: overlays, curves and class-mean maps.
+"""Matplotlib figures shared by results, callbacks and the report: map overlays and perturbation curves.
 
-All functions return a ``matplotlib.figure.Figure`` built without pyplot's global state (safe in callbacks and
-threads). :func:`figure_to_png` and :func:`figure_to_array` turn one into PNG bytes or an (H, W, 3) uint8 array.
+:func:`display_images`, :func:`overlay` and :func:`overlay_image` return tensors (what TensorBoard's ``add_image``
+takes); the others return a ``matplotlib.figure.Figure`` built without pyplot's global state (safe in callbacks and
+threads). Every map is drawn one way: ``|map|`` scaled by its 99th percentile and colour-mapped over the image. :func:`figure_to_png` and :func:`figure_to_array` turn one into PNG bytes or an (H, W, 3) uint8 array.
 
 Example::
 
@@ -25,21 +26,62 @@ from captum_ext import maps as _maps
 from captum_ext.normalization import Normalization
 
 __all__ = [
+    "display_images",
+    "overlay",
+    "overlay_image",
     "overlay_grid",
-    "curve_figure",
     "perturbation_figure",
-    "class_mean_figure",
     "figure_to_png",
     "figure_to_array",
 ]
 
 
-def _image(img: torch.Tensor, normalization: Normalization | None = None) -> np.ndarray:
-    """(C, H, W) model input -> (H, W) or (H, W, 3) in [0, 1] for imshow: back in pixel space (clamped) with the
-    model's ``normalization``, else min-max scaled."""
-    img = img.detach().float().cpu()[None]
-    arr = (normalization.to_pixels(img).clamp(0, 1) if normalization is not None else _maps.normalize_minmax(img))[0]
-    return arr[0].numpy() if arr.shape[0] == 1 else arr.permute(1, 2, 0).numpy()
+def display_images(images: torch.Tensor, normalization: Normalization | None = None) -> torch.Tensor:
+    """(N, C, H, W) model inputs as (N, 3, H, W) RGB in [0, 1]: back in pixel space (clamped) with the model's
+    ``normalization``, else min-max scaled per image; one channel is repeated, more than three are averaged."""
+    images = images.detach().float().cpu()
+    if normalization is not None:
+        images = normalization.to_pixels(images).clamp(0, 1)
+    base = images if images.shape[1] == 3 else images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    return base if normalization is not None else _maps.normalize_minmax(base)
+
+
+def overlay(
+    images: torch.Tensor,
+    saliency: torch.Tensor,
+    alpha: float = 0.5,
+    cmap: str = "inferno",
+    normalization: Normalization | None = None,
+) -> torch.Tensor:
+    """Blend (N, C, H, W) images (see :func:`display_images`) with (N, H, W) maps (|map| scaled by its 99th
+    percentile, colour-mapped).
+
+    Returns:
+        (N, 3, H, W) float RGB in [0, 1].
+    """
+    import matplotlib
+
+    base = display_images(images, normalization)
+    heat = _maps.normalize_percentile(saliency.detach().float().cpu().abs())
+    coloured = torch.from_numpy(matplotlib.colormaps[cmap](heat.numpy())[..., :3]).float().permute(0, 3, 1, 2)
+    return ((1 - alpha) * base + alpha * coloured).clamp(0, 1)
+
+
+def overlay_image(
+    images: torch.Tensor, saliency: torch.Tensor, ncol: int = 8, normalization: Normalization | None = None
+) -> torch.Tensor:
+    """A (3, H', W') image grid for ``SummaryWriter.add_image``: rows of ``ncol`` inputs, each followed by the row
+    of their :func:`overlay` blends (what the callbacks log; :func:`overlay_grid` draws the same blends as a figure)."""
+    from torchvision.utils import make_grid
+
+    base, blended = display_images(images, normalization), overlay(images, saliency, normalization=normalization)
+    tiles = []
+    for start in range(0, len(images), ncol):
+        chunk = slice(start, start + ncol)
+        pad = ncol - len(base[chunk])
+        filler = torch.ones(pad, *base.shape[1:])
+        tiles += [base[chunk], filler, blended[chunk], filler]
+    return make_grid(torch.cat(tiles), nrow=ncol, padding=2, pad_value=1.0)
 
 
 def overlay_grid(
@@ -50,7 +92,7 @@ def overlay_grid(
     cmap: str = "inferno",
     normalization: Normalization | None = None,
 ) -> Figure:
-    """A grid: one row of images, then one row per named (N, H, W) map overlaid on them (min-max per map).
+    """A figure: one row of images, then one row per named (N, H, W) map blended over them by :func:`overlay`.
 
     Args:
         images: (N, C, H, W) inputs.
@@ -64,46 +106,19 @@ def overlay_grid(
     rows = 1 + len(maps_by_name)
     fig = Figure(figsize=(1.3 * n + 1.2, 1.3 * rows))
     axes = fig.subplots(rows, n, squeeze=False)
-    for j in range(n):
-        axes[0, j].imshow(_image(images[j], normalization), cmap="gray")
-        if titles is not None:
-            axes[0, j].set_title(titles[j], fontsize=7)
-    for i, (name, values) in enumerate(maps_by_name.items(), start=1):
-        normed = _maps.normalize_minmax(values.detach().float().cpu())
+    panels = [display_images(images, normalization)]
+    panels += [overlay(images, values, alpha, cmap, normalization) for values in maps_by_name.values()]
+    for i, panel in enumerate(panels):
         for j in range(n):
-            axes[i, j].imshow(_image(images[j], normalization), cmap="gray")
-            axes[i, j].imshow(normed[j].numpy(), cmap=cmap, alpha=alpha)
-        axes[i, 0].set_ylabel(name, fontsize=8)
+            axes[i, j].imshow(panel[j].permute(1, 2, 0).numpy())
+        if i:
+            axes[i, 0].set_ylabel(list(maps_by_name)[i - 1], fontsize=8)
+    if titles is not None:
+        for j in range(n):
+            axes[0, j].set_title(titles[j], fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    return fig
-
-
-def curve_figure(
-    x: Sequence[float],
-    curves: Mapping[str, Sequence[float]],
-    errors: Mapping[str, Sequence[float]] | None = None,
-    xlabel: str = "",
-    ylabel: str = "",
-    title: str = "",
-    xticklabels: Sequence[str] | None = None,
-) -> Figure:
-    """Line plot of named curves over ``x``, with optional error bars (one list per curve)."""
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for name, ys in curves.items():
-        yerr = None if errors is None else errors.get(name)
-        ax.errorbar(list(x), list(ys), yerr=yerr, marker="o", capsize=3, label=name)
-    if xticklabels is not None:
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(list(xticklabels), rotation=45, ha="right", fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -132,24 +147,6 @@ def perturbation_figure(curves: Mapping[str, Mapping[str, torch.Tensor]], title:
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def class_mean_figure(
-    means: Mapping[int | str, torch.Tensor], region: torch.Tensor | None = None, cmap: str = "inferno"
-) -> Figure:
-    """One panel per class: its mean (H, W) map, with the (H, W) bool ``region`` outlined when given."""
-    keys = list(means)
-    fig = Figure(figsize=(1.6 * len(keys) + 0.5, 2.0))
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    for ax, key in zip(axes, keys):
-        ax.imshow(means[key].detach().float().cpu().numpy(), cmap=cmap)
-        if region is not None:
-            ax.contour(region.float().cpu().numpy(), levels=[0.5], colors="cyan", linewidths=1.0)
-        ax.set_title(f"class {key}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
     fig.tight_layout()
     return fig
 

@@ -188,6 +188,12 @@ def test_report_serialisation_plot_html_and_repr(region_report, tmp_path):
     assert len(map_axes) == 20  # 10 classes + 10 control maps
     assert all(ax.collections for ax in map_axes)  # every map has the region outlined
     assert [ax.title.get_color() for ax in map_axes[:10]].count("red") == 1
+    assert sum(len(ax.tables) for ax in fig.axes) == 1
+    bare = report.plot(table=False)  # the HTML pages show the table as text, not a second time as a picture
+    assert sum(len(ax.tables) for ax in bare.axes) == 0 and len([ax for ax in bare.axes if ax.images]) == 20
+    rows = report.table()
+    assert [row["class"] for row in rows if row["verdict"] == "FLAGGED"] == [str(SHORTCUT)]
+    assert float(rows[SHORTCUT]["ratio"]) == pytest.approx(report.classes[SHORTCUT]["ratio"], abs=0.01)
 
     page = report.to_html()
     assert page.lower().startswith("<!doctype html>") and "data:image/png;base64," in page

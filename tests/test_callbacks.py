@@ -29,7 +29,8 @@ from torch.nn import functional as F
 import captum_ext.callbacks as callbacks_module
 from captum_ext import Explainer
 from captum_ext.callbacks import AttributionMonitor, EmbeddingProjector, RandomizationMonitor, ShortcutMonitor
-from captum_ext.callbacks.base import ExplanationCallback, balanced_indices, preserved_rng, shard_positions
+from captum_ext.callbacks.base import ExplanationCallback, preserved_rng
+from captum_ext.callbacks.probes import balanced_indices, shard_positions
 from captum_ext.callbacks.randomization import randomized_copy
 from captum_ext.metrics import DeletionAUC, InsertionAUC
 from captum_ext.models import ClassifierModule, SmallCNN, TinyViT

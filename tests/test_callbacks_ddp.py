@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from captum_ext import Explainer
-from captum_ext.callbacks.base import balanced_indices
+from captum_ext.callbacks.probes import balanced_indices
 from captum_ext.metrics import DeletionAUC, RelevanceMass
 
 NUM_ATTR, NUM_SHORTCUT = 15, 30  # odd: the two shards differ in size

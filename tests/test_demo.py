@@ -42,7 +42,8 @@ def test_fast_demo_report_has_every_section_with_figures_and_verdicts(demo):
         "Training",
         "Sanity check: saliency",
         "Sanity check: guided_backprop",
-        "ROAR",
+        "Faithfulness: ROAD in both orders",
+        "Faithfulness: a short ROAR, and why ROAR alone misleads",
         "Clever Hans audit (region)",
         "Clever Hans audit (discovery)",
         "ViT attention rollout",
@@ -60,6 +61,12 @@ def test_fast_demo_summary_shows_the_shortcut_and_the_sanity_findings(demo, caps
     assert summary["shortcut_class_accuracy_tagged"] - summary["shortcut_class_accuracy_untagged"] >= 0.2
     assert 0 in summary["audit_flagged"]["region"]
     assert summary["sanity"]["saliency"]["passed"] and not summary["sanity"]["guided_backprop"]["passed"]
+    # ROAD in both orders (Rong et al. 2022): saliency beats random removing its most and its least relevant pixels
+    # first; the short ROAR shows their mask-shape leak: retrained on images with half the pixels removed where
+    # saliency points, the model beats the unmodified one
+    assert summary["road"]["saliency"]["agreement"] == "both orders"
+    roar = summary["roar"]
+    assert roar["shape_leak"] and roar["accuracy"]["saliency"]["0.5"][0] > roar["baseline_accuracy"]
     assert list((demo / "tensorboard").glob("version_*/events.out.tfevents.*"))
 
 

@@ -16,8 +16,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.utils import make_grid
 
-from captum_ext.callbacks.base import balanced_indices
 from captum_ext.callbacks.filters import FilterMonitor
+from captum_ext.callbacks.probes import balanced_indices
 from captum_ext.features import ActivationMaximization, feature_maps, first_layer_filters
 from captum_ext.models import ClassifierModule, SmallCNN
 

@@ -514,8 +514,8 @@ def test_normalised_inputs_delete_to_black_in_pixel_space(cnn):
 
 
 def test_pictures_of_normalised_inputs_are_shown_in_pixel_space():
-    from captum_ext.callbacks.base import display_images
     from captum_ext.normalization import IMAGENET
+    from captum_ext.plots import display_images
 
     pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(6)) * 0.5 + 0.25
     torch.testing.assert_close(display_images(IMAGENET.from_pixels(pixels), IMAGENET), pixels, rtol=1e-5, atol=1e-6)

@@ -68,3 +68,40 @@ def test_overlay_grid_draws_the_map_where_it_is_hot():
     ys, xs = np.nonzero(panel.mean(-1) > 200)
     assert len(ys) > 0
     assert ys.mean() < panel.shape[0] / 2 and xs.mean() < panel.shape[1] / 2
+
+
+def test_report_contents_link_every_section_and_wide_tables_scroll():
+    """Issue #17: a long report opens with a contents list whose links reach every section, and a wide table
+    scrolls inside its section instead of widening the page."""
+    report = Report("r")
+    wide = [{f"column {i}": float(i) for i in range(30)}]
+    for title in ("Training", "Audit", "Rollout"):
+        report.add_section(title, table=wide)
+    text = report.to_html()
+
+    class Anchors(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.links, self.ids, self.stack, self.scrolled_tables = [], [], [], 0
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "a" and "nav" in self.stack:
+                self.links.append(attrs["href"])
+            if tag == "section":
+                self.ids.append(attrs["id"])
+            if tag == "table" and self.stack and self.stack[-1] == "div.scroll":
+                self.scrolled_tables += 1
+            self.stack.append(f"{tag}.{attrs['class']}" if attrs.get("class") else tag)
+
+        def handle_endtag(self, tag):
+            while self.stack and self.stack.pop().split(".")[0] != tag:
+                pass
+
+    parsed = Anchors()
+    parsed.feed(text)
+    assert parsed.links == [f"#{i}" for i in parsed.ids] and len(parsed.ids) == 3
+    assert parsed.scrolled_tables == 3
+    single = Report("one")
+    single.add_section("Only")
+    assert "<nav" not in single.to_html()

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ext import Explainer
 from captum_ext._multigrid import solve_neighbour_average
-from captum_ext.evaluation import ROADResult, road
+from captum_ext.evaluation import ROADResult, road, road_agreement, road_figure
 from captum_ext.imputation import NoisyLinearImputer
 
 # ROAD's neighbour weights: 1/6 for the 4 direct neighbours, 1/12 for the 4 diagonal ones
@@ -259,3 +259,46 @@ def test_road_fully_removed_images_get_the_dataset_mean_not_the_batch_mean():
         assert result.accuracy[1.0] == 1.0 and result.random_accuracy[1.0] == 1.0
         assert result.accuracy[0.5] == 0.5  # half removed: black stays black, white stays white
         assert result.baseline_accuracy == 0.5  # unmodified: the white images are class 1
+
+
+def test_road_agreement_reads_both_orders_on_the_oracle(oracle_data):
+    """The oracle region ranked first wins both orders; the same ranking inverted (region last) wins neither; a
+    ranking that is right in one order only is reported as such (Rong et al. 2022's order disagreement)."""
+    model, x, y = oracle_data
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    oracle = Explainer(RegionAttribution, init_kwargs={"region": REGION}, name="oracle")
+    anti = Explainer(RegionAttribution, init_kwargs={"region": REGION}, invert=True, name="anti")
+    fractions = (0.75, 0.9, 0.95)  # random LeRF falls only once most pixels are gone
+    runs = {
+        (e.name, order): road(model, loader, e, fractions, order=order)
+        for e in (oracle, anti)
+        for order in ("morf", "lerf")
+    }
+    assert road_agreement(runs["oracle", "morf"], runs["oracle", "lerf"]) == "both orders"
+    assert road_agreement(runs["anti", "morf"], runs["anti", "lerf"]) == "neither"
+    assert road_agreement(runs["oracle", "morf"], runs["anti", "lerf"]) == "MoRF only"
+    assert road_agreement(runs["anti", "morf"], runs["oracle", "lerf"]) == "LeRF only"
+
+
+def test_road_agreement_margin_and_errors():
+    morf = ROADResult("m", "morf", {0.5: 0.59}, {0.5: 0.6}, 0.9)  # one image in a hundred better than random
+    lerf = ROADResult("m", "lerf", {0.5: 0.7}, {0.5: 0.6}, 0.9)
+    assert road_agreement(morf, lerf) == "LeRF only"
+    assert road_agreement(morf, lerf, margin=0.0) == "both orders"
+    with pytest.raises(ValueError, match="`morf` to be a ROADResult with order 'morf'"):
+        road_agreement(lerf, morf)
+    with pytest.raises(ValueError, match="`margin`"):
+        road_agreement(morf, lerf, margin=-1)
+
+
+def test_road_figure_one_panel_per_order_with_each_curve():
+    morf = ROADResult("saliency", "morf", {0.1: 0.5, 0.5: 0.2}, {0.1: 0.7, 0.5: 0.6}, 0.8)
+    other = ROADResult("gradcam", "morf", {0.1: 0.6, 0.5: 0.5}, {0.1: 0.7, 0.5: 0.6}, 0.8)
+    lerf = ROADResult("saliency", "lerf", {0.1: 0.8, 0.5: 0.7}, {0.1: 0.7, 0.5: 0.6}, 0.8)
+    fig = road_figure([morf, other, lerf])
+    left, right = fig.axes
+    assert [line.get_label() for line in left.get_lines()][:3] == ["saliency", "gradcam", "random"]
+    assert list(left.get_lines()[0].get_ydata()) == [0.5, 0.2]
+    assert list(right.get_lines()[0].get_ydata()) == [0.8, 0.7] and left.get_title().startswith("MoRF")
+    with pytest.raises(ValueError, match="`results`"):
+        road_figure([])

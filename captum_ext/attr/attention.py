@@ -40,7 +40,7 @@ import functools
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -159,7 +159,10 @@ def _multihead_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
     try:
         torch.backends.mha.set_fastpath_enabled(False)
         for module in modules:
-            module.forward = lambda *args, _m=module, **kwargs: explicit_multihead_attention(_m, sink, *args, **kwargs)
+            # an instance attribute, where nn.Module.__setattr__ puts a function too (read and popped as such)
+            module.__dict__["forward"] = lambda *args, _m=module, **kwargs: explicit_multihead_attention(
+                _m, sink, *args, **kwargs
+            )
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
@@ -167,7 +170,7 @@ def _multihead_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
             if own is None:
                 module.__dict__.pop("forward", None)
             else:
-                module.forward = own
+                module.__dict__["forward"] = own
 
 
 def _first_patch_conv(model: nn.Module) -> nn.Module:
@@ -213,17 +216,17 @@ def _timm_readout(model: nn.Module) -> str:
 @contextlib.contextmanager
 def _timm_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
     # timm's Attention and EvaAttention share the switch and the dropout module the probabilities pass through
+    vit = cast(nn.Module, _timm_vit(model))  # the adapter matched: there is one
     modules = [
-        m
-        for m in _timm_vit(model).modules()
-        if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)
+        m for m in vit.modules() if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)
     ]
     fused = [m.fused_attn for m in modules]
     handles = []
     try:
         for module in modules:
-            module.fused_attn = False
-            handles.append(module.attn_drop.register_forward_hook(lambda mod, args, out: sink(out)))
+            module.fused_attn = False  # type: ignore[assignment]  # torch types Module.__setattr__ values too narrowly
+            attn_drop = cast(nn.Module, module.attn_drop)  # a module: selected above
+            handles.append(attn_drop.register_forward_hook(lambda mod, args, out: sink(out)))
         yield
     finally:
         for handle in handles:
@@ -234,11 +237,11 @@ def _timm_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
 
 # -- Hugging Face transformers -------------------------------------------------------------------------------
 @functools.cache
-def _hf_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+def _hf_classes() -> tuple[tuple[type[nn.Module], ...], tuple[type[nn.Module], ...]]:
     """(backbone classes, attention classes) of the Hugging Face ViT family that imports: ViT, DeiT (CLS +
     distillation token); each family on its own, so a transformers without one still serves the other."""
-    backbones: list[type] = []
-    attentions: list[type] = []
+    backbones: list[type[nn.Module]] = []
+    attentions: list[type[nn.Module]] = []
     for module_name, backbone, attention in (
         ("transformers.models.vit.modeling_vit", "ViTModel", "ViTAttention"),
         ("transformers.models.deit.modeling_deit", "DeiTModel", "DeiTAttention"),
@@ -259,7 +262,7 @@ def _hf_vit(model: nn.Module) -> nn.Module | None:
 
 @contextlib.contextmanager
 def _hf_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
-    vit = _hf_vit(model)
+    vit: Any = _hf_vit(model)  # a transformers ViTModel / DeiTModel (the adapter matched): its own config and API
     previous = vit.config._attn_implementation
     handles = []
     try:
@@ -275,24 +278,41 @@ def _hf_explicit(model: nn.Module, sink: Sink) -> Iterator[None]:
         vit.set_attn_implementation(previous)
 
 
+# The patch embeddings of the backbones found by the finders above (called once the adapter matched), reached by
+# the libraries' own attribute names.
+def _torchvision_patch_embedding(model: nn.Module) -> nn.Module:
+    vit: Any = _torchvision_vit(model)
+    return vit.conv_proj
+
+
+def _timm_patch_embedding(model: nn.Module) -> nn.Module:
+    vit: Any = _timm_vit(model)
+    return vit.patch_embed.proj
+
+
+def _hf_patch_embedding(model: nn.Module) -> nn.Module:
+    vit: Any = _hf_vit(model)
+    return vit.embeddings.patch_embeddings.projection
+
+
 ADAPTERS: list[AttentionAdapter] = [
     AttentionAdapter(
         "torchvision",
         matches=lambda model: _torchvision_vit(model) is not None,
-        patch_embedding=lambda model: _torchvision_vit(model).conv_proj,
+        patch_embedding=_torchvision_patch_embedding,
         explicit_attention=_multihead_explicit,
     ),
     AttentionAdapter(
         "timm",
         matches=lambda model: _timm_vit(model) is not None,
-        patch_embedding=lambda model: _timm_vit(model).patch_embed.proj,
+        patch_embedding=_timm_patch_embedding,
         explicit_attention=_timm_explicit,
         readout=_timm_readout,
     ),
     AttentionAdapter(
         "transformers",
         matches=lambda model: _hf_vit(model) is not None,
-        patch_embedding=lambda model: _hf_vit(model).embeddings.patch_embeddings.projection,
+        patch_embedding=_hf_patch_embedding,
         explicit_attention=_hf_explicit,
     ),
     AttentionAdapter(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast, overload
 
 import torch
 from captum.attr import Attribution
@@ -149,14 +149,19 @@ def gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[tor
     rollout = None
     for attention, gradient in zip(attentions, gradients):
         rollout = _gradient_step(rollout, attention, gradient)
-    return rollout
+    return cast(torch.Tensor, rollout)  # at least one block: checked above
 
 
 # -- argument checks and shaping ---------------------------------------------------------------------------------
 def _check_options(head_fusion: Any, discard_ratio: Any, start_layer: Any) -> None:
     if head_fusion not in _FUSIONS:
         raise ValueError(f"Expected argument `head_fusion` to be one of 'mean', 'max', 'min', but got {head_fusion!r}.")
-    if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, numbers.Real) or not 0 <= discard_ratio < 1:
+    if (
+        isinstance(discard_ratio, bool)
+        or not isinstance(discard_ratio, numbers.Real)
+        or discard_ratio < 0
+        or not discard_ratio < 1  # NaN included
+    ):
         raise ValueError(f"Expected argument `discard_ratio` to be a real number in [0, 1), but got {discard_ratio!r}.")
     _check_start_layer(start_layer)
 
@@ -195,7 +200,7 @@ def _unpack(inputs: Inputs) -> tuple[torch.Tensor, bool]:
             f"Expected argument `inputs` to be a tensor or a tuple of one tensor, but got {type(inputs).__name__}"
             + (f" of length {len(inputs)}." if isinstance(inputs, tuple) else ".")
         )
-    x = inputs if single else inputs[0]
+    x = inputs if isinstance(inputs, torch.Tensor) else inputs[0]
     if x.dim() != 4 or not x.is_floating_point():
         raise ValueError(
             f"Expected argument `inputs` to be a float (N, C, H, W) tensor, but got shape {tuple(x.shape)}, "
@@ -208,7 +213,7 @@ def _shape_like(grid_values: torch.Tensor, x: torch.Tensor, single: bool, return
     if return_grid:
         out = grid_values
     else:
-        out = maps.upsample(grid_values, tuple(x.shape[-2:]))[:, None]
+        out = maps.upsample(grid_values, cast("tuple[int, int]", tuple(x.shape[-2:])))[:, None]
         out = out.to(x.dtype).expand(-1, x.shape[1], -1, -1).contiguous()
     return out if single else (out,)
 
@@ -278,6 +283,14 @@ class AttentionRollout(Attribution):
     def multiplies_by_inputs(self) -> bool:
         return False
 
+    @overload
+    def attribute(self, inputs: torch.Tensor, target: Target = None, return_grid: bool = False) -> torch.Tensor: ...
+
+    @overload
+    def attribute(
+        self, inputs: tuple[torch.Tensor, ...], target: Target = None, return_grid: bool = False
+    ) -> tuple[torch.Tensor, ...]: ...
+
     def attribute(self, inputs: Inputs, target: Target = None, return_grid: bool = False) -> Inputs:
         """Rollout maps for a batch.
 
@@ -343,6 +356,14 @@ class GradientRollout(Attribution):
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
+
+    @overload
+    def attribute(self, inputs: torch.Tensor, target: Target = None, return_grid: bool = False) -> torch.Tensor: ...
+
+    @overload
+    def attribute(
+        self, inputs: tuple[torch.Tensor, ...], target: Target = None, return_grid: bool = False
+    ) -> tuple[torch.Tensor, ...]: ...
 
     def attribute(self, inputs: Inputs, target: Target = None, return_grid: bool = False) -> Inputs:
         """Gradient-rollout maps for a batch.
@@ -418,6 +439,14 @@ class RawAttention(Attribution):
     @property
     def multiplies_by_inputs(self) -> bool:
         return False
+
+    @overload
+    def attribute(self, inputs: torch.Tensor, target: Target = None, return_grid: bool = False) -> torch.Tensor: ...
+
+    @overload
+    def attribute(
+        self, inputs: tuple[torch.Tensor, ...], target: Target = None, return_grid: bool = False
+    ) -> tuple[torch.Tensor, ...]: ...
 
     def attribute(self, inputs: Inputs, target: Target = None, return_grid: bool = False) -> Inputs:
         """Raw attention maps for a batch.

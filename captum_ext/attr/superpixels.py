@@ -81,7 +81,7 @@ class SuperpixelLime(Lime):
             interpretable_model = SkLearnRidge(alpha=1.0)
         super().__init__(forward_func, interpretable_model, similarity_func, perturb_func)
 
-    def attribute(  # type: ignore[override]
+    def attribute(
         self,
         inputs: torch.Tensor,
         target: Any = None,

@@ -54,7 +54,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -483,7 +483,7 @@ class CleverHansAudit:
             if value is not None and not isinstance(value, nn.Module):
                 raise TypeError(f"Expected argument `{name}` to be an nn.Module, but got {type(value).__name__}.")
         x, y = _collect(data, self.max_images, self.unpack)
-        size = tuple(x.shape[-2:])
+        size = cast("tuple[int, int]", tuple(x.shape[-2:]))  # (N, C, H, W) images
         given = None
         if isinstance(self.region, torch.Tensor):
             given = check_region(self.region, size)

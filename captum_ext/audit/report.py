@@ -159,12 +159,19 @@ class AuditReport:
         ]
         return "\n".join(lines)
 
-    def plot(self, columns: int = 5) -> Figure:
+    def table(self) -> list[dict[str, str]]:
+        """The evidence table as one ``{column title: formatted value}`` dict per class (what ``repr`` prints and
+        :meth:`to_html` shows)."""
+        return [dict(zip(self._header(), row)) for row in self._rows()]
+
+    def plot(self, columns: int = 5, table: bool = True) -> Figure:
         """Class-mean maps with the region outlined (flagged classes titled in red; the control's maps below when
         there is a control), and the evidence table.
 
         Args:
             columns: maps per row. Default 5.
+            table: draw the evidence table under the maps; False where the table is shown as text beside the
+                figure (the HTML pages). Default True.
 
         Returns:
             a matplotlib ``Figure`` (no pyplot state is touched).
@@ -173,9 +180,9 @@ class AuditReport:
         classes = list(self.class_maps)
         columns = max(1, min(columns, len(classes)))
         map_rows = math.ceil(len(classes) / columns) * len(sets)
-        table_height = 0.3 * (len(classes) + 2)
-        fig = Figure(figsize=(max(2.0 * columns, 11.0), 2.1 * map_rows + table_height))
-        grid = fig.add_gridspec(map_rows + 1, columns, height_ratios=[2.1] * map_rows + [table_height])
+        table_height = 0.3 * (len(classes) + 2) if table else 0.0
+        fig = Figure(figsize=(max(2.0 * columns, 11.0 if table else 8.0), 2.1 * map_rows + table_height + 0.3))
+        grid = fig.add_gridspec(map_rows + 1, columns, height_ratios=[2.1] * map_rows + [max(table_height, 1e-3)])
         for set_index, (prefix, maps) in enumerate(sets):
             for i, cls in enumerate(classes):
                 row = set_index * math.ceil(len(classes) / columns) + i // columns
@@ -201,11 +208,12 @@ class AuditReport:
                 label = f"{prefix}class {cls}" + ("" if ratio is None else f": ratio {ratio:.1f}")
                 flagged = bool(entry.get("flagged")) and not prefix
                 ax.set_title(label, fontsize=8, color="red" if flagged else "black")
-        ax = fig.add_subplot(grid[map_rows, :])
-        ax.set_axis_off()
-        table = ax.table(cellText=self._rows(), colLabels=self._header(), loc="center", cellLoc="right")
-        table.auto_set_font_size(False)
-        table.set_fontsize(7)
+        if table:
+            ax = fig.add_subplot(grid[map_rows, :])
+            ax.set_axis_off()
+            drawn = ax.table(cellText=self._rows(), colLabels=self._header(), loc="center", cellLoc="right")
+            drawn.auto_set_font_size(False)
+            drawn.set_fontsize(7)
         mode = "given region" if self.region is not None else "discovered regions"
         fig.suptitle(f"Clever Hans audit ({self.explainer}, {mode}): flagged {self.flagged}", fontsize=10)
         return fig
@@ -218,7 +226,8 @@ class AuditReport:
             f"{self.n_images} images, target {self.target}, {mode}, imputer {self.imputer}. "
             "Thresholds: " + ", ".join(f"{k} = {v:g}" for k, v in self.thresholds.items()) + "."
         )
-        table = [dict(zip(self._header(), row)) for row in self._rows()]
         verdict = (f"flagged classes: {self.flagged}" if self.flagged else "no class flagged", not self.flagged)
-        page.add_section("Evidence per class", text=text, table=table, verdict=verdict, figures=[self.plot()])
+        page.add_section(
+            "Evidence per class", text=text, table=self.table(), verdict=verdict, figures=[self.plot(table=False)]
+        )
         return page.to_html()

@@ -16,19 +16,21 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
+from torchmetrics import Metric
 
 from captum_ext import maps
 from captum_ext import metrics as _metrics
 from captum_ext.batches import Unpack
-from captum_ext.callbacks.base import ExplanationCallback, overlay_grid, synced_compute
+from captum_ext.callbacks.base import ExplanationCallback, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.model_output import OutputFn
 from captum_ext.normalization import Normalization, check_normalization
+from captum_ext.plots import overlay_image
 
 __all__ = ["AttributionMonitor", "METRICS", "check_target"]
 
 #: Metric names accepted by :class:`AttributionMonitor` and the torchmetrics classes they stand for.
-METRICS: dict[str, type] = {
+METRICS: dict[str, type[Metric]] = {
     "deletion_auc": _metrics.DeletionAUC,
     "insertion_auc": _metrics.InsertionAUC,
     "aopc": _metrics.AOPC,
@@ -209,7 +211,7 @@ class AttributionMonitor(ExplanationCallback):
                 values[f"attribution/{explainer.name}/{metric_name}"] = synced_compute(metric)
             shard_maps = (
                 inputs.new_zeros(len(inputs), *inputs.shape[-2:])
-                if empty
+                if attributions is None  # empty
                 else maps.reduce_channels(attributions, self.reduce)
             )
             self.maps[explainer.name] = self.gather(trainer, shard_maps, probe).cpu()
@@ -217,6 +219,6 @@ class AttributionMonitor(ExplanationCallback):
                 self.log_image(
                     trainer,
                     f"attribution/{explainer.name}/maps",
-                    overlay_grid(probe.inputs, self.maps[explainer.name], normalization=self.normalization),
+                    overlay_image(probe.inputs, self.maps[explainer.name], normalization=self.normalization),
                 )
         self.log_scalars(trainer, pl_module, values)

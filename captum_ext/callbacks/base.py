@@ -8,7 +8,7 @@ subclass of ``pytorch_lightning.Callback`` and, when the ``lightning`` package i
   epoch, never while the trainer is sanity checking;
 - isolation: the run happens with gradients enabled (also under ``Trainer(inference_mode=True)``) and with the
   torch, numpy and ``random`` RNG states saved and restored, so a callback never changes the training run;
-- a probe set (:class:`ProbeSet`): ``num_samples`` validation images balanced over classes, chosen once with a
+- a probe set (:class:`~captum_ext.callbacks.probes.ProbeSet`, sampled and sharded by :mod:`captum_ext.callbacks.probes`): ``num_samples`` validation images balanced over classes, chosen once with a
   seeded generator, the same global indices on every rank; each rank works on its own disjoint shard
   (positions ``rank, rank + world_size, ...``) and :meth:`~ExplanationCallback.gather` reassembles per-sample
   results in probe order with one collective call that every rank makes;
@@ -41,10 +41,8 @@ import math
 import numbers
 import random
 import warnings
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -52,46 +50,36 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
-from torch.utils.data import Dataset, IterableDataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 from torchmetrics import Metric
 from typing_extensions import override
 
-from captum_ext import maps
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode, gradients_enabled
-from captum_ext.batches import Unpack, check_unpack, unpack_batch
+from captum_ext.batches import Unpack, check_unpack
+from captum_ext.callbacks.probes import ProbeSet, select_probe, shard_positions, shared_cache
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.model_output import OutputFn, check_output_fn, logits
-from captum_ext.normalization import Normalization
 
+#: The Callback classes :class:`ExplanationCallback` derives from (one per importable Lightning namespace).
+CALLBACK_BASES: tuple[type, ...] = (pl.Callback,)
+_TENSORBOARD_LOGGERS: tuple[type, ...] = (TensorBoardLogger,)
 try:  # the `lightning` package has its own, distinct Callback and logger classes
     import lightning.pytorch as _lightning_pytorch
     from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoardLogger
+
+    CALLBACK_BASES += (_lightning_pytorch.Callback,)
+    _TENSORBOARD_LOGGERS += (_LightningTensorBoardLogger,)
 except ImportError:  # pragma: no cover - lightning is an optional dependency
-    _lightning_pytorch = None
-    _LightningTensorBoardLogger = None
+    pass
 
 __all__ = [
     "ExplanationCallback",
-    "ProbeSet",
-    "balanced_indices",
-    "shard_positions",
     "preserved_rng",
-    "display_images",
-    "overlay",
-    "overlay_grid",
     "forward_in_eval",
     "synced_compute",
     "CALLBACK_BASES",
 ]
-
-#: The Callback classes :class:`ExplanationCallback` derives from (one per importable Lightning namespace).
-CALLBACK_BASES: tuple[type, ...] = (pl.Callback,) + (
-    (_lightning_pytorch.Callback,) if _lightning_pytorch is not None else ()
-)
-_TENSORBOARD_LOGGERS: tuple[type, ...] = (TensorBoardLogger,) + (
-    (_LightningTensorBoardLogger,) if _LightningTensorBoardLogger is not None else ()
-)
 
 
 @contextlib.contextmanager
@@ -108,166 +96,6 @@ def preserved_rng(devices: Sequence[torch.device] = ()) -> Iterator[None]:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-
-
-def balanced_indices(
-    labels: torch.Tensor, num_samples: int, seed: int = 0, classes: Sequence[int] | None = None
-) -> torch.Tensor:
-    """Positions of ``num_samples`` labels balanced over classes, chosen with a seeded generator.
-
-    The positions are visited in a seeded random order; classes take turns (in ascending order), each taking
-    its next unused position, until ``num_samples`` are chosen or every class is exhausted. So every class
-    gets ``num_samples // num_classes`` or one more, unless it has fewer samples.
-
-    Args:
-        labels: (M,) integer class labels.
-        num_samples: how many positions to choose.
-        seed: seeds the random order. Default 0.
-        classes: restrict the choice to these classes. Default all classes present.
-
-    Returns:
-        (min(num_samples, available),) long tensor of positions into ``labels``, in turn order.
-    """
-    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(int(seed)))
-    wanted = sorted(set(labels.tolist())) if classes is None else sorted({int(c) for c in classes})
-    queues = [order[labels[order] == c].tolist() for c in wanted]
-    chosen: list[int] = []
-    turn = 0
-    while len(chosen) < num_samples and any(turn < len(q) for q in queues):
-        for queue in queues:
-            if turn < len(queue) and len(chosen) < num_samples:
-                chosen.append(queue[turn])
-        turn += 1
-    return torch.tensor(chosen, dtype=torch.long)
-
-
-def shard_positions(num_samples: int, rank: int, world_size: int) -> torch.Tensor:
-    """Probe positions scored by ``rank``: ``rank, rank + world_size, ...`` (disjoint shards covering all)."""
-    return torch.arange(rank, num_samples, world_size, dtype=torch.long)
-
-
-@dataclass
-class ProbeSet:
-    """The fixed probe images, identical on every rank, and this rank's shard of them.
-
-    Attributes:
-        inputs: (N, C, H, W) probe images (a clone owned by the callback).
-        labels: (N,) long labels.
-        indices: (N,) long indices of the images in the validation dataset.
-        rank, world_size: this process's global rank and the number of processes.
-    """
-
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    indices: torch.Tensor
-    rank: int = 0
-    world_size: int = 1
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def positions(self) -> torch.Tensor:
-        """Positions (into the probe set) of this rank's shard."""
-        return shard_positions(len(self), self.rank, self.world_size)
-
-    def shard(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's ``(inputs, labels)``."""
-        pos = self.positions.to(self.labels.device)
-        return self.inputs[pos], self.labels[pos]
-
-    def to(self, device: torch.device) -> ProbeSet:
-        """The same probe set on ``device``."""
-        return ProbeSet(self.inputs.to(device), self.labels.to(device), self.indices, self.rank, self.world_size)
-
-
-def _unpack(item: Any, unpack: Unpack | None) -> tuple[torch.Tensor, int]:
-    image, label = unpack_batch(item, unpack)
-    if not isinstance(image, torch.Tensor) or image.dim() != 3:
-        got = f"a tensor of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
-        raise TypeError(
-            f"Expected the validation dataset's items to hold a (C, H, W) image tensor, but got {got}; pass `unpack=` "
-            "(item -> (image, label)) or the probe images with `probe=(inputs, labels)`."
-        )
-    if isinstance(label, torch.Tensor) and label.numel() != 1:
-        raise TypeError(
-            f"Expected each item's label to be a class index, but got a tensor of shape {tuple(label.shape)}."
-        )
-    return image, int(label)
-
-
-@dataclass
-class _ReadCache:
-    """What the callbacks of one trainer have read from one validation dataset: the labels of the scanned items and
-    the images of the chosen probe items only (a scan of 4,096 images at 224 px would otherwise hold gigabytes)."""
-
-    dataset: Dataset
-    labels: dict[int, int] = field(default_factory=dict)
-    images: dict[int, torch.Tensor] = field(default_factory=dict)
-
-
-#: Per trainer, per (dataset, unpack): the shared :class:`_ReadCache`, so five callbacks scan the labels once.
-_READ: weakref.WeakKeyDictionary[Any, dict[tuple, _ReadCache]] = weakref.WeakKeyDictionary()
-
-
-def _shared_cache(trainer: Any, dataset: Dataset, unpack: Unpack | None) -> _ReadCache:
-    """The read cache of ``dataset`` (unpacked by ``unpack``) shared by every callback of ``trainer``."""
-    per_dataset = _READ.setdefault(trainer, {})
-    entry = per_dataset.get((id(dataset), unpack))
-    if entry is None or entry.dataset is not dataset:
-        entry = per_dataset[(id(dataset), unpack)] = _ReadCache(dataset)
-    return entry
-
-
-def _select_probe(
-    dataset: Dataset,
-    num_samples: int,
-    seed: int,
-    classes: Sequence[int] | None,
-    scan: int,
-    fixed: list[int] | None,
-    unpack: Unpack | None = None,
-    cache: _ReadCache | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read labels of up to ``scan`` items in seeded random order, choose a balanced probe, load its images.
-
-    Labels and probe images already in ``cache`` are not read again; what is read is added to it (labels of every
-    scanned item, images of the chosen ones only)."""
-    cache = _ReadCache(dataset) if cache is None else cache
-
-    def label(index: int) -> int:
-        if index not in cache.labels:
-            cache.labels[index] = _unpack(dataset[index], unpack)[1]
-        return cache.labels[index]
-
-    def image(index: int) -> torch.Tensor:
-        if index not in cache.images:
-            picture, cache.labels[index] = _unpack(dataset[index], unpack)
-            cache.images[index] = picture.detach().float().cpu()
-        return cache.images[index]
-
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        raise TypeError(
-            "Expected a map-style validation dataset (with __len__ and __getitem__) to draw the probe set from; "
-            f"pass `probe=(inputs, labels)` instead, but got {type(dataset).__name__}."
-        )
-    if fixed is None:
-        if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-            candidates = torch.arange(len(dataset))
-            labels = dataset.tensors[1].reshape(-1).long()
-        else:
-            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(seed) + 1))
-            candidates = order[:scan]
-            labels = torch.tensor([label(int(i)) for i in candidates], dtype=torch.long)
-        chosen = candidates[balanced_indices(labels, num_samples, seed, classes)]
-    else:
-        chosen = torch.tensor(fixed, dtype=torch.long)
-    if len(chosen) == 0:
-        raise ValueError(f"The probe set is empty: no validation images of the classes {classes!r}.")
-    inputs = torch.stack([image(int(i)) for i in chosen]).clone()
-    labels = torch.tensor([label(int(i)) for i in chosen], dtype=torch.long)
-    return inputs, labels, chosen
 
 
 def synced_compute(metric: Metric) -> Any:
@@ -287,54 +115,7 @@ def forward_in_eval(model: nn.Module, inputs: torch.Tensor, output_fn: OutputFn 
         return logits(model(inputs), output_fn)
 
 
-def display_images(images: torch.Tensor, normalization: Normalization | None = None) -> torch.Tensor:
-    """(N, C, H, W) model inputs as (N, 3, H, W) RGB in [0, 1]: back in pixel space (clamped) with the model's
-    ``normalization``, else min-max scaled per image; one channel is repeated, more than three are averaged."""
-    images = images.detach().float().cpu()
-    if normalization is not None:
-        images = normalization.to_pixels(images).clamp(0, 1)
-    base = images if images.shape[1] == 3 else images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
-    return base if normalization is not None else maps.normalize_minmax(base)
-
-
-def overlay(
-    images: torch.Tensor,
-    saliency: torch.Tensor,
-    alpha: float = 0.5,
-    cmap: str = "inferno",
-    normalization: Normalization | None = None,
-) -> torch.Tensor:
-    """Blend (N, C, H, W) images (see :func:`display_images`) with (N, H, W) maps (|map| scaled by its 99th
-    percentile, colour-mapped).
-
-    Returns:
-        (N, 3, H, W) float RGB in [0, 1].
-    """
-    import matplotlib
-
-    base = display_images(images, normalization)
-    heat = maps.normalize_percentile(saliency.detach().float().cpu().abs())
-    coloured = torch.from_numpy(matplotlib.colormaps[cmap](heat.numpy())[..., :3]).float().permute(0, 3, 1, 2)
-    return ((1 - alpha) * base + alpha * coloured).clamp(0, 1)
-
-
-def overlay_grid(
-    images: torch.Tensor, saliency: torch.Tensor, ncol: int = 8, normalization: Normalization | None = None
-) -> torch.Tensor:
-    """A (3, H', W') image grid: rows of ``ncol`` inputs, each followed by the row of their overlays."""
-    from torchvision.utils import make_grid
-
-    base, blended = display_images(images, normalization), overlay(images, saliency, normalization=normalization)
-    tiles = []
-    for start in range(0, len(images), ncol):
-        chunk = slice(start, start + ncol)
-        pad = ncol - len(base[chunk])
-        filler = torch.ones(pad, *base.shape[1:])
-        tiles += [base[chunk], filler, blended[chunk], filler]
-    return make_grid(torch.cat(tiles), nrow=ncol, padding=2, pad_value=1.0)
-
-
-class ExplanationCallback(*CALLBACK_BASES):
+class ExplanationCallback(*CALLBACK_BASES):  # type: ignore[misc]  # the bases are known only at import
     """Base class of the ``captum_ext`` callbacks: scheduling, isolation, probe set, logging, state.
 
     Args:
@@ -478,8 +259,8 @@ class ExplanationCallback(*CALLBACK_BASES):
                         f"{type(self).__name__} needs validation data or `probe=` to choose its probe images."
                     )
                 source = loader.dataset
-            cache = _shared_cache(trainer, source, self.unpack) if self._probe_source is None else None
-            inputs, labels, indices = _select_probe(
+            cache = shared_cache(trainer, source, self.unpack) if self._probe_source is None else None
+            inputs, labels, indices = select_probe(
                 source,
                 self.num_samples,
                 self.seed,
@@ -493,7 +274,7 @@ class ExplanationCallback(*CALLBACK_BASES):
             self._probe = ProbeSet(inputs, labels, indices, trainer.global_rank, trainer.world_size)
         return self._probe.to(pl_module.device)
 
-    def predict(self, pl_module: pl.LightningModule, inputs: torch.Tensor) -> torch.Tensor:
+    def predict(self, pl_module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """(N,) predicted classes of ``inputs`` (eval mode, no gradients, ``output_fn`` applied)."""
         return forward_in_eval(pl_module, inputs, self.output_fn).argmax(1)
 
@@ -549,7 +330,7 @@ class ExplanationCallback(*CALLBACK_BASES):
             return None
         for logger in trainer.loggers:
             if isinstance(logger, _TENSORBOARD_LOGGERS):
-                return logger.experiment
+                return cast(TensorBoardLogger, logger).experiment
         if trainer.loggers:
             self.warn_once(
                 "tensorboard",

@@ -8,6 +8,7 @@ components.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import pytorch_lightning as pl
 import torch
@@ -150,7 +151,8 @@ class EmbeddingProjector(ExplanationCallback):
         writer.add_embedding(
             features.cpu(), metadata=labels, label_img=thumbs, global_step=trainer.global_step, tag=f"embedding/{layer}"
         )
-        weights = resolve_layer(pl_module, classifier).weight.detach().float().cpu()
+        linear = cast(nn.Linear, resolve_layer(pl_module, classifier))  # found by last_linear_layer
+        weights = linear.weight.detach().float().cpu()
         name = layer if self.layer else f"input of {layer}"
         self.log_figure(trainer, "embedding/pca", _pca_figure(features.cpu(), probe.labels.cpu(), weights, name))
 

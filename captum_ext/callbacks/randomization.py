@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -129,16 +129,16 @@ class RandomizationMonitor(ExplanationCallback):
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not -1 <= threshold <= 1:
             raise ValueError(f"Expected argument `threshold` to be a real number in [-1, 1], but got {threshold!r}.")
         check_int("patience", patience, 1)
-        self.explainer = as_explainer(explainer)
-        self.random_explainer = copy.deepcopy(self.explainer)
-        self.monitor = monitor
-        self.threshold = float(threshold)
-        self.patience = int(patience)
-        self.target = check_target(target)
+        self.explainer: Explainer = as_explainer(explainer)
+        self.random_explainer: Explainer = copy.deepcopy(self.explainer)
+        self.monitor: SimilarityName = monitor
+        self.threshold: float = float(threshold)
+        self.patience: int = int(patience)
+        self.target: Target = check_target(target)
         self.similarities: dict[str, float] = {}
-        self.failed = False
-        self._streak = 0
-        self._metric = MapSimilarity(metrics=self.similarity)
+        self.failed: bool = False
+        self._streak: int = 0
+        self._metric: MapSimilarity = MapSimilarity(metrics=self.similarity)
 
     def _state_key_fields(self) -> dict[str, Any]:
         return {"explainer": self.explainer.name, "num_samples": self.num_samples, "seed": self.seed}
@@ -175,6 +175,6 @@ class RandomizationMonitor(ExplanationCallback):
     def _extra_state(self) -> dict[str, Any]:
         return {"streak": self._streak, "failed": self.failed}
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         self._streak = int(state.get("streak", 0))
         self.failed = bool(state.get("failed", False))

@@ -11,8 +11,8 @@ so all ranks stop together).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast
 
 import pytorch_lightning as pl
 import torch
@@ -129,7 +129,7 @@ class ShortcutMonitor(ExplanationCallback):
         return [self.explainer]
 
     def dry_run(self, pl_module: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-        check_region(self.region, tuple(inputs.shape[-2:]))
+        check_region(self.region, cast("tuple[int, int]", tuple(inputs.shape[-2:])))  # (N, C, H, W) images
         super().dry_run(pl_module, inputs, labels)
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -169,6 +169,6 @@ class ShortcutMonitor(ExplanationCallback):
             "detected": {str(k): v for k, v in self.detected.items()},
         }
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         self._streaks = {int(k): int(v) for k, v in state.get("streaks", {}).items()}
         self.detected = {int(k): int(v) for k, v in state.get("detected", {}).items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, cast
 
 import pytorch_lightning as pl
 import torch
@@ -22,6 +22,8 @@ from captum_ext._checks import check_int, check_real
 __all__ = ["CleverHansDigits", "EpochShuffle"]
 
 Split = Literal["train", "val", "test"]
+#: split name -> (images, labels, tagged, untagged images)
+_Splits = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 _CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left")
 
 
@@ -161,7 +163,7 @@ class CleverHansDigits(pl.LightningDataModule):
         self.test_fraction = test_fraction
         self.batch_size = batch_size
         self.seed = seed
-        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._splits: _Splits | None = None
 
     def _tag_origin(self, location: str | tuple[int, int]) -> tuple[int, int]:
         far = self.size - self.tag_size - 1
@@ -252,7 +254,7 @@ class CleverHansDigits(pl.LightningDataModule):
         if name not in ("train", "val", "test"):
             raise ValueError(f"Expected argument `name` to be one of 'train', 'val', 'test', but got {name!r}.")
         self.setup()
-        images, labels, tagged, _ = self._splits[name]
+        images, labels, tagged, _ = cast(_Splits, self._splits)[name]  # built by setup()
         return images, labels, tagged
 
     def shortcut_test_images(self, tagged: bool = True, split: Split = "test") -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +265,7 @@ class CleverHansDigits(pl.LightningDataModule):
         if self.shortcut_class is None:
             raise ValueError("This CleverHansDigits has no shortcut: `shortcut_class` is None.")
         self.split(split)
-        _, labels, _, untagged_images = self._splits[split]
+        _, labels, _, untagged_images = cast(_Splits, self._splits)[split]  # built by split()
         keep = labels == self.shortcut_class
         images = untagged_images[keep]
         return (self.apply_tag(images) if tagged else images), labels[keep]

@@ -18,8 +18,9 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -85,7 +86,8 @@ def data_fingerprint(datasets: dict[str, Dataset], batch_size: int) -> tuple[str
                 sums = x.sum(dim=(0, 2, 3))
                 total = sums if total is None else total + sums
                 count += x.shape[0] * x.shape[2] * x.shape[3]
-        sha.update(f"split:{split}|{len(datasets[split])}|{streams[0].hexdigest()}|{streams[1].hexdigest()}|".encode())
+        size = len(cast(Sized, datasets[split]))  # map-style datasets: torch's Dataset declares no __len__
+        sha.update(f"split:{split}|{size}|{streams[0].hexdigest()}|{streams[1].hexdigest()}|".encode())
     if total is None:
         raise ValueError("Expected the datamodule to provide a non-empty training set.")
     return sha.hexdigest(), (total / count).float()
@@ -109,12 +111,13 @@ def compute_rankings(
     """
     target = Path(path)
     device = model_device(model)
+    sized = cast(Sized, dataset)  # a map-style dataset: torch's Dataset declares no __len__
     written, dtype = 0, None
     with (
         atomic_path(target) as tmp,
         open(tmp, "wb") as handle,
         tqdm(
-            total=len(dataset), desc=description or f"ranking {explainer.name}", disable=not progress, leave=False
+            total=len(sized), desc=description or f"ranking {explainer.name}", disable=not progress, leave=False
         ) as bar,
     ):
         for batch in _loader(dataset, batch_size):
@@ -128,7 +131,7 @@ def compute_rankings(
                 header = {
                     "descr": np.lib.format.dtype_to_descr(dtype),
                     "fortran_order": False,
-                    "shape": (len(dataset), hw),
+                    "shape": (len(sized), hw),
                 }
                 np.lib.format.write_array_header_1_0(handle, header)
             positions = torch.empty_like(ranking)
@@ -136,9 +139,9 @@ def compute_rankings(
             handle.write(positions.cpu().numpy().astype(dtype).tobytes())
             written += n
             bar.update(n)
-        if written != len(dataset) or written == 0:
+        if written != len(sized) or written == 0:
             raise ValueError(
-                f"Expected the dataset to yield len(dataset) = {len(dataset)} > 0 images, but it yielded {written}."
+                f"Expected the dataset to yield len(dataset) = {len(sized)} > 0 images, but it yielded {written}."
             )
     return target
 

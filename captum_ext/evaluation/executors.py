@@ -104,12 +104,13 @@ class ProcessPool(concurrent.futures.Executor):
         )
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
-    def _start(self, initargs: tuple) -> None:
+    def _start(self, initargs: tuple) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._pool = concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_install, initargs=initargs
         )
+        return self._pool
 
     def share(self, obj: Any) -> _Installed:
         """Restart the workers with ``obj`` installed in each; returns its handle for :func:`resolve`."""
@@ -118,9 +119,8 @@ class ProcessPool(concurrent.futures.Executor):
         return _Installed(token)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
-        if self._pool is None:
-            self._start(("", None, self.threads))
-        return self._pool.submit(fn, *args, **kwargs)
+        pool = self._pool if self._pool is not None else self._start(("", None, self.threads))
+        return pool.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self._pool is not None:

@@ -6,15 +6,17 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
+from captum_ext._checks import check_real
 from captum_ext._io import write_json_atomic
 
-__all__ = ["ROARResult", "ROADResult"]
+__all__ = ["ROARResult", "ROADResult", "road_agreement", "road_figure"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -106,7 +108,7 @@ class ROARResult:
         for name in self.accuracy:
             stats = self.mean_std(name)
             xs = list(stats)
-            style = {"color": "black", "linestyle": "--"} if name == "random" else {}
+            style: dict[str, Any] = {"color": "black", "linestyle": "--"} if name == "random" else {}
             ax.errorbar(
                 xs,
                 [m for m, _ in stats.values()],
@@ -234,3 +236,63 @@ class ROADResult:
         for f in self.accuracy:
             lines.append(f"{f:>10g}{self.accuracy[f]:>16.3f}{self.random_accuracy.get(f, math.nan):>10.3f}")
         return "\n".join(lines)
+
+
+def road_agreement(morf: ROADResult, lerf: ROADResult, margin: float = 0.02) -> str:
+    """Rong et al.'s two orders read together: ``"both orders"`` when the method beats random removing its most
+    relevant pixels first (MoRF: lower mean accuracy) and its least relevant first (LeRF: higher), else the one order
+    it wins, or ``"neither"``. A win needs the mean accuracies over fractions to differ by more than ``margin``
+    (default 0.02), so a difference of one or two images in a hundred is not a win.
+
+    Example::
+
+        >>> morf = ROADResult("saliency", "morf", {0.5: 0.2}, {0.5: 0.6}, 0.8)
+        >>> lerf = ROADResult("saliency", "lerf", {0.5: 0.59}, {0.5: 0.6}, 0.8)
+        >>> road_agreement(morf, lerf)
+        'MoRF only'
+    """
+    for name, result in (("morf", morf), ("lerf", lerf)):
+        if not isinstance(result, ROADResult) or result.order != name:
+            raise ValueError(f"Expected argument `{name}` to be a ROADResult with order {name!r}, but got {result!r}.")
+    margin = check_real("margin", margin, 0.0)
+    gain = {
+        "MoRF": statistics.fmean(morf.random_accuracy.values()) - statistics.fmean(morf.accuracy.values()),
+        "LeRF": statistics.fmean(lerf.accuracy.values()) - statistics.fmean(lerf.random_accuracy.values()),
+    }
+    wins = [order for order, value in gain.items() if value > margin]
+    return "both orders" if len(wins) == 2 else f"{wins[0]} only" if wins else "neither"
+
+
+def road_figure(results: Sequence[ROADResult]) -> Figure:
+    """One panel per order (MoRF, LeRF) of ROAD results: each explainer's accuracy against the fraction removed, the
+    random ranking dashed and the unmodified accuracy dotted (both from the first result of that order).
+
+    Example::
+
+        >>> morf = ROADResult("saliency", "morf", {0.1: 0.5, 0.5: 0.2}, {0.1: 0.7, 0.5: 0.6}, 0.8)
+        >>> len(road_figure([morf]).axes)
+        1
+    """
+    orders = [order for order in ("morf", "lerf") if any(r.order == order for r in results)]
+    if not orders:
+        raise ValueError("Expected argument `results` to hold at least one ROADResult, but got none.")
+    fig = Figure(figsize=(4.6 * len(orders), 3.6))
+    for ax, order in zip(fig.subplots(1, len(orders), squeeze=False)[0], orders):
+        chosen = [r for r in results if r.order == order]
+        for r in chosen:
+            ax.plot(list(r.accuracy), list(r.accuracy.values()), marker="o", label=r.explainer)
+        first = chosen[0]
+        random = first.random_accuracy
+        ax.plot(list(random), list(random.values()), color="black", linestyle="--", marker="o", label="random")
+        ax.axhline(first.baseline_accuracy, color="grey", linestyle=":", label="unmodified")
+        title = "MoRF: most relevant removed first (lower is better)"
+        if order == "lerf":
+            title = "LeRF: least relevant removed first (higher is better)"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("fraction removed")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig

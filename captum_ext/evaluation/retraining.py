@@ -12,10 +12,10 @@ import importlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class RankedMaskDataset(Dataset):
         self._positions: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(cast(Sized, self.dataset))  # a map-style dataset: torch's Dataset declares no __len__
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_positions": None}  # the memory map is reopened in each process
@@ -141,11 +141,11 @@ class PlannedRun:
     rankings: dict[str, str]
 
 
-def loaders(job: Job, views: dict[str, Dataset], seed: int) -> dict[str, DataLoader]:
+def loaders(job: Job, views: Mapping[str, Dataset], seed: int) -> dict[str, DataLoader]:
     """The run's loaders: the training split in :class:`RunSampler`'s order for ``seed``, the others in order."""
     out = {}
     for split, dataset in views.items():
-        sampler = RunSampler(len(dataset), seed) if split == "train" else None
+        sampler = RunSampler(len(cast(Sized, dataset)), seed) if split == "train" else None
         out[split] = DataLoader(dataset, batch_size=job.batch_sizes[split], sampler=sampler)
     return out
 

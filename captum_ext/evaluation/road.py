@@ -110,11 +110,11 @@ def road(
     recipe = as_explainer(explainer)
     random = Explainer("random", seed=seed)
     default_fill = imputer is None
-    imputer = NoisyLinearImputer() if default_fill else imputer
+    imputer = NoisyLinearImputer() if imputer is None else imputer
     device = model_device(model)
     correct = {"explainer": [0] * len(fractions), "random": [0] * len(fractions)}
     baseline = total = pixels = 0
-    channel_sum: torch.Tensor | float = 0.0
+    channel_sum = torch.zeros((), dtype=torch.float64)  # becomes per-channel at the first batch
     blank: list[tuple[torch.Size, torch.Tensor, list[bool]]] = []  # batches whose fully removed images await the mean
     for batch in dataloader:
         x, y = unpack_batch(batch, unpack)
@@ -150,9 +150,9 @@ def road(
                 torch.zeros(shape, device=device), torch.ones(shape[0], *shape[2:], dtype=torch.bool, device=device)
             )
             with torch.no_grad(), eval_mode(model):
-                hits = int((predict(model, images, output_fn) == y).sum())
+                blank_hits = int((predict(model, images, output_fn) == y).sum())
             for name in correct:
-                correct[name] = [c + (hits if later else 0) for c, later in zip(correct[name], deferred)]
+                correct[name] = [c + (blank_hits if later else 0) for c, later in zip(correct[name], deferred)]
     return ROADResult(
         explainer=recipe.name,
         order=order,

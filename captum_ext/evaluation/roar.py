@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -143,7 +143,8 @@ class ROARPlan:
             )
         table: dict[str, dict[float, list[float]]] = {}
         for run, record in zip(self.runs, records):
-            table.setdefault(run.method, {}).setdefault(run.fraction, []).append(float(record["accuracy"]))
+            accuracy = cast(dict[str, Any], record)["accuracy"]  # none missing: checked above
+            table.setdefault(run.method, {}).setdefault(run.fraction, []).append(float(accuracy))
         return ROARResult(table, self.baseline_accuracy, keep=self.keep)
 
     def execute(self, executor: concurrent.futures.Executor | None = None, progress: bool = True) -> ROARResult:
@@ -598,6 +599,6 @@ def kar(
     return plan.execute(executor, progress)
 
 
-if roar.__doc__ is not None:  # None under ``python -OO``, which strips docstrings
+if roar.__doc__ is not None and kar.__doc__ is not None:  # None under ``python -OO``, which strips docstrings
     roar.__doc__ = roar.__doc__.format(args=_ARGS_DOC)
     kar.__doc__ = kar.__doc__.format(args=_ARGS_DOC)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
+from typing import Literal, overload
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ def _as_index_list(value: object, name: str) -> list[int]:
         not isinstance(items, Sequence)
         or isinstance(items, str)
         or not items
-        or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in items)
+        or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and int(i) >= 0 for i in items)
     ):
         raise ValueError(
             f"Expected argument `{name}` to be a non-negative int or a non-empty list of them, but got {value!r}."
@@ -155,6 +156,39 @@ class ActivationMaximization:
             f"blur_every={self.blur_every}, blur_sigma={self.blur_sigma}, value_range={self.value_range}, "
             f"seed={self.seed})"
         )
+
+    @overload
+    def visualize(
+        self,
+        target: int | Sequence[int] | None = None,
+        *,
+        layer: str | None = None,
+        channel: int | Sequence[int] | None = None,
+        direction: torch.Tensor | None = None,
+        return_trace: Literal[False] = False,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def visualize(
+        self,
+        target: int | Sequence[int] | None = None,
+        *,
+        layer: str | None = None,
+        channel: int | Sequence[int] | None = None,
+        direction: torch.Tensor | None = None,
+        return_trace: Literal[True],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @overload
+    def visualize(
+        self,
+        target: int | Sequence[int] | None = None,
+        *,
+        layer: str | None = None,
+        channel: int | Sequence[int] | None = None,
+        direction: torch.Tensor | None = None,
+        return_trace: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
     def visualize(
         self,

@@ -103,8 +103,16 @@ class ConceptIoU:
 
 
 def _split_batch(batch: object) -> tuple[torch.Tensor, torch.Tensor]:
-    ok = isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(t, torch.Tensor) for t in batch[:2])
-    if not ok or batch[0].dim() != 4 or batch[1].dim() not in (3, 4) or len(batch[1]) != len(batch[0]):
+    if (
+        not isinstance(batch, (tuple, list))
+        or len(batch) < 2
+        or not isinstance(batch[0], torch.Tensor)
+        or not isinstance(batch[1], torch.Tensor)
+        or batch[0].dim() != 4
+        or batch[1].dim() not in (3, 4)
+        or len(batch[1]) != len(batch[0])
+    ):
+        shapes: list[tuple[int, ...] | str] | str
         if isinstance(batch, (tuple, list)):
             shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in batch]
         else:

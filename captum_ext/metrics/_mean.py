@@ -14,6 +14,8 @@ class MeanOverImages(Metric):
 
     is_differentiable = False
     full_state_update = False
+    total: torch.Tensor  # states added by add_state
+    count: torch.Tensor
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

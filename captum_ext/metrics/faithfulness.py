@@ -174,6 +174,8 @@ class _PerturbationMetric(Metric):
     """Shared state and argument checks: the sum of per-image scores and their count, summed across ranks."""
 
     full_state_update = False
+    total: torch.Tensor  # states added by add_state
+    count: torch.Tensor
     _mode = "deletion"
 
     def __init__(
@@ -198,9 +200,12 @@ class _PerturbationMetric(Metric):
         maps.check_reduction(reduce)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
-        self.imputer, self.apply_softmax, self.reduce, self.seed = imputer, apply_softmax, reduce, int(seed)
-        self.output_fn = check_output_fn(output_fn)
-        self.normalization = check_normalization(normalization)
+        self.imputer: Imputer | None = imputer
+        self.apply_softmax: bool = apply_softmax
+        self.reduce: maps.Reduction = reduce
+        self.seed: int = int(seed)
+        self.output_fn: OutputFn | None = check_output_fn(output_fn)
+        self.normalization: Normalization | None = check_normalization(normalization)
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 

@@ -41,6 +41,7 @@ Example::
 from __future__ import annotations
 
 import numbers
+from typing import cast
 
 import numpy as np
 import torch
@@ -95,7 +96,7 @@ def check_region(region: torch.Tensor, size: tuple[int, int] | None = None, n: i
     if not isinstance(region, torch.Tensor) or region.dtype != torch.bool:
         got = f"dtype {region.dtype}" if isinstance(region, torch.Tensor) else type(region).__name__
         raise TypeError(f"Expected argument `region` to be a bool tensor of shape (H, W), but got {got}.")
-    shapes = [size] if size is not None else [tuple(region.shape[-2:])]
+    shapes: list[tuple[int, ...]] = [size] if size is not None else [tuple(region.shape[-2:])]
     if n is not None and size is not None:
         shapes.append((n, *size))
     if region.dim() not in ((2, 3) if n is not None else (2,)) or tuple(region.shape) not in [tuple(s) for s in shapes]:
@@ -185,6 +186,8 @@ class _RegionMetric(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    total: torch.Tensor  # states added by add_state
+    count: torch.Tensor
 
     def __init__(self, region: torch.Tensor, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -199,7 +202,7 @@ class _RegionMetric(Metric):
     def update(self, attributions: torch.Tensor) -> None:
         """Add a batch of (N, H, W) or (N, C, H, W) attributions."""
         positive = positive_map(attributions)
-        check_region(self.region, tuple(positive.shape[-2:]))
+        check_region(self.region, cast("tuple[int, int]", tuple(positive.shape[-2:])))  # (N, H, W) maps
         scores = self._score(positive)
         self.total += scores.sum().to(self.total)
         self.count += scores.numel()
@@ -376,7 +379,7 @@ def localisation_error(
     """
     found = largest_component_box(attributions, threshold)
     n = found.shape[0]
-    truth = _as_boxes(boxes, n, tuple(attributions.shape[-2:]))
+    truth = _as_boxes(boxes, n, cast("tuple[int, int]", tuple(attributions.shape[-2:])))  # (..., H, W) maps
     predictions, labels = torch.as_tensor(predictions).reshape(-1).cpu(), torch.as_tensor(labels).reshape(-1).cpu()
     if predictions.shape != (n,) or labels.shape != (n,):
         raise ValueError(

@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -322,7 +323,7 @@ def relative_stability(
     elif kind == "output":
         denominator = (scores[1:] - scores[:1]).norm(dim=-1)
     else:
-        features = features.reshape(samples + 1, n, -1)
+        features = cast(torch.Tensor, features).reshape(samples + 1, n, -1)  # "representation" has a layer
         denominator = _relative(features[1:] - features[:1], features[:1].expand_as(features[1:]), eps)
     ratio = numerator / denominator.clamp(min=eps)
     kept = scores[1:].argmax(-1) == scores[:1].argmax(-1)

@@ -33,13 +33,17 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch.nn import functional as F
 from torchmetrics import Metric
 
 from captum_ext.maps import normalize_minmax
+
+if TYPE_CHECKING:
+    from captum_ext.explainer import Explainer, Target
+    from captum_ext.model_output import OutputFn
 
 __all__ = [
     "occlusion_rank_correlation",
@@ -57,7 +61,7 @@ __all__ = [
 ]
 
 SimilarityName = Literal["spearman_abs", "spearman", "ssim", "hog"]
-SIMILARITIES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
+SIMILARITIES: tuple[SimilarityName, ...] = ("spearman_abs", "spearman", "ssim", "hog")
 
 
 def _check_pair(maps_a: torch.Tensor, maps_b: torch.Tensor) -> None:
@@ -73,7 +77,7 @@ def _check_pair(maps_a: torch.Tensor, maps_b: torch.Tensor) -> None:
         )
 
 
-def check_similarities(similarity: Sequence[str] | str, name: str = "metrics") -> tuple[str, ...]:
+def check_similarities(similarity: Sequence[str] | str, name: str = "metrics") -> tuple[SimilarityName, ...]:
     """Validate a sequence of similarity names (a single name is accepted) and return it as a tuple."""
     names = (similarity,) if isinstance(similarity, str) else tuple(similarity)
     bad = [m for m in names if m not in SIMILARITIES]
@@ -82,7 +86,7 @@ def check_similarities(similarity: Sequence[str] | str, name: str = "metrics") -
             f"Expected argument `{name}` to be a non-empty sequence of distinct names from "
             f"{', '.join(map(repr, SIMILARITIES))}, but got {similarity!r}."
         )
-    return names
+    return cast("tuple[SimilarityName, ...]", names)  # each one of SIMILARITIES
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -342,6 +346,7 @@ class MapSimilarity(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    count: torch.Tensor  # a state added by add_state (as is each sum_<name>)
 
     def __init__(self, metrics: Sequence[SimilarityName] = SIMILARITIES, **kwargs):
         super().__init__(**kwargs)
@@ -366,11 +371,11 @@ class MapSimilarity(Metric):
 
 def occlusion_rank_correlation(
     model: torch.nn.Module,
-    explainer: object,
+    explainer: Explainer | str,
     inputs: torch.Tensor,
-    target: object,
-    occlusion: object = "occlusion",
-    output_fn: object = None,
+    target: Target,
+    occlusion: Explainer | str = "occlusion",
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) Spearman rank correlation between ``|occlusion|`` and ``|explainer|`` maps (channels summed): how far a
     gradient method agrees with the model's measured response to hiding each region (Selvaraju et al. 2017 report

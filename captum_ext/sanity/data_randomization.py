@@ -13,7 +13,7 @@ import copy
 import numbers
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
@@ -52,7 +52,8 @@ class _StopAtAccuracy(pl.Callback):
         self.history: list[float] = []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        accuracy = _accuracy(pl_module.model, self.images.to(pl_module.device), self.labels.to(pl_module.device))
+        model = cast(ClassifierModule, pl_module).model  # the module train_on_random_labels fits
+        accuracy = _accuracy(model, self.images.to(pl_module.device), self.labels.to(pl_module.device))
         self.history.append(accuracy)
         if accuracy >= self.target_accuracy:
             trainer.should_stop = True
@@ -233,7 +234,7 @@ def data_randomization_test(
             f"trained), but got {'neither' if train_data is None else 'both'}."
         )
     train_accuracy: float | None = None
-    if random_model is None:
+    if train_data is not None:  # and random_model is None: exactly one of them is given
         random_model, train_accuracy, _ = train_on_random_labels(
             model,
             train_data,

@@ -140,8 +140,8 @@ def randomize_layer(module: nn.Module, seed: int, reset_running_stats: bool = Fa
         torch.manual_seed(seed)
         if isinstance(module, nn.MultiheadAttention):
             _randomize_attention(module)
-        elif callable(getattr(module, "reset_parameters", None)):
-            module.reset_parameters()
+        elif callable(reset_parameters := getattr(module, "reset_parameters", None)):
+            reset_parameters()
         else:
             for param in module.parameters(recurse=False):
                 spread = float(param.std()) if param.numel() > 1 else 0.0
@@ -189,7 +189,7 @@ def _check_common(
     seed: int,
     keep_maps: int,
     output_fn: OutputFn | None = None,
-) -> tuple[tuple[str, ...], Explainer]:
+) -> tuple[tuple[SimilarityName, ...], Explainer]:
     """Validate the arguments both randomisation tests share; return the similarities (``"spearman_abs"``
     always included: the verdicts use it) and the caller's explainer as a private copy."""
     if not isinstance(model, nn.Module):
@@ -218,7 +218,7 @@ def _check_common(
 class _Comparer:
     """Holds the original maps (and their ranks, computed once); scores other attributions against them."""
 
-    def __init__(self, original: torch.Tensor, metrics: tuple[str, ...]):
+    def __init__(self, original: torch.Tensor, metrics: tuple[SimilarityName, ...]):
         self.metrics = metrics
         self.abs0 = original.abs().sum(1)
         self.sum0 = original.sum(1)

@@ -91,7 +91,7 @@ class SanityResult:
         if kind == "maps":
             if self.maps is None:
                 raise ValueError("This SanityResult kept no maps: run the test with `keep_maps` > 0 for the map grid.")
-            return self._plot_maps()
+            return self._plot_maps(self.maps)
         raise ValueError(f"Expected argument `kind` to be one of 'curve', 'maps', but got {kind!r}.")
 
     def _plot_curve(self) -> Figure:
@@ -119,8 +119,8 @@ class SanityResult:
         ax.legend(fontsize=7, loc="lower left")
         return fig
 
-    def _plot_maps(self) -> Figure:
-        steps, k = self.maps.shape[0], self.maps.shape[1]
+    def _plot_maps(self, maps: torch.Tensor) -> Figure:
+        steps, k = maps.shape[0], maps.shape[1]
         cols = steps + (1 if self.images is not None else 0)
         fig = Figure(figsize=(1.3 * cols, 1.4 * k + 0.4), layout="constrained")
         axes = fig.subplots(k, cols, squeeze=False)
@@ -135,7 +135,7 @@ class SanityResult:
                     axes[row][0].set_title("input", fontsize=7)
                 col = 1
             for s in range(steps):
-                shown = map_utils.normalize_minmax(self.maps[s, row][None])[0]
+                shown = map_utils.normalize_minmax(maps[s, row][None])[0]
                 axes[row][col + s].imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
                 if row == 0:
                     axes[row][col + s].set_title(titles[s], fontsize=7, rotation=30)
