@@ -6,11 +6,27 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-__all__ = ["check_int", "check_real", "check_callable", "check_finite", "class_targets"]
+__all__ = [
+    "Target",
+    "TargetSource",
+    "check_int",
+    "check_seed",
+    "check_real",
+    "check_callable",
+    "check_finite",
+    "check_target_source",
+    "class_targets",
+]
+
+#: Class indices: an int for every image, a sequence or tensor with one per image, or None (the predicted class).
+Target = int | Sequence[int] | torch.Tensor | None
+
+#: Where a callback or an audit takes each image's class from: its ``"label"`` or the model's ``"prediction"``.
+TargetSource = Literal["label", "prediction"]
 
 
 def check_int(name: str, value: object, minimum: int) -> int:
@@ -29,6 +45,26 @@ def check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"Expected argument `{name}` to be an int >= {minimum}, but got {value!r}.")
     return int(value)
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an ``int``: a TypeError naming `seed` unless it is an integer (not a bool), a ValueError if it is
+    negative. Every public ``seed=`` argument goes through it.
+
+    Example::
+
+        >>> check_seed(3)
+        3
+        >>> check_seed(1.5)
+        Traceback (most recent call last):
+        ...
+        TypeError: Expected argument `seed` to be an int >= 0, but got 1.5.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"Expected argument `seed` to be an int >= 0, but got {seed!r}.")
+    if seed < 0:
+        raise ValueError(f"Expected argument `seed` to be an int >= 0, but got {seed!r}.")
+    return int(seed)
 
 
 def check_real(
@@ -102,6 +138,19 @@ def check_finite(name: str, tensor: torch.Tensor, cause: str = "") -> torch.Tens
     raise ValueError(
         f"Expected `{name}` to be finite, but it holds {kind} at index {index}.{' ' + cause if cause else ''}"
     )
+
+
+def check_target_source(target: object) -> TargetSource:
+    """``target`` if it is ``"label"`` or ``"prediction"``, else a ValueError naming `target`.
+
+    Example::
+
+        >>> check_target_source("label")
+        'label'
+    """
+    if target not in ("label", "prediction"):
+        raise ValueError(f"Expected argument `target` to be one of 'label', 'prediction', but got {target!r}.")
+    return target
 
 
 def class_targets(

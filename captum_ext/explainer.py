@@ -81,8 +81,10 @@ from captum import attr as captum_attr
 from torch import nn
 
 from captum_ext import maps
-from captum_ext._checks import check_finite, check_int, check_real, class_targets
+from captum_ext._checks import Target, check_finite, check_int, check_real, check_seed, class_targets
 from captum_ext._context import eval_mode, gradients_enabled
+from captum_ext._model import default_cam_layer, forward_order, last_conv_layer, resolve_layer
+from captum_ext._seeds import derived_seed
 from captum_ext.attr.random_map import RandomAttribution
 from captum_ext.model_output import OutputFn, check_output_fn, with_logits
 
@@ -98,7 +100,6 @@ __all__ = [
     "images_per_pass",
 ]
 
-Target = int | list | tuple | torch.Tensor | None
 #: (class whose __init__ takes ``init_kwargs``, classes whose ``attribute`` takes the attribute kwargs)
 _Classes = tuple[type[captum_attr.Attribution], tuple[type[captum_attr.Attribution], ...]]
 
@@ -129,8 +130,9 @@ def _ours(module: str, name: str) -> Callable[[], _Classes]:
 
 
 #: Version of the short names' defaults, part of every fingerprint: 2 since Grad-CAM defaults to the last spatial
-#: block output and the multi-sample methods are chunked (issue #13).
-DEFAULTS_VERSION = 2
+#: block output and the multi-sample methods are chunked (issue #13); 3 since each call's seed is
+#: :func:`captum_ext._seeds.derived_seed` (issue #17).
+DEFAULTS_VERSION = 3
 
 #: Input values one gradient pass may hold by default: a batch of 16 RGB images at 224 px.
 PASS_VALUES = 16 * 3 * 224 * 224
@@ -307,117 +309,6 @@ def _check_keywords(name: str, argument: str, given: dict, functions: Sequence[C
         )
 
 
-def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    """Return ``model``'s submodule called ``name`` (dotted), or raise a ``ValueError`` listing the names."""
-    if not isinstance(name, str):
-        raise TypeError(f"Expected argument `layer` to be a dotted module name (str), but got {type(name).__name__}.")
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        names = [n for n, _ in model.named_modules() if n]
-        shown = ", ".join(repr(n) for n in names[:40]) + (", ..." if len(names) > 40 else "")
-        raise ValueError(
-            f"Expected argument `layer` to name a submodule of the model; {name!r} is not one of {shown}."
-        ) from None
-
-
-def forward_order(model: nn.Module, inputs: torch.Tensor, select: Callable[[nn.Module], bool]) -> list[str]:
-    """Dotted names of the modules for which ``select(module)`` holds, in the order a forward pass first enters them.
-
-    Found by a one-sample probe forward in eval mode without gradients; the hooks are removed afterwards, also on
-    error. The model is otherwise untouched.
-
-    Example::
-
-        >>> import torch
-        >>> from captum_ext.models import SmallCNN
-        >>> forward_order(SmallCNN(), torch.zeros(1, 1, 32, 32), lambda m: isinstance(m, nn.Conv2d))
-        ['features.conv1', 'features.conv2', 'features.conv3']
-    """
-    names = {id(module): name for name, module in model.named_modules() if select(module)}
-    order: list[str] = []
-
-    def record(module: nn.Module, args: tuple) -> None:
-        if names[id(module)] not in order:
-            order.append(names[id(module)])
-
-    _probe_forward(model, inputs, [m.register_forward_pre_hook for m in model.modules() if id(m) in names], record)
-    return order
-
-
-def _probe_forward(model: nn.Module, inputs: torch.Tensor, registrations: list[Callable], hook: Callable) -> None:
-    """A one-sample forward in eval mode without gradients with ``hook`` registered by each of ``registrations``
-    (bound ``register_forward_(pre_)hook`` methods); every hook is removed afterwards, also on error."""
-    handles = [register(hook) for register in registrations]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(inputs[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def last_conv_layer(model: nn.Module, inputs: torch.Tensor) -> str:
-    """Dotted name of the last ``nn.Conv2d`` in forward-execution order (found by a one-sample probe forward)."""
-    order = forward_order(model, inputs, lambda module: isinstance(module, nn.Conv2d))
-    if not order:
-        raise ValueError("Expected the model to contain an nn.Conv2d for this layer method; pass `layer=` explicitly.")
-    return order[-1]
-
-
-_NOT_BLOCKS = (
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._MaxPoolNd,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-)
-
-
-def default_cam_layer(model: nn.Module, inputs: torch.Tensor) -> str:
-    """Grad-CAM's default layer: the module whose (N, C, h, w) output, with ``h * w > 1``, is the last one a forward
-    pass completes (pooling, identity and dropout modules skipped). That is the block output users and
-    pytorch-grad-cam take: ``layer4`` of a torchvision ResNet (after the residual add and the ReLU, not
-    ``layer4.1.conv2``), ``features`` of a VGG, DenseNet or EfficientNet.
-
-    Found by a one-sample probe forward (hooks removed afterwards, also on error).
-
-    Raises:
-        ValueError: the model has no spatial feature map, or its last one is a patch embedding followed by tokens
-            (a ViT: Grad-CAM would explain the patch projection; use ``"gradient_rollout"`` or ``"rollout"``, or pass
-            ``layer=`` with a ``reshape_transform`` of your own).
-
-    Example::
-
-        >>> import torch, torchvision
-        >>> default_cam_layer(torchvision.models.resnet18(weights=None), torch.zeros(1, 3, 64, 64))
-        'layer4'
-    """
-    names = {id(module): name for name, module in model.named_modules() if name}
-    finished: list[tuple[str, int, bool]] = []  # (name, output rank, spatial) in completion order
-
-    def record(module: nn.Module, args: tuple, out: Any) -> None:
-        if isinstance(out, torch.Tensor) and out.is_floating_point():
-            finished.append((names[id(module)], out.dim(), out.dim() == 4 and out.shape[-2] * out.shape[-1] > 1))
-
-    blocks = [m.register_forward_hook for m in model.modules() if id(m) in names and not isinstance(m, _NOT_BLOCKS)]
-    _probe_forward(model, inputs, blocks, record)
-    last = max((i for i, (_, _, spatial) in enumerate(finished) if spatial), default=None)
-    if last is None:
-        raise ValueError(
-            "Expected the model to have a spatial (N, C, h, w) feature map for Grad-CAM; pass `layer=` explicitly."
-        )
-    if any(rank == 3 for _, rank, _ in finished[last + 1 :]):
-        raise ValueError(
-            f"The model's last spatial feature map ({finished[last][0]!r}) is followed by token sequences: it is a patch "
-            "embedding (a ViT), and Grad-CAM there explains the patch projection, not the model. Use "
-            "Explainer('gradient_rollout') or Explainer('rollout'), or pass `layer=` and a `reshape_transform` yourself."
-        )
-    return finished[last][0]
-
-
 def _code_digest(code: Any) -> str:
     """SHA-256 of a code object's bytecode, names and constants, nested functions' code included."""
     sha = hashlib.sha256(code.co_code + repr(code.co_names).encode())
@@ -528,8 +419,7 @@ class Explainer:
         _check_keywords(label, "init_kwargs", dict(init_kwargs or {}), [init_class.__init__], open_ended)
         _check_keywords(label, "attribute", attribute_kwargs, [c.attribute for c in attribute_classes], open_ended)
         _check_counts(attribute_kwargs)
-        if not isinstance(seed, numbers.Integral):
-            raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
+        check_seed(seed)
         self.method: str | type[captum_attr.Attribution] = method
         self.layer: str | None = layer
         self.init_kwargs: dict = dict(init_kwargs or {})
@@ -698,7 +588,7 @@ class Explainer:
     def _run(self, attribution: captum_attr.Attribution, x: torch.Tensor, target: Any, kwargs: dict) -> torch.Tensor:
         # Every method runs seeded inside fork_rng: a user-given Captum class may sample (Lime, KernelShap, ...)
         # and must neither read nor advance the global RNG.
-        call_seed = self.seed * 1_000_003 + self._calls
+        call_seed = derived_seed(self.seed, self._calls)
         self._calls += 1
         if self.method == "random":
             return attribution.attribute(x, target=target, generator=torch.Generator().manual_seed(call_seed))

@@ -22,7 +22,7 @@ from torch import nn
 from captum_ext import plots
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
-from captum_ext.evaluation._common import predict
+from captum_ext._model import predict
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.model_output import OutputFn
 from captum_ext.normalization import Normalization

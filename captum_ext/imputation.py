@@ -26,7 +26,7 @@ from typing import cast
 import torch
 from torch.nn import functional as F
 
-from captum_ext._checks import check_finite, check_int, check_real
+from captum_ext._checks import check_finite, check_real, check_seed
 from captum_ext._multigrid import solve_neighbour_average
 from captum_ext.normalization import Normalization, check_normalization
 
@@ -169,7 +169,7 @@ class NoiseImputer(Imputer):
     def __init__(self, mean: float = 0.0, std: float = 1.0, seed: int = 0):
         self.std = check_real("std", std, 0.0)
         self.mean = check_real("mean", mean)
-        self.seed = check_int("seed", seed, 0)
+        self.seed = check_seed(seed)
 
     def fill(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed)
@@ -225,8 +225,7 @@ class NoisyLinearImputer(Imputer):
         max_iter = 200 if max_iter is None else max_iter
         if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
             raise ValueError(f"Expected argument `max_iter` to be a positive int or None, but got {max_iter!r}.")
-        if not isinstance(seed, numbers.Integral):
-            raise ValueError(f"Expected argument `seed` to be an int, but got {seed!r}.")
+        check_seed(seed)
         values: torch.Tensor | None = None
         if mean is not None:
             values = torch.as_tensor(mean, dtype=torch.float32).flatten()

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ext import Explainer, maps
-from captum_ext.attr import AttentionRollout, GradientRollout, RawAttention
-from captum_ext.audit import CleverHansAudit
+from captum_ext.attr import AttentionRollout, GradientRollout, RandomAttribution, RawAttention
+from captum_ext.audit import CleverHansAudit, spray
 from captum_ext.batches import unpack_batch
 from captum_ext.callbacks import (
     AttributionMonitor,
@@ -30,6 +30,7 @@ from captum_ext.data import CleverHansDigits
 from captum_ext.evaluation import road
 from captum_ext.imputation import BlurImputer, ConstantImputer, MeanImputer, NoiseImputer, NoisyLinearImputer
 from captum_ext.metrics import AOPC, DeletionAUC, InsertionAUC, MapSimilarity, PointingGame, RelevanceMass
+from captum_ext.metrics.robustness import max_sensitivity
 from captum_ext.models import SmallCNN, TinyViT
 from captum_ext.normalization import Normalization
 from captum_ext.sanity import data_randomization_test, model_randomization_test
@@ -381,6 +382,16 @@ CASES = [
     ("batches", lambda: unpack_batch({"picture": X}), TypeError, r"pass `unpack=`"),
     ("batches", lambda: unpack_batch(X), TypeError, r"pass `unpack=`"),
     ("batches", lambda: unpack_batch((X, Y), unpack=lambda b: b[0]), TypeError, r"`unpack` to return"),
+    # -- one seed check everywhere (issue #17): not an int -> TypeError, negative -> ValueError -------------------
+    ("seed", lambda: road(CNN, LOADER, "saliency", seed="a"), TypeError, r"`seed` to be an int >= 0"),
+    ("seed", lambda: road(CNN, LOADER, "saliency", seed=-1), ValueError, r"`seed` to be an int >= 0"),
+    ("seed", lambda: Explainer("smoothgrad", seed=-3), ValueError, r"`seed` to be an int >= 0"),
+    ("seed", lambda: NoisyLinearImputer(seed=1.5), TypeError, r"`seed` to be an int >= 0"),
+    ("seed", lambda: max_sensitivity(CNN, "saliency", X, Y, seed=True), TypeError, r"`seed` to be an int >= 0"),
+    ("seed", lambda: spray(torch.rand(6, 8, 8), seed=-1), ValueError, r"`seed` to be an int >= 0"),
+    ("seed", lambda: RandomAttribution(CNN, seed="0"), TypeError, r"`seed` to be an int >= 0"),
+    ("seed", lambda: CleverHansDigits(seed=-1), ValueError, r"`seed` to be an int >= 0"),
+    ("seed", lambda: data_randomization_test(CNN, "saliency", X, seed=2.0), TypeError, r"`seed` to be an int >= 0"),
 ]
 
 

@@ -28,7 +28,13 @@ from torch.nn import functional as F
 
 import captum_ext.callbacks as callbacks_module
 from captum_ext import Explainer
-from captum_ext.callbacks import AttributionMonitor, EmbeddingProjector, RandomizationMonitor, ShortcutMonitor
+from captum_ext.callbacks import (
+    AttributionMonitor,
+    EmbeddingProjector,
+    FilterMonitor,
+    RandomizationMonitor,
+    ShortcutMonitor,
+)
 from captum_ext.callbacks.base import ExplanationCallback, preserved_rng
 from captum_ext.callbacks.probes import balanced_indices, shard_positions
 from captum_ext.callbacks.randomization import randomized_copy
@@ -171,7 +177,7 @@ def _all_callbacks(digits):
         "AttributionMonitor": lambda: AttributionMonitor(num_samples=16, metric_kwargs={"steps": 8}),
         "RandomizationMonitor": lambda: RandomizationMonitor("saliency", num_samples=8),
         "ShortcutMonitor": lambda: ShortcutMonitor("saliency", digits.region_mask, num_samples=40, on_detect="warn"),
-        "EmbeddingProjector": lambda: EmbeddingProjector(max_samples=40),
+        "EmbeddingProjector": lambda: EmbeddingProjector(num_samples=40),
     }
     classes = [getattr(callbacks_module, n) for n in callbacks_module.__all__]
     classes = [
@@ -396,7 +402,7 @@ def test_callbacks_leave_the_module_unchanged(digits, tmp_path):
         AttributionMonitor(num_samples=4, metric_kwargs={"steps": 4}),
         RandomizationMonitor("guided_backprop", num_samples=4),
         ShortcutMonitor("gradcam", digits.region_mask, num_samples=10),
-        EmbeddingProjector(max_samples=10),
+        EmbeddingProjector(num_samples=10),
     ]
     _fit(
         digits,
@@ -608,3 +614,19 @@ def test_attribution_monitor_logs_the_metrics_beyond_quantus(digits):
         TypeError, match=r"keys of `metric_kwargs` to be arguments of the metrics \['sparseness'\], but got 'runs'"
     ):
         AttributionMonitor(metrics=("sparseness",), metric_kwargs={"runs": 3})
+
+
+def test_shared_callback_arguments_are_keyword_only_and_max_samples_is_a_deprecated_num_samples():
+    """Issue #17: one name (`num_samples`) and one keyword-only order for the arguments every callback shares."""
+    import inspect
+
+    shared = ["num_samples", "every_n_epochs", "probe", "classes", "seed", "probe_scan", "output_fn", "unpack"]
+    for cls in (AttributionMonitor, RandomizationMonitor, ShortcutMonitor, EmbeddingProjector, FilterMonitor):
+        params = inspect.signature(cls.__init__).parameters
+        keyword_only = [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY]
+        assert [name for name in keyword_only if name in shared] == shared, cls.__name__
+        positional = [name for name, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD and name != "self"]
+        assert not set(positional) & set(shared), cls.__name__
+    with pytest.warns(FutureWarning, match="num_samples"):
+        old = EmbeddingProjector(max_samples=12)
+    assert old.num_samples == 12 == EmbeddingProjector(num_samples=12).num_samples

@@ -14,9 +14,9 @@ from torch.nn import functional as F
 
 from captum_ext import Explainer
 from captum_ext._context import eval_mode
+from captum_ext._model import capture_output
 from captum_ext.attr import RandomAttribution
 from captum_ext.explainer import METHODS, default_cam_layer, forward_order, last_conv_layer
-from captum_ext.features._capture import capture_output
 
 # CAM needs a global-average-pool + linear head, which SmallCNN (a 4x4 pool) has not: tested on ResNet-18 instead
 GRADIENT_METHODS = [m for m in METHODS if m not in ("rollout", "gradient_rollout", "cam")]

@@ -352,7 +352,7 @@ def _every_callback(region):
         AttributionMonitor(["saliency"], num_samples=8, metrics=("deletion_auc",), metric_kwargs={"steps": 4}),
         RandomizationMonitor("saliency", num_samples=8, similarity=("spearman_abs",)),
         ShortcutMonitor("saliency", region, num_samples=20),
-        EmbeddingProjector(max_samples=20),
+        EmbeddingProjector(num_samples=20),
         FilterMonitor(class_images_every_n_epochs=0),
     ]
 

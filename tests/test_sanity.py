@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from captum_ext import Explainer
+from captum_ext._seeds import derived_seed
 from captum_ext.models import SmallCNN, TinyViT
 from captum_ext.sanity import (
     data_randomization_test,
@@ -78,10 +79,10 @@ def test_linear_oracle_cascading_and_independent(mode, recompute_target, model_g
         recompute_target=recompute_target,
     )
     assert result.layers == ["2", "1"]  # top-down: logits layer first
-    # Reference: layer i (forward order) is drawn with seed * 1_000_003 + i by the documented initialiser.
+    # Reference: layer i (forward order) is drawn with derived_seed(seed, i) by the documented initialiser.
     lin1, lin2 = copy.deepcopy(model[1]), copy.deepcopy(model[2])
-    randomize_layer(lin1, seed * 1_000_003 + 0)
-    randomize_layer(lin2, seed * 1_000_003 + 1)
+    randomize_layer(lin1, derived_seed(seed, 0))
+    randomize_layer(lin2, derived_seed(seed, 1))
     w1, w2 = model[1].weight.detach().double(), model[2].weight.detach().double()
     r1, r2 = lin1.weight.detach().double(), lin2.weight.detach().double()
     b = {

@@ -18,6 +18,8 @@ import torch
 from captum.attr import LayerAttribution
 from torch import nn
 
+from captum_ext._checks import class_targets
+
 __all__ = ["CAM", "GradCAMPlusPlus"]
 
 
@@ -47,12 +49,12 @@ def _layer_output(forward_func: nn.Module, layer: nn.Module, inputs: torch.Tenso
     return captured[0], scores
 
 
-def _targets(target: Any, n: int, device: torch.device) -> torch.Tensor:
+def _targets(target: Any, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
     if target is None:
         raise ValueError(
             "Expected argument `target` (class indices); the Explainer passes the predicted class for None."
         )
-    return torch.as_tensor(target, device=device).reshape(-1).expand(n)  # one class for all, or one per image
+    return class_targets(target, n, num_classes, device)  # one class for all, or one per image
 
 
 class CAM(LayerAttribution):
@@ -108,7 +110,9 @@ class CAM(LayerAttribution):
                     "CAM needs the model's scores to be the classifier applied to the layer's global average pool, but "
                     "they differ here (another head, or the wrong `layer`). Use Grad-CAM for this model."
                 )
-            weights = classifier.weight[_targets(target, inputs.shape[0], inputs.device)]  # (N, K)
+            weights = classifier.weight[
+                _targets(target, inputs.shape[0], classifier.weight.shape[0], inputs.device)
+            ]  # (N, K)
             return torch.einsum("nk,nkhw->nhw", weights.to(activations.dtype), activations).unsqueeze(1)
 
 
@@ -128,7 +132,9 @@ class GradCAMPlusPlus(LayerAttribution):
         """(N, 1, h, w) non-negative maps for each image's target class."""
         with torch.enable_grad():
             activations, scores = _layer_output(self.forward_func, self.layer, inputs)
-            chosen = scores.gather(1, _targets(target, inputs.shape[0], scores.device).reshape(-1, 1)).sum()
+            chosen = scores.gather(
+                1, _targets(target, inputs.shape[0], scores.shape[1], scores.device).reshape(-1, 1)
+            ).sum()
             (grads,) = torch.autograd.grad(chosen, activations)
         activations, grads = activations.detach(), grads.detach()
         squared = grads.pow(2)

@@ -17,6 +17,8 @@ from captum.attr import Attribution
 from torch import nn
 from torch.nn import functional as F
 
+from captum_ext._checks import class_targets
+from captum_ext._model import forward_order, resolve_layer
 from captum_ext.model_output import LogitsModel
 
 __all__ = ["LayerwiseInputXGradient"]
@@ -51,7 +53,6 @@ class LayerwiseInputXGradient(Attribution):
         self.layers, self.skip_first = (list(layers) if layers is not None else None), skip_first
 
     def _modules(self, inputs: torch.Tensor) -> list[nn.Module]:
-        from captum_ext.explainer import forward_order, resolve_layer  # imported late: explainer imports this module
 
         model = self.forward_func.model if isinstance(self.forward_func, LogitsModel) else self.forward_func
         names = self.layers
@@ -78,7 +79,7 @@ class LayerwiseInputXGradient(Attribution):
         try:
             with torch.enable_grad():
                 scores = self.forward_func(inputs)
-                chosen = torch.as_tensor(target, device=scores.device).reshape(-1).expand(inputs.shape[0])
+                chosen = class_targets(target, inputs.shape[0], scores.shape[1], scores.device)
                 activations = [captured[i] for i in range(len(modules))]
                 grads = torch.autograd.grad(scores.gather(1, chosen.reshape(-1, 1)).sum(), activations)
         finally:

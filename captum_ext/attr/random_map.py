@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from captum.attr import Attribution
 
+from captum_ext._checks import check_seed
+
 __all__ = ["RandomAttribution"]
 
 
@@ -30,7 +32,7 @@ class RandomAttribution(Attribution):
 
     def __init__(self, forward_func: Any, seed: int = 0):
         super().__init__(forward_func)
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.generator = torch.Generator().manual_seed(check_seed(seed))
 
     @property
     def multiplies_by_inputs(self) -> bool:

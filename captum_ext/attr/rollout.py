@@ -37,7 +37,7 @@ from captum.attr import Attribution
 from torch import nn
 
 from captum_ext import maps
-from captum_ext._checks import class_targets
+from captum_ext._checks import Target, class_targets
 from captum_ext._context import gradients_enabled
 from captum_ext.attr.attention import capture_attention
 from captum_ext.model_output import logits
@@ -56,7 +56,6 @@ __all__ = [
 HeadFusion = Literal["mean", "max", "min"]
 _FUSIONS = ("mean", "max", "min")
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
-Target = int | Sequence[int] | torch.Tensor | None
 
 
 # -- functional core ---------------------------------------------------------------------------------------------

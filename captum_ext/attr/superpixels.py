@@ -14,6 +14,8 @@ import torch
 from captum.attr import Lime
 from skimage.segmentation import slic
 
+from captum_ext._checks import class_targets
+
 __all__ = ["superpixel_mask", "SuperpixelLime"]
 
 
@@ -100,11 +102,7 @@ class SuperpixelLime(Lime):
         masks = feature_mask if feature_mask is not None else superpixel_mask(inputs, n_segments, compactness)
         seed = int(torch.randint(2**62, ()))
         devices = [inputs.device] if inputs.device.type == "cuda" else []
-        targets = (
-            torch.as_tensor(target, device=inputs.device).reshape(-1).expand(inputs.shape[0])
-            if target is not None
-            else None
-        )
+        targets = class_targets(target, inputs.shape[0], None, inputs.device) if target is not None else None
         out = []
         for i in range(inputs.shape[0]):
             image = inputs[i : i + 1]

@@ -54,7 +54,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -62,11 +62,11 @@ from scipy import ndimage
 from scipy.stats import binomtest
 from torch import nn
 
-from captum_ext._checks import check_finite, check_int, check_real
+from captum_ext._checks import TargetSource, check_finite, check_int, check_real, check_target_source
 from captum_ext._context import eval_mode
+from captum_ext._model import model_device, predict
 from captum_ext.audit.report import AuditReport
 from captum_ext.batches import Unpack, check_unpack, unpack_batch
-from captum_ext.evaluation._common import model_device, predict
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import Imputer, MeanImputer
 from captum_ext.maps import normalize_sum
@@ -82,7 +82,6 @@ from captum_ext.model_output import OutputFn, check_output_fn
 __all__ = ["CleverHansAudit", "box_to_mask", "mask_to_box"]
 
 Box = tuple[int, int, int, int]
-Target = Literal["label", "prediction"]
 
 
 def _check_box(box: Any, size: tuple[int, int] | None = None) -> Box:
@@ -284,7 +283,7 @@ class CleverHansAudit:
         region: torch.Tensor | Sequence[int] | None = None,
         imputer: Imputer | None = None,
         classes: Sequence[int] | None = None,
-        target: Target = "label",
+        target: TargetSource = "label",
         ratio_threshold: float = 3.0,
         drop_threshold: float = 0.1,
         flip_threshold: float = 0.1,
@@ -326,9 +325,7 @@ class CleverHansAudit:
                 )
             classes = sorted({int(c) for c in classes})
         self.classes = classes
-        if target not in ("label", "prediction"):
-            raise ValueError(f"Expected argument `target` to be one of 'label', 'prediction', but got {target!r}.")
-        self.target = target
+        self.target = check_target_source(target)
         self.thresholds = {
             "ratio": _positive_real("ratio_threshold", ratio_threshold),
             "accuracy_drop": _positive_real("drop_threshold", drop_threshold, 1.0),

@@ -38,7 +38,7 @@ from sklearn.cluster import KMeans
 from sklearn.manifold import TSNE
 from torch.nn import functional as F
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_seed
 from captum_ext._io import write_json_atomic
 from captum_ext.maps import normalize_sum
 from captum_ext.metrics.localisation import positive_map
@@ -154,6 +154,7 @@ def spray(
         ValueError: fewer than 3 maps, a bad ``size``, ``n_neighbors`` not in [1, N - 1], ``n_clusters`` not in
             [1, N], ``max_clusters`` < 1.
     """
+    seed = check_seed(seed)
     positive = positive_map(maps).detach().cpu().double()
     n = positive.shape[0]
     if n < 3:

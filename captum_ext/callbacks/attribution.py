@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +20,7 @@ from torchmetrics import Metric
 
 from captum_ext import maps
 from captum_ext import metrics as _metrics
+from captum_ext._checks import TargetSource, check_target_source
 from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
@@ -27,7 +28,7 @@ from captum_ext.model_output import OutputFn
 from captum_ext.normalization import Normalization, check_normalization
 from captum_ext.plots import overlay_image
 
-__all__ = ["AttributionMonitor", "METRICS", "check_target"]
+__all__ = ["AttributionMonitor", "METRICS"]
 
 #: Metric names accepted by :class:`AttributionMonitor` and the torchmetrics classes they stand for.
 METRICS: dict[str, type[Metric]] = {
@@ -59,16 +60,6 @@ def build_metric(name: str, explainer: Explainer, options: Mapping[str, Any]) ->
     if "explainer" in accepted:
         kwargs["explainer"] = explainer
     return cls(**kwargs)
-
-
-Target = Literal["label", "prediction"]
-
-
-def check_target(target: Any) -> Target:
-    """Validate the ``target`` option: ``"label"`` or ``"prediction"``."""
-    if target not in ("label", "prediction"):
-        raise ValueError(f"Expected argument `target` to be one of 'label', 'prediction', but got {target!r}.")
-    return target
 
 
 class AttributionMonitor(ExplanationCallback):
@@ -123,20 +114,21 @@ class AttributionMonitor(ExplanationCallback):
     def __init__(
         self,
         explainers: Sequence[str | Explainer] = ("saliency", "integrated_gradients"),
-        num_samples: int = 16,
-        every_n_epochs: int = 1,
+        *,
         metrics: Sequence[str] = ("deletion_auc", "insertion_auc"),
         log_images: bool = True,
-        target: Target = "label",
+        target: TargetSource = "label",
         reduce: maps.Reduction = "sum_abs",
         metric_kwargs: Mapping[str, Any] | None = None,
+        normalization: Normalization | None = None,
+        num_samples: int = 16,
+        every_n_epochs: int = 1,
         probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
         classes: Sequence[int] | None = None,
         seed: int = 0,
         probe_scan: int = 4096,
         output_fn: OutputFn | None = None,
         unpack: Unpack | None = None,
-        normalization: Normalization | None = None,
     ):
         super().__init__(
             every_n_epochs=every_n_epochs,
@@ -178,7 +170,7 @@ class AttributionMonitor(ExplanationCallback):
             )
         self.metric_kwargs = {"steps": 8, **(metric_kwargs or {})}
         self.log_images = bool(log_images)
-        self.target = check_target(target)
+        self.target = check_target_source(target)
         self.reduce = reduce
         self.maps: dict[str, torch.Tensor] = {}
         self.normalization = check_normalization(normalization)

@@ -54,7 +54,7 @@ from torch.utils.data import Dataset, TensorDataset
 from torchmetrics import Metric
 from typing_extensions import override
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_seed
 from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext.batches import Unpack, check_unpack
 from captum_ext.callbacks.probes import ProbeSet, select_probe, shard_positions, shared_cache
@@ -144,8 +144,8 @@ class ExplanationCallback(*CALLBACK_BASES):  # type: ignore[misc]  # the bases a
     def __init__(
         self,
         *,
-        every_n_epochs: int = 1,
         num_samples: int = 16,
+        every_n_epochs: int = 1,
         probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
         classes: Sequence[int] | None = None,
         seed: int = 0,
@@ -157,7 +157,7 @@ class ExplanationCallback(*CALLBACK_BASES):  # type: ignore[misc]  # the bases a
         self.unpack = check_unpack(unpack)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.num_samples = check_int("num_samples", num_samples, 1)
-        self.seed = check_int("seed", seed, 0)
+        self.seed = check_seed(seed)
         self.probe_scan = check_int("probe_scan", probe_scan, 1)
         if classes is not None:
             if not isinstance(classes, Sequence) or not all(isinstance(c, numbers.Integral) for c in classes):

@@ -22,9 +22,9 @@ from typing_extensions import override
 
 from captum_ext import maps
 from captum_ext._checks import check_int, class_targets
+from captum_ext._model import resolve_layer
 from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback, forward_in_eval
-from captum_ext.explainer import resolve_layer
 from captum_ext.features import ActivationMaximization, feature_maps, first_layer_filters
 from captum_ext.features.filters import first_conv_name
 from captum_ext.model_output import OutputFn
@@ -90,12 +90,13 @@ class FilterMonitor(ExplanationCallback):
         self,
         filter_layer: str | None = None,
         feature_layers: Sequence[str] | None = None,
-        every_n_epochs: int = 1,
-        num_samples: int = 4,
+        *,
         class_images_every_n_epochs: int = 0,
         class_targets: Sequence[int] | None = None,
         activation_maximization: Mapping[str, Any] | None = None,
         scale: int = 8,
+        num_samples: int = 4,
+        every_n_epochs: int = 1,
         probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
         classes: Sequence[int] | None = None,
         seed: int = 0,

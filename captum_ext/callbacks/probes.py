@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
+from captum_ext._seeds import derived_seed
 from captum_ext.batches import Unpack, unpack_batch
 
 __all__ = ["ProbeSet", "ReadCache", "balanced_indices", "shard_positions", "shared_cache", "select_probe"]
@@ -175,7 +176,9 @@ def select_probe(
             candidates = torch.arange(len(dataset))
             labels = dataset.tensors[1].reshape(-1).long()
         else:
-            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(seed) + 1))
+            order = torch.randperm(
+                len(dataset), generator=torch.Generator().manual_seed(derived_seed(seed, "probe scan"))
+            )
             candidates = order[:scan]
             labels = torch.tensor([label(int(i)) for i in candidates], dtype=torch.long)
         chosen = candidates[balanced_indices(labels, num_samples, seed, classes)]

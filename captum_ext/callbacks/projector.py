@@ -7,6 +7,7 @@ components.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import cast
 
@@ -20,10 +21,9 @@ from torch.utils.data import Dataset
 from captum_ext import maps
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
+from captum_ext._model import capture_output, forward_order, resolve_layer
 from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback
-from captum_ext.explainer import forward_order, resolve_layer
-from captum_ext.features._capture import capture_output
 from captum_ext.model_output import OutputFn
 
 __all__ = ["EmbeddingProjector", "last_linear_layer", "capture_activations", "pca"]
@@ -75,7 +75,8 @@ class EmbeddingProjector(ExplanationCallback):
         layer: dotted name of the layer whose output is embedded. Default the *input* of the last ``nn.Linear`` in
             forward order (the penultimate features).
         every_n_epochs: Default 1.
-        max_samples: probe images, balanced over classes. Default 256.
+        num_samples: probe images, balanced over classes. Default 256. (``max_samples``, its name before, still
+            works, with a FutureWarning.)
         thumbnail_size: side of the projector's thumbnails (images are downsampled if larger). Default 32.
         probe, classes, seed, probe_scan, output_fn, unpack: see :class:`~captum_ext.callbacks.base.ExplanationCallback`.
 
@@ -90,7 +91,7 @@ class EmbeddingProjector(ExplanationCallback):
         >>> from captum_ext.models import ClassifierModule, SmallCNN
         >>> import tempfile
         >>> logger = TensorBoardLogger(tempfile.mkdtemp(), name="demo")
-        >>> trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, callbacks=[EmbeddingProjector(max_samples=20)],
+        >>> trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, callbacks=[EmbeddingProjector(num_samples=20)],
         ...                      logger=logger, enable_checkpointing=False, enable_progress_bar=False,
         ...                      enable_model_summary=False)
         >>> trainer.fit(ClassifierModule(SmallCNN()), datamodule=CleverHansDigits())
@@ -99,20 +100,28 @@ class EmbeddingProjector(ExplanationCallback):
     def __init__(
         self,
         layer: str | None = None,
-        every_n_epochs: int = 1,
-        max_samples: int = 256,
+        *,
         thumbnail_size: int = 32,
+        num_samples: int = 256,
+        every_n_epochs: int = 1,
         probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
         classes: Sequence[int] | None = None,
         seed: int = 0,
         probe_scan: int = 4096,
         output_fn: OutputFn | None = None,
         unpack: Unpack | None = None,
+        max_samples: int | None = None,
     ):
-        check_int("max_samples", max_samples, 1)  # named as the user named it, before the base checks num_samples
+        if max_samples is not None:  # the name before issue #17, when every callback's probe size became num_samples
+            warnings.warn(
+                "EmbeddingProjector(max_samples=...) is deprecated; pass num_samples=... (the same meaning).",
+                FutureWarning,
+                stacklevel=2,
+            )
+            num_samples = check_int("max_samples", max_samples, 1)
         super().__init__(
             every_n_epochs=every_n_epochs,
-            num_samples=max_samples,
+            num_samples=num_samples,
             probe=probe,
             classes=classes,
             seed=seed,

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from captum_ext._checks import check_int
+from captum_ext._checks import TargetSource, check_int, check_target_source
+from captum_ext._seeds import derived_seed
 from captum_ext.batches import Unpack
-from captum_ext.callbacks.attribution import Target, check_target
 from captum_ext.callbacks.base import ExplanationCallback, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics.similarity import MapSimilarity, SimilarityName, check_similarities
@@ -48,7 +48,7 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
         m for m in clone.modules() if id(m) not in inside_attention and any(True for _ in m.parameters(recurse=False))
     ]
     for index, module in enumerate(owners):
-        randomize_layer(module, seed=seed * 1_000_003 + index)
+        randomize_layer(module, seed=derived_seed(seed, index))
     return clone
 
 
@@ -96,13 +96,14 @@ class RandomizationMonitor(ExplanationCallback):
     def __init__(
         self,
         explainer: str | Explainer,
-        num_samples: int = 16,
-        every_n_epochs: int = 1,
+        *,
         similarity: Sequence[SimilarityName] = ("spearman_abs", "spearman", "ssim"),
         monitor: SimilarityName = "spearman_abs",
         threshold: float = 0.5,
         patience: int = 2,
-        target: Target = "label",
+        target: TargetSource = "label",
+        num_samples: int = 16,
+        every_n_epochs: int = 1,
         probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
         classes: Sequence[int] | None = None,
         seed: int = 0,
@@ -134,7 +135,7 @@ class RandomizationMonitor(ExplanationCallback):
         self.monitor: SimilarityName = monitor
         self.threshold: float = float(threshold)
         self.patience: int = int(patience)
-        self.target: Target = check_target(target)
+        self.target: TargetSource = check_target_source(target)
         self.similarities: dict[str, float] = {}
         self.failed: bool = False
         self._streak: int = 0

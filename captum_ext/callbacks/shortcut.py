@@ -20,9 +20,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from captum_ext import maps
-from captum_ext._checks import check_int, check_real
+from captum_ext._checks import TargetSource, check_int, check_real, check_target_source
 from captum_ext.batches import Unpack
-from captum_ext.callbacks.attribution import check_target
 from captum_ext.callbacks.base import ExplanationCallback, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics.localisation import RelevanceMass, check_region
@@ -77,14 +76,15 @@ class ShortcutMonitor(ExplanationCallback):
         self,
         explainer: str | Explainer,
         region: torch.Tensor,
-        classes: Sequence[int] | None = None,
+        *,
         threshold: float = 3.0,
         patience: int = 2,
         on_detect: Literal["warn", "stop"] = "warn",
+        target: TargetSource = "label",
         num_samples: int = 100,
         every_n_epochs: int = 1,
-        target: Literal["label", "prediction"] = "label",
         probe: Dataset | tuple[torch.Tensor, torch.Tensor] | None = None,
+        classes: Sequence[int] | None = None,
         seed: int = 0,
         probe_scan: int = 4096,
         output_fn: OutputFn | None = None,
@@ -110,7 +110,7 @@ class ShortcutMonitor(ExplanationCallback):
         self.threshold = float(threshold)
         self.patience = int(patience)
         self.on_detect = on_detect
-        self.target = check_target(target)
+        self.target = check_target_source(target)
         self.ratios: dict[int, float] = {}
         self.detected: dict[int, int] = {}
         self._streaks: dict[int, int] = {}

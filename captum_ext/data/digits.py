@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from captum_ext._checks import check_int, check_real
+from captum_ext._checks import check_int, check_real, check_seed
 
 __all__ = ["CleverHansDigits", "EpochShuffle"]
 
@@ -45,7 +45,7 @@ class EpochShuffle(Sampler[int]):
     """
 
     def __init__(self, size: int, seed: int = 0):
-        self.size, self.seed, self.epoch = check_int("size", size, 0), check_int("seed", seed, 0), 0
+        self.size, self.seed, self.epoch = check_int("size", size, 0), check_seed(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = check_int("epoch", epoch, 0)
@@ -162,7 +162,7 @@ class CleverHansDigits(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.batch_size = batch_size
-        self.seed = seed
+        self.seed = check_seed(seed)
         self._splits: _Splits | None = None
 
     def _tag_origin(self, location: str | tuple[int, int]) -> tuple[int, int]:

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from captum_ext import maps
 from captum_ext._io import atomic_path, owner_alive, write_json_atomic
+from captum_ext._model import model_device
 from captum_ext.batches import unpack_batch
-from captum_ext.evaluation._common import model_device
 from captum_ext.explainer import Explainer, canonical
 
 __all__ = [

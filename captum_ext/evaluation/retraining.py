@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from captum_ext import maps
 from captum_ext._io import owner
+from captum_ext._model import accuracy
 from captum_ext.batches import unpack_batch, with_images
 from captum_ext.data.digits import EpochShuffle
 from captum_ext.evaluation import cache, claims
-from captum_ext.evaluation._common import accuracy
 from captum_ext.evaluation.executors import resolve
 
 __all__ = ["RankedMaskDataset", "RunSampler", "PlannedRun"]

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from captum_ext import maps
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_seed
 from captum_ext._context import eval_mode
+from captum_ext._model import model_device, predict
 from captum_ext.batches import Unpack, check_unpack, unpack_batch
-from captum_ext.evaluation._common import check_fractions, model_device, predict
+from captum_ext.evaluation._common import check_fractions
 from captum_ext.evaluation.results import ROADResult
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import NoisyLinearImputer
@@ -99,6 +100,7 @@ def road(
         >>> sorted(result.accuracy)
         [0.2, 0.6]
     """
+    seed = check_seed(seed)
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
     fractions = check_fractions(fractions)

@@ -12,10 +12,7 @@ depend neither on order nor on where runs execute, and a rerun resumes.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import importlib
-import json
-import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +24,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_seed
+from captum_ext._model import accuracy
+from captum_ext._seeds import derived_seed
 from captum_ext.evaluation import cache, claims, retraining
-from captum_ext.evaluation._common import accuracy, check_fractions
+from captum_ext.evaluation._common import check_fractions
 from captum_ext.evaluation.results import ROARResult
 from captum_ext.evaluation.retraining import Job, PlannedRun, RankedMaskDataset
 from captum_ext.explainer import Explainer, as_explainer, canonical
@@ -50,12 +49,6 @@ _RESULTS_FORMAT = 4
 _RANKING_FORMAT = 2
 #: Seconds between two looks at the cache while every missing run is trained by workers elsewhere.
 _POLL_S = 2.0
-
-
-def _run_seed(seed: int, method: str, fraction: float, repeat: int) -> int:
-    """A seed that depends only on (seed, method, fraction, repeat), never on order or process."""
-    text = json.dumps([seed, method, repr(float(fraction)), repeat])
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
 
 
 class ROARPlan:
@@ -267,8 +260,7 @@ def _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model,
         )
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"Expected argument `model` to be an nn.Module or None, but got {type(model).__name__}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
+    check_seed(seed)
     return recipes
 
 
@@ -443,7 +435,7 @@ def roar_plan(
             recipe.name,
             f,
             r,
-            _run_seed(seed, recipe.name, f, r),
+            derived_seed(seed, recipe.name, repr(float(f)), r),
             rankings[recipe.name],
         )
         for recipe in recipes

@@ -1,39 +1,14 @@
-"""Capture one layer's output (or input) during a forward pass; the hook lives only inside the ``with`` block."""
+"""The input images of a dataloader batch, as the feature views read them."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from captum_ext.batches import IMAGE_KEYS
-from captum_ext.explainer import resolve_layer
 
-__all__ = ["capture_output", "batch_inputs"]
-
-
-@contextlib.contextmanager
-def capture_output(model: nn.Module, layer: str, use_input: bool = False) -> Iterator[list[torch.Tensor]]:
-    """Yield a list that receives ``layer``'s output (a tensor) at every forward, or its first input when
-    ``use_input``; the hook is removed on exit, also when the forward raises."""
-    module = resolve_layer(model, layer)
-    outputs: list[torch.Tensor] = []
-
-    def record(value: object, what: str) -> None:
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"Expected layer {layer!r} to {what} a tensor, but it {what}s {type(value).__name__}.")
-        outputs.append(value)
-
-    if use_input:
-        handle = module.register_forward_pre_hook(lambda mod, args: record(args[0] if args else None, "take"))
-    else:
-        handle = module.register_forward_hook(lambda mod, args, output: record(output, "output"))
-    try:
-        yield outputs
-    finally:
-        handle.remove()
+__all__ = ["batch_inputs"]
 
 
 def batch_inputs(batch: object, name: str = "dataloader") -> torch.Tensor:

@@ -16,9 +16,9 @@ from typing import Literal, overload
 import torch
 from torch import nn
 
-from captum_ext._checks import check_int, check_real
+from captum_ext._checks import check_int, check_real, check_seed
 from captum_ext._context import eval_mode, gradients_enabled
-from captum_ext.features._capture import capture_output
+from captum_ext._model import capture_output
 from captum_ext.imputation import gaussian_blur
 from captum_ext.model_output import OutputFn, check_output_fn
 from captum_ext.model_output import logits as read_logits
@@ -146,7 +146,7 @@ class ActivationMaximization:
         self.blur_every = check_int("blur_every", blur_every, 0)
         self.blur_sigma = check_real("blur_sigma", blur_sigma, 0.0)
         self.value_range = value_range
-        self.seed = check_int("seed", seed, 0)
+        self.seed = check_seed(seed)
         self.output_fn = check_output_fn(output_fn)
 
     def __repr__(self) -> str:

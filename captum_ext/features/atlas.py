@@ -26,9 +26,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_seed
 from captum_ext._context import eval_mode, gradients_enabled
-from captum_ext.features._capture import capture_output
+from captum_ext._model import capture_output
 from captum_ext.features.activation_maximization import ActivationMaximization
 from captum_ext.model_output import OutputFn, logits
 
@@ -86,6 +86,7 @@ class ActivationAtlas:
 def layout_2d(vectors: torch.Tensor, method: str = "tsne", seed: int = 0) -> torch.Tensor:
     """(N, 2) positions in [0, 1]^2 of (N, D) ``vectors``: t-SNE (scikit-learn) or UMAP (``umap-learn``), each axis
     min-max scaled."""
+    seed = check_seed(seed)
     data = vectors.detach().double().cpu().numpy()
     if method == "tsne":
         from sklearn.manifold import TSNE
@@ -160,6 +161,7 @@ def activation_atlas(
         method: ``"tsne"`` (default) or ``"umap"``. steps: feature-visualisation steps per cell. Default 128.
         seed: seeds the positions, the layout and the visualisations. Default 0.
     """
+    seed = check_seed(seed)
     check_int("grid", grid, 1)
     check_int("min_count", min_count, 1)
     if class_filter is not None:

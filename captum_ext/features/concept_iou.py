@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from captum_ext._context import eval_mode
 from captum_ext._io import write_json_atomic
-from captum_ext.features._capture import capture_output
+from captum_ext._model import capture_output
 
 __all__ = ["ConceptIoU", "concept_iou"]
 

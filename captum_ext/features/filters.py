@@ -15,8 +15,7 @@ from torchvision.utils import make_grid
 
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
-from captum_ext.explainer import resolve_layer
-from captum_ext.features._capture import capture_output
+from captum_ext._model import capture_output, resolve_layer
 from captum_ext.maps import normalize_minmax
 
 __all__ = ["first_layer_filters", "feature_maps", "first_conv_name"]

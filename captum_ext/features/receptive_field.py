@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_seed
 from captum_ext._context import eval_mode, gradients_enabled
-from captum_ext.features._capture import capture_output
+from captum_ext._model import capture_output
 
 __all__ = ["receptive_field"]
 
@@ -55,6 +55,7 @@ def receptive_field(
         >>> receptive_field(SmallCNN(), "features.conv2", (1, 32, 32), [(4, 4)]).tolist()   # 8 x 8 pixels
         [[5, 5, 13, 13]]
     """
+    seed = check_seed(seed)
     shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
     if len(shape) != 3 or not all(isinstance(s, numbers.Integral) and s > 0 for s in shape):
         raise ValueError(f"Expected argument `input_shape` to be (C, H, W) positive ints, but got {input_shape!r}.")

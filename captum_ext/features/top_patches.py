@@ -19,10 +19,11 @@ from matplotlib.figure import Figure
 from torch import nn
 from torchvision.utils import make_grid
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_seed
 from captum_ext._context import eval_mode
 from captum_ext._io import write_json_atomic
-from captum_ext.features._capture import batch_inputs, capture_output
+from captum_ext._model import capture_output
+from captum_ext.features._capture import batch_inputs
 from captum_ext.features.receptive_field import receptive_field
 from captum_ext.maps import normalize_minmax
 
@@ -161,6 +162,7 @@ def top_activating_patches(
         >>> result.patches.shape, result.receptive_field
         (torch.Size([4, 1, 8, 8]), (8, 8))
     """
+    seed = check_seed(seed)
     check_int("k", k, 1)
     if not isinstance(channel, numbers.Integral) or isinstance(channel, bool) or channel < 0:
         raise ValueError(f"Expected argument `channel` to be a non-negative integer, but got {channel!r}.")

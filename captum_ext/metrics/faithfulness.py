@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 
 import torch
@@ -34,7 +33,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from captum_ext import maps
-from captum_ext._checks import check_finite, check_int, class_targets
+from captum_ext._checks import check_finite, check_int, check_seed, class_targets
 from captum_ext._context import eval_mode
 from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer
 from captum_ext.model_output import OutputFn, check_output_fn, logits
@@ -198,8 +197,7 @@ class _PerturbationMetric(Metric):
         if not isinstance(apply_softmax, bool):
             raise TypeError(f"Expected argument `apply_softmax` to be a bool, but got {apply_softmax!r}.")
         maps.check_reduction(reduce)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
+        check_seed(seed)
         self.imputer: Imputer | None = imputer
         self.apply_softmax: bool = apply_softmax
         self.reduce: maps.Reduction = reduce

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from captum_ext._checks import check_finite, check_int, class_targets
+from captum_ext._checks import check_finite, check_int, check_seed, class_targets
 from captum_ext.attr.superpixels import superpixel_mask
 from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.metrics._scores import class_scores
@@ -93,6 +93,7 @@ def faithfulness_correlation(
     output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) Pearson correlation between subset attribution sums and logit drops over ``runs`` random subsets."""
+    seed = check_seed(seed)
     _check(inputs, attributions)
     check_int("runs", runs, 2)
     n = inputs.shape[0]
@@ -137,6 +138,7 @@ def monotonicity_correlation(
 ) -> torch.Tensor:
     """(N,) Spearman correlation between each group's ``sum |a|`` and the mean squared change of the class
     probability when that group alone is set to each of ``samples`` uniform values in [0, 1)."""
+    seed = check_seed(seed)
     _check(inputs, attributions)
     n = inputs.shape[0]
     features = inputs[0].numel()
@@ -232,6 +234,7 @@ class FaithfulnessCorrelation(MeanOverImages):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
+        seed = check_seed(seed)
         super().__init__(**kwargs)
         self.runs, self.subset_size = check_int("runs", runs, 2), check_int("subset_size", subset_size, 1)
         self.seed, self.batch_size, self.output_fn = seed, check_int("batch_size", batch_size, 1), output_fn
@@ -258,6 +261,7 @@ class MonotonicityCorrelation(MeanOverImages):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
+        seed = check_seed(seed)
         super().__init__(**kwargs)
         self.features_in_step, self.samples = (
             check_int("features_in_step", features_in_step, 1),

@@ -40,7 +40,6 @@ Example::
 
 from __future__ import annotations
 
-import numbers
 from typing import cast
 
 import numpy as np
@@ -48,7 +47,7 @@ import torch
 from torchmetrics import Metric
 
 from captum_ext import maps as _maps
-from captum_ext._checks import check_finite
+from captum_ext._checks import check_finite, check_seed
 from captum_ext.metrics._mean import MeanOverImages
 
 __all__ = [
@@ -174,12 +173,6 @@ def pointing_game(attributions: torch.Tensor, region: torch.Tensor, seed: int = 
     return (hit & (positive.flatten(1).amax(1) > 0)).to(positive.dtype)
 
 
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
-    return int(seed)
-
-
 class _RegionMetric(Metric):
     """Mean over images of a per-image localisation score against a fixed (H, W) region."""
 
@@ -256,7 +249,7 @@ class RelevanceRankAccuracy(_RegionMetric):
 
     def __init__(self, region: torch.Tensor, seed: int = 0, **kwargs) -> None:
         super().__init__(region, **kwargs)
-        self.seed = _check_seed(seed)
+        self.seed = check_seed(seed)
 
     def _score(self, attributions: torch.Tensor) -> torch.Tensor:
         return relevance_rank_accuracy(attributions, self.region, self.seed)
@@ -282,7 +275,7 @@ class PointingGame(_RegionMetric):
 
     def __init__(self, region: torch.Tensor, seed: int = 0, **kwargs) -> None:
         super().__init__(region, **kwargs)
-        self.seed = _check_seed(seed)
+        self.seed = check_seed(seed)
 
     def _score(self, attributions: torch.Tensor) -> torch.Tensor:
         return pointing_game(attributions, self.region, self.seed)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from captum_ext import maps
-from captum_ext._checks import check_finite, check_int, class_targets
+from captum_ext._checks import check_finite, check_int, check_seed, class_targets
 from captum_ext._context import eval_mode
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics._mean import MeanOverImages
@@ -41,6 +41,7 @@ def other_classes(target: torch.Tensor, num_classes: int, seed: int = 0) -> torc
         >>> bool((other_classes(torch.tensor([0, 1, 2]), 3) != torch.tensor([0, 1, 2])).all())
         True
     """
+    seed = check_seed(seed)
     check_int("num_classes", num_classes, 2)
     gen = torch.Generator().manual_seed(seed)
     shift = torch.randint(1, num_classes, (num_classes,), generator=gen).to(target.device)
@@ -68,6 +69,7 @@ def random_logit(
         seed: seeds the choice of the other classes. Default 0.
         reduce: channel reduction before SSIM (:func:`captum_ext.maps.reduce_channels`). Default ``"sum"``.
     """
+    seed = check_seed(seed)
     recipe = as_explainer(explainer)
     if num_classes is None:
         with torch.no_grad(), eval_mode(model):
@@ -101,6 +103,7 @@ class RandomLogit(MeanOverImages):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
+        seed = check_seed(seed)
         super().__init__(**kwargs)
         self.explainer = as_explainer(explainer)
         self.num_classes = check_int("num_classes", num_classes, 2) if num_classes is not None else None

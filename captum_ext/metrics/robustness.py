@@ -34,8 +34,9 @@ from typing import cast
 import torch
 from torch import nn
 
-from captum_ext._checks import check_finite, check_int, check_real, class_targets
+from captum_ext._checks import check_finite, check_int, check_real, check_seed, class_targets
 from captum_ext._context import eval_mode
+from captum_ext._model import resolve_layer
 from captum_ext.explainer import Explainer, as_explainer, images_per_pass
 from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.model_output import OutputFn, logits
@@ -134,6 +135,7 @@ def max_sensitivity(
 
     ``attributions`` are the maps of the unperturbed inputs (computed by ``explainer`` when None).
     """
+    seed = check_seed(seed)
     return _sensitivities(model, explainer, inputs, target, samples, radius, attributions, seed, output_fn).amax(0)
 
 
@@ -149,6 +151,7 @@ def avg_sensitivity(
     output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) mean relative map change over ``samples`` uniform perturbations of size ``radius`` (Yeh et al. 2019)."""
+    seed = check_seed(seed)
     return _sensitivities(model, explainer, inputs, target, samples, radius, attributions, seed, output_fn).mean(0)
 
 
@@ -171,6 +174,7 @@ def local_lipschitz_estimate(
 ) -> torch.Tensor:
     """(N,) ``max ||ê(x') - ê(x)|| / (||x' - x|| + 1e-10)`` over ``samples`` Gaussian perturbations of std ``std``,
     each map scaled by its own maximum absolute value (Alvarez-Melis & Jaakkola 2018)."""
+    seed = check_seed(seed)
     check_int("samples", samples, 1)
     std = check_real("std", std, 0.0)
     target, base = _prepare(model, explainer, inputs, target, attributions, output_fn)
@@ -201,6 +205,7 @@ class _RobustnessMetric(MeanOverImages):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
+        seed = check_seed(seed)
         super().__init__(**kwargs)
         self.explainer = as_explainer(explainer)
         self.samples = check_int("samples", samples, 1)
@@ -242,6 +247,7 @@ class LocalLipschitzEstimate(_RobustnessMetric):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
+        seed = check_seed(seed)
         super().__init__(explainer, samples, scale, seed, output_fn, **kwargs)
 
 
@@ -249,7 +255,6 @@ def _outputs(
     model: nn.Module, images: torch.Tensor, layer: str | None, output_fn: OutputFn | None, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, K) scores of ``images`` and, with ``layer``, that layer's flattened (B, D) output, ``chunk`` at a time."""
-    from captum_ext.explainer import resolve_layer
 
     scores, features = [], []
     hook = None
@@ -292,6 +297,7 @@ def relative_stability(
     ``radius`` that keep the predicted class, of ``||(e_x - e_x') / e_x|| / max(d, eps)`` with ``d`` the relative
     input change ``||(x - x') / x||``, the logit change ``||h(x) - h(x')||`` or the relative change of the layer's
     output; NaN when every perturbation changes the prediction. Lower is better."""
+    seed = check_seed(seed)
     if kind not in ("input", "output", "representation"):
         raise ValueError(
             f"Expected argument `kind` to be one of 'input', 'output', 'representation', but got {kind!r}."
@@ -344,6 +350,7 @@ class _RelativeStability(MeanOverImages):
         layer: str | None = None,
         **kwargs,
     ) -> None:
+        seed = check_seed(seed)
         super().__init__(**kwargs)
         self.explainer, self.layer = as_explainer(explainer), layer
         self.samples, self.scale = check_int("samples", samples, 1), check_real("scale", scale, 0.0)
@@ -390,6 +397,7 @@ class RelativeInputStability(_RelativeStability):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
+        seed = check_seed(seed)
         super().__init__(explainer, samples, scale, seed, output_fn, **kwargs)
 
 
@@ -414,6 +422,7 @@ class RelativeRepresentationStability(_RelativeStability):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
+        seed = check_seed(seed)
         if not isinstance(layer, str):
             raise TypeError(f"Expected argument `layer` to be a dotted module name, but got {layer!r}.")
         super().__init__(explainer, samples, scale, seed, output_fn, layer=layer, **kwargs)

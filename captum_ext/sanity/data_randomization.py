@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_int, check_seed
 from captum_ext._context import eval_mode
-from captum_ext.evaluation._common import accuracy, predict
+from captum_ext._model import accuracy, predict
+from captum_ext._seeds import derived_seed
 from captum_ext.explainer import Explainer, Target
 from captum_ext.metrics.similarity import SIMILARITIES, SimilarityName
 from captum_ext.model_output import OutputFn
@@ -119,6 +120,7 @@ def train_on_random_labels(
         >>> len(history)
         1
     """
+    seed = check_seed(seed)
     images, labels = _check_train_data(train_data)
     check_int("max_epochs", max_epochs, 1)
     if (
@@ -134,7 +136,7 @@ def train_on_random_labels(
     for param in random_model.parameters():
         param.grad = None
     for index, name in enumerate(parameter_layers(random_model, images)):
-        randomize_layer(random_model.get_submodule(name), seed * 1_000_003 + index, reset_running_stats=True)
+        randomize_layer(random_model.get_submodule(name), derived_seed(seed, index), reset_running_stats=True)
     num_classes = int(max(int(labels.max()) + 1, 2))
     loader = DataLoader(
         TensorDataset(images, permuted),
@@ -227,6 +229,7 @@ def data_randomization_test(
         >>> result.layers
         ['random labels']
     """
+    seed = check_seed(seed)
     metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps, output_fn)
     if (train_data is None) == (random_model is None):
         raise ValueError(

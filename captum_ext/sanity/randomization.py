@@ -35,10 +35,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from captum_ext._checks import check_finite
+from captum_ext._checks import check_finite, check_seed
 from captum_ext._context import eval_mode
-from captum_ext.evaluation._common import predict
-from captum_ext.explainer import Explainer, Target, as_explainer, forward_order
+from captum_ext._model import forward_order, predict
+from captum_ext._seeds import derived_seed
+from captum_ext.explainer import Explainer, Target, as_explainer
 from captum_ext.metrics.similarity import (
     SIMILARITIES,
     SimilarityName,
@@ -208,8 +209,7 @@ def _check_common(
     check_output_fn(output_fn)
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not -1 <= threshold <= 1:
         raise ValueError(f"Expected argument `threshold` to be a real number in [-1, 1], but got {threshold!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"Expected argument `seed` to be an int, but got {seed!r}.")
+    check_seed(seed)
     if isinstance(keep_maps, bool) or not isinstance(keep_maps, numbers.Integral) or keep_maps < 0:
         raise ValueError(f"Expected argument `keep_maps` to be a non-negative int, but got {keep_maps!r}.")
     return metrics, as_explainer(explainer)
@@ -376,7 +376,7 @@ def model_randomization_test(
         if mode == "independent":
             saved = [{k_: v.detach().clone() for k_, v in modules[i].state_dict().items()} for i in step.units]
         for i in step.units:
-            randomize_layer(modules[i], seed * 1_000_003 + i, reset_running_stats)
+            randomize_layer(modules[i], derived_seed(seed, i), reset_running_stats)
         step_target = fixed_target
         if recompute_target:
             with torch.no_grad(), eval_mode(work):
