@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -23,6 +24,7 @@ from captum_ext import plots
 from captum_ext._checks import check_int
 from captum_ext._context import eval_mode
 from captum_ext._model import predict
+from captum_ext._results import JSONResult
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.model_output import OutputFn
 from captum_ext.normalization import Normalization
@@ -31,7 +33,7 @@ __all__ = ["FailureModes", "failure_modes"]
 
 
 @dataclass
-class FailureModes:
+class FailureModes(JSONResult):
     """The misclassified images among those given, in their order (at most ``limit``).
 
     Attributes:
@@ -49,6 +51,17 @@ class FailureModes:
     true_maps: torch.Tensor
     predicted_maps: torch.Tensor
     explainer: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-able values (tensors as nested lists)."""
+        return {name: value if isinstance(value, str) else value.tolist() for name, value in vars(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FailureModes:
+        """The gallery :meth:`to_dict` described."""
+        longs = {k: torch.tensor(data[k], dtype=torch.long) for k in ("indices", "labels", "predictions")}
+        floats = {k: torch.tensor(data[k], dtype=torch.float32) for k in ("images", "true_maps", "predicted_maps")}
+        return cls(**longs, **floats, explainer=data["explainer"])
 
     def plot(self, normalization: Normalization | None = None) -> Figure:
         """A gallery: the images (titled "label / predicted"), then a row of maps for each class."""

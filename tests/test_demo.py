@@ -18,6 +18,8 @@ class _Outline(HTMLParser):
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         self.images += tag == "img" and attrs.get("src", "").startswith("data:image/png;base64,")
+        if tag == "a" and self._tag == "h2":  # a section title is a link to itself
+            return
         self._tag = ("verdict", attrs["class"]) if tag == "span" and "verdict" in attrs.get("class", "") else tag
 
     def handle_data(self, data):

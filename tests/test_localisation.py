@@ -208,7 +208,7 @@ def test_ddp_two_processes_sync_to_the_global_mean(batches):
 
 @pytest.mark.parametrize("metric_cls", [RelevanceRankAccuracy, PointingGame])
 def test_seed_must_be_an_int(metric_cls):
-    with pytest.raises(TypeError, match=r"Expected argument `seed` to be an int, but got 1.5"):
+    with pytest.raises(TypeError, match=r"Expected argument `seed` to be an int >= 0, but got 1.5"):
         metric_cls(REGION, seed=1.5)
 
 

@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from captum_ext._io import write_json_atomic
+from captum_ext._results import JSONResult
 from captum_ext.report import Report
 
 __all__ = ["AuditReport"]
@@ -64,7 +63,7 @@ def _plain(value: Any) -> Any:
 
 
 @dataclass
-class AuditReport:
+class AuditReport(JSONResult):
     """What a Clever Hans audit found, per class, and which classes it flags.
 
     Attributes:
@@ -129,9 +128,26 @@ class AuditReport:
             }
         )
 
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` to ``path`` atomically (a temporary file renamed into place)."""
-        write_json_atomic(self.to_dict(), path, allow_nan=False)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditReport:
+        """The report :meth:`to_dict` described: class keys back to ints, maps and region back to tensors (a number
+        that was not finite stays None)."""
+
+        def maps(value: dict[str, Any] | None) -> dict[int, torch.Tensor] | None:
+            return None if value is None else {int(c): torch.tensor(m, dtype=torch.float32) for c, m in value.items()}
+
+        return cls(
+            explainer=data["explainer"],
+            region=None if data["region"] is None else torch.tensor(data["region"], dtype=torch.bool),
+            classes={int(c): entry for c, entry in data["classes"].items()},
+            class_maps=maps(data["class_maps"]) or {},
+            flagged=[int(c) for c in data["flagged"]],
+            thresholds=data["thresholds"],
+            target=data["target"],
+            imputer=data["imputer"],
+            n_images=int(data["n_images"]),
+            control_class_maps=maps(data["control_class_maps"]),
+        )
 
     # -- display ----------------------------------------------------------------------------------------------
     def _rows(self) -> list[list[str]]:

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from sklearn.manifold import TSNE
 from torch.nn import functional as F
 
 from captum_ext._checks import check_int, check_seed
-from captum_ext._io import write_json_atomic
+from captum_ext._results import JSONResult
 from captum_ext.maps import normalize_sum
 from captum_ext.metrics.localisation import positive_map
 
@@ -47,7 +47,7 @@ __all__ = ["spray", "SprayResult"]
 
 
 @dataclass
-class SprayResult:
+class SprayResult(JSONResult):
     """Clusters of heatmaps found by SpRAy.
 
     Attributes:
@@ -85,9 +85,20 @@ class SprayResult:
             "size": list(self.size),
         }
 
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` to ``path`` atomically."""
-        write_json_atomic(self.to_dict(), path, allow_nan=False)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SprayResult:
+        """The result :meth:`to_dict` described."""
+        return cls(
+            labels=torch.tensor(data["labels"], dtype=torch.long),
+            n_clusters=int(data["n_clusters"]),
+            eigenvalues=torch.tensor(data["eigenvalues"], dtype=torch.float32),
+            eigengap=math.nan if data["eigengap"] is None else float(data["eigengap"]),
+            cluster_maps=torch.tensor(data["cluster_maps"], dtype=torch.float32),
+            cluster_sizes=[int(n) for n in data["cluster_sizes"]],
+            embedding=None if data["embedding"] is None else torch.tensor(data["embedding"], dtype=torch.float32),
+            n_neighbors=int(data["n_neighbors"]),
+            size=(int(data["size"][0]), int(data["size"][1])),
+        )
 
     def __repr__(self) -> str:
         gaps = ", ".join(f"{v:.3f}" for v in self.eigenvalues.tolist()[:8])

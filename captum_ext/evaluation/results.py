@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from captum_ext._checks import check_real
-from captum_ext._io import write_json_atomic
+from captum_ext._results import JSONResult
 
 __all__ = ["ROARResult", "ROADResult", "road_agreement", "road_figure"]
 
@@ -26,7 +23,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 @dataclass
-class ROARResult:
+class ROARResult(JSONResult):
     """Test accuracy after removing (ROAR) or keeping (KAR) each method's top-ranked pixels and retraining.
 
     Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural Networks", NeurIPS 2019.
@@ -92,15 +89,6 @@ class ROARResult:
         accuracy = {m: {float(f): [float(a) for a in v] for f, v in per.items()} for m, per in data["accuracy"].items()}
         return cls(accuracy, float(data["baseline_accuracy"]), keep=bool(data["keep"]))
 
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` to ``path`` atomically."""
-        write_json_atomic(self.to_dict(), path, indent=1)
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> ROARResult:
-        """Read a file written by :meth:`to_json`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
     def plot(self) -> Figure:
         """Mean test accuracy vs. fraction per method with ±1 std error bars, and the unmodified baseline."""
         fig = Figure(figsize=(6.0, 4.0))
@@ -142,7 +130,7 @@ class ROARResult:
 
 
 @dataclass
-class ROADResult:
+class ROADResult(JSONResult):
     """Accuracy after removing (MoRF) or keeping (LeRF) pixels by rank with noisy linear imputation, no retraining.
 
     Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML 2022.
@@ -196,15 +184,6 @@ class ROADResult:
             {float(f): float(a) for f, a in data["random_accuracy"].items()},
             float(data["baseline_accuracy"]),
         )
-
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` to ``path`` atomically."""
-        write_json_atomic(self.to_dict(), path, indent=1)
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> ROADResult:
-        """Read a file written by :meth:`to_json`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def plot(self) -> Figure:
         """Accuracy vs. fraction removed for the explainer and the random ranking, with the unmodified baseline."""

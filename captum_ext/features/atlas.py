@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from torch import nn
 from captum_ext._checks import check_int, check_seed
 from captum_ext._context import eval_mode, gradients_enabled
 from captum_ext._model import capture_output
+from captum_ext._results import JSONResult
 from captum_ext.features.activation_maximization import ActivationMaximization
 from captum_ext.model_output import OutputFn, logits
 
@@ -36,7 +38,7 @@ __all__ = ["ActivationAtlas", "activation_atlas", "layout_2d"]
 
 
 @dataclass
-class ActivationAtlas:
+class ActivationAtlas(JSONResult):
     """An activation atlas of ``layer``.
 
     Attributes:
@@ -60,6 +62,30 @@ class ActivationAtlas:
     attribution: torch.Tensor
     images: torch.Tensor
     labels: torch.Tensor | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-able values (tensors as nested lists)."""
+        return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ActivationAtlas:
+        """The atlas :meth:`to_dict` described."""
+
+        def tensor(key: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(data[key], dtype=dtype)
+
+        return cls(
+            layer=data["layer"],
+            grid=int(data["grid"]),
+            positions=tensor("positions", torch.float32),
+            member_cell=tensor("member_cell", torch.long),
+            cells=tensor("cells", torch.long),
+            counts=tensor("counts", torch.long),
+            directions=tensor("directions", torch.float32),
+            attribution=tensor("attribution", torch.float32),
+            images=tensor("images", torch.float32),
+            labels=None if data.get("labels") is None else tensor("labels", torch.long),
+        )
 
     def top_classes(self) -> torch.Tensor:
         """(K,) the class each cell supports most."""

@@ -15,9 +15,9 @@ more than ``1 - quantile`` of all positions (threshold 0) from covering the whol
 from __future__ import annotations
 
 import numbers
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -25,14 +25,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from captum_ext._context import eval_mode
-from captum_ext._io import write_json_atomic
 from captum_ext._model import capture_output
+from captum_ext._results import JSONResult
 
 __all__ = ["ConceptIoU", "concept_iou"]
 
 
 @dataclass
-class ConceptIoU:
+class ConceptIoU(JSONResult):
     """Network Dissection scores of every unit of one layer against every concept.
 
     Attributes:
@@ -66,9 +66,18 @@ class ConceptIoU:
             "detectors": {str(u): [c, v] for u, (c, v) in self.detectors.items()},
         }
 
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` to ``path`` atomically (a temporary file renamed into place)."""
-        write_json_atomic(self.to_dict(), path)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConceptIoU:
+        """The result :meth:`to_dict` described (detector keys back to ints)."""
+        return cls(
+            layer=data["layer"],
+            concepts=list(data["concepts"]),
+            iou=torch.tensor(data["iou"], dtype=torch.float32),
+            thresholds=torch.tensor(data["thresholds"], dtype=torch.float32),
+            quantile=float(data["quantile"]),
+            iou_threshold=float(data["iou_threshold"]),
+            detectors={int(u): (c, float(v)) for u, (c, v) in data["detectors"].items()},
+        )
 
     def plot(self) -> Figure:
         """A matplotlib Figure: the IoU matrix, units by concepts, detectors marked."""

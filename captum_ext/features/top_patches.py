@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -21,8 +21,8 @@ from torchvision.utils import make_grid
 
 from captum_ext._checks import check_int, check_seed
 from captum_ext._context import eval_mode
-from captum_ext._io import write_json_atomic
 from captum_ext._model import capture_output
+from captum_ext._results import JSONResult
 from captum_ext.features._capture import batch_inputs
 from captum_ext.features.receptive_field import receptive_field
 from captum_ext.maps import normalize_minmax
@@ -31,7 +31,7 @@ __all__ = ["TopPatches", "top_activating_patches"]
 
 
 @dataclass
-class TopPatches:
+class TopPatches(JSONResult):
     """The k input patches that excite one channel most, strongest first.
 
     Attributes:
@@ -71,9 +71,20 @@ class TopPatches:
             "pad_value": self.pad_value,
         }
 
-    def to_json(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` to ``path`` atomically (a temporary file renamed into place)."""
-        write_json_atomic(self.to_dict(), path)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TopPatches:
+        """The result :meth:`to_dict` described."""
+        return cls(
+            layer=data["layer"],
+            channel=int(data["channel"]),
+            activations=torch.tensor(data["activations"], dtype=torch.float32),
+            indices=torch.tensor(data["indices"], dtype=torch.long),
+            units=torch.tensor(data["units"], dtype=torch.long),
+            boxes=torch.tensor(data["boxes"], dtype=torch.long),
+            patches=torch.tensor(data["patches"], dtype=torch.float32),
+            receptive_field=(int(data["receptive_field"][0]), int(data["receptive_field"][1])),
+            pad_value=float(data["pad_value"]),
+        )
 
     def grid(self, nrow: int | None = None, scale: int = 4) -> torch.Tensor:
         """The patches as one image grid (3, H, W), each patch min-max scaled and upsampled by ``scale``."""

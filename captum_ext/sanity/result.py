@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from matplotlib.figure import Figure
 
 from captum_ext import maps as map_utils
-from captum_ext._io import write_json_atomic
+from captum_ext._results import JSONResult
 
 __all__ = ["SanityResult"]
 
 
 @dataclass
-class SanityResult:
+class SanityResult(JSONResult):
     """Similarity between the original maps and the maps after each randomisation step, with the verdicts.
 
     Attributes:
@@ -75,9 +73,28 @@ class SanityResult:
         out["images"] = None if self.images is None else self.images.tolist()
         return out
 
-    def to_json(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_dict` to ``path`` atomically (a temporary file renamed into place); return the path."""
-        return write_json_atomic(self.to_dict(), path, indent=1)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SanityResult:
+        """The result :meth:`to_dict` described (maps and images back as float tensors)."""
+
+        def tensor(key: str) -> torch.Tensor | None:
+            return None if data.get(key) is None else torch.tensor(data[key], dtype=torch.float32)
+
+        return cls(
+            test=data["test"],
+            mode=data["mode"],
+            explainer=data["explainer"],
+            layers=list(data["layers"]),
+            similarity=data["similarity"],
+            similarity_std=data["similarity_std"],
+            noise_floor=data["noise_floor"],
+            threshold=float(data["threshold"]),
+            passed=bool(data["passed"]),
+            reproducible=bool(data["reproducible"]),
+            train_accuracy=data["train_accuracy"],
+            maps=tensor("maps"),
+            images=tensor("images"),
+        )
 
     def plot(self, kind: Literal["curve", "maps"] = "curve") -> Figure:
         """The curve (similarity vs. randomisation step, one line per metric, as in Adebayo's Fig. 2) or the map
