@@ -149,17 +149,17 @@ def _run_demo(out: str | os.PathLike, seed: int, fast: bool, progress: bool) -> 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     epochs = 4 if fast else 10
+    data = CleverHansDigits(seed=seed)
     demo = _Demo(
-        out,
-        seed,
-        fast,
-        progress,
-        CleverHansDigits(seed=seed),
-        Report("captum-ext demo: can these explanations be trusted?"),
-        {"seed": seed, "fast": fast, "epochs": epochs},
-        epochs,
+        out=out,
+        seed=seed,
+        fast=fast,
+        progress=progress,
+        data=data,
+        report=Report("captum-ext demo: can these explanations be trusted?"),
+        summary={"seed": seed, "fast": fast, "epochs": epochs, "shortcut_class": data.shortcut_class},
+        epochs=epochs,
     )
-    demo.summary["shortcut_class"] = demo.data.shortcut_class
     for i, (name, stage) in enumerate(STAGES, start=1):
         print(f"[captum-ext demo] {i}/{len(STAGES)} {name} ...", flush=True)
         start = time.perf_counter()

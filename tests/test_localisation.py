@@ -215,21 +215,22 @@ def test_seed_must_be_an_int(metric_cls):
 def test_the_box_surrounds_the_largest_component_above_fifteen_percent_of_the_peak():
     """Selvaraju et al. 2017 (after Zhou et al. 2016): binarise at 15% of the maximum, keep the largest connected
     segment, take its bounding box."""
-    from captum_ext.metrics.localisation import largest_component_box
+    from captum_ext.boxes import largest_component_box
 
     heat = torch.full((2, 12, 12), 0.1)  # below 15% of the peak: background
     heat[:, 1:3, 1:4] = 1.0  # the peak: 6 pixels
     heat[0, 6:10, 5:9] = 0.2  # 16 pixels at 20% of the peak: the largest component
     heat[1, 6:10, 5:9] = 0.14  # the same at 14%: below the threshold
     heat[:, 10, 9] = 0.5  # touches the 16-pixel block at a corner only: 8-connected, so part of it
-    assert largest_component_box(heat).tolist() == [[6, 5, 11, 10], [1, 1, 3, 4]]
-    assert largest_component_box(heat, threshold=0.6).tolist() == [[1, 1, 3, 4], [1, 1, 3, 4]]
+    assert largest_component_box(heat).tolist() == [[5, 6, 10, 11], [1, 1, 4, 3]]  # (x0, y0, x1, y1)
+    assert largest_component_box(heat, threshold=0.6).tolist() == [[1, 1, 4, 3], [1, 1, 4, 3]]
     assert largest_component_box(-heat).tolist() == [[0, 0, 0, 0], [0, 0, 0, 0]]  # no positive relevance: empty
 
 
 def test_box_iou_and_the_top1_localisation_error_against_hand_counts():
+    from captum_ext.boxes import box_iou
     from captum_ext.metrics import LocalisationError
-    from captum_ext.metrics.localisation import box_iou, localisation_error
+    from captum_ext.metrics.localisation import localisation_error
 
     a = torch.tensor([[0, 0, 4, 4], [0, 0, 2, 2], [0, 0, 0, 0]])
     b = torch.tensor([[2, 2, 6, 6], [0, 0, 2, 2], [0, 0, 0, 0]])
@@ -237,12 +238,12 @@ def test_box_iou_and_the_top1_localisation_error_against_hand_counts():
 
     heat = torch.zeros(4, 16, 16)
     heat[:, 4:10, 4:10] = 1.0  # every map's box: (4, 4, 10, 10), 36 pixels
-    objects = torch.tensor([[4, 4, 10, 10], [4, 4, 10, 11], [4, 4, 16, 16], [4, 4, 10, 10]])  # IoU 1, 36/42, 36/144, 1
+    objects = torch.tensor([[4, 4, 10, 10], [4, 4, 11, 10], [4, 4, 16, 16], [4, 4, 10, 10]])  # IoU 1, 36/42, 36/144, 1
     predictions, labels = torch.tensor([1, 2, 3, 0]), torch.tensor([1, 2, 3, 5])  # the last is misclassified
     assert localisation_error(heat, objects, predictions, labels).tolist() == [0.0, 0.0, 1.0, 1.0]
     masks = torch.zeros(4, 16, 16, dtype=torch.bool)
-    for mask, (top, left, bottom, right) in zip(masks, objects.tolist()):
-        mask[top:bottom, left:right] = True
+    for mask, (x0, y0, x1, y1) in zip(masks, objects.tolist()):
+        mask[y0:y1, x0:x1] = True
     metric = LocalisationError()
     metric.update(heat[:2], masks[:2], predictions[:2], labels[:2])  # object masks give their bounding boxes
     metric.update(heat[2:], objects[2:], predictions[2:], labels[2:])

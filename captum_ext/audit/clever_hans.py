@@ -67,6 +67,7 @@ from captum_ext._context import eval_mode
 from captum_ext._model import model_device, predict
 from captum_ext.audit.report import AuditReport
 from captum_ext.batches import Unpack, check_unpack, unpack_batch
+from captum_ext.boxes import box_to_mask, check_box, mask_to_box
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import Imputer, MeanImputer
 from captum_ext.maps import normalize_sum
@@ -79,47 +80,7 @@ from captum_ext.metrics.localisation import (
 )
 from captum_ext.model_output import OutputFn, check_output_fn
 
-__all__ = ["CleverHansAudit", "box_to_mask", "mask_to_box"]
-
-Box = tuple[int, int, int, int]
-
-
-def _check_box(box: Any, size: tuple[int, int] | None = None) -> Box:
-    """Validate a half-open ``(x0, y0, x1, y1)`` box of ints, inside ``size`` = (H, W) when given."""
-    ok = (
-        isinstance(box, (tuple, list))
-        and len(box) == 4
-        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in box)
-    )
-    if ok:
-        x0, y0, x1, y1 = (int(v) for v in box)
-        h, w = size if size is not None else (y1, x1)
-        ok = 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
-    if not ok:
-        bounds = f"0 <= x0 < x1 <= {size[1]} and 0 <= y0 < y1 <= {size[0]}" if size else "0 <= x0 < x1 and 0 <= y0 < y1"
-        raise ValueError(
-            f"Expected argument `region` to be an (H, W) bool mask or a non-empty half-open (x0, y0, x1, y1) box "
-            f"of ints with {bounds}, but got {box!r}."
-        )
-    return x0, y0, x1, y1
-
-
-def box_to_mask(box: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
-    """(H, W) bool mask of a half-open ``(x0, y0, x1, y1)`` box (torchvision's order).
-
-    Raises:
-        ValueError: not four ints with ``0 <= x0 < x1 <= W`` and ``0 <= y0 < y1 <= H``.
-    """
-    x0, y0, x1, y1 = _check_box(box, size)
-    mask = torch.zeros(*size, dtype=torch.bool)
-    mask[y0:y1, x0:x1] = True
-    return mask
-
-
-def mask_to_box(mask: torch.Tensor) -> Box:
-    """The half-open ``(x0, y0, x1, y1)`` bounding box of a non-empty (H, W) bool mask."""
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+__all__ = ["CleverHansAudit", "box_to_mask", "mask_to_box"]  # the box helpers live in captum_ext.boxes
 
 
 def _positive_real(name: str, value: Any, upper: float | None = None) -> float:
@@ -225,6 +186,28 @@ def agreement(attribution: bool, intervention: bool) -> str:
     return "attribution only: the maps point at the region but removing or pasting it changes little"
 
 
+def evidence_verdicts(entry: dict[str, Any], thresholds: dict[str, float], discovered: bool) -> dict[str, bool | None]:
+    """Each criterion's verdict for one class's ``entry``: ``"attribution"`` (ratio at least ``ratio``),
+    ``"counterfactual"`` (:func:`counterfactual_evidence`), ``"control"`` (ratio at least ``control_factor`` times
+    the control's; None without a control) and ``"candidate"`` (a discovered region that is small, consistent and
+    specific; None for a given region). :func:`flag_rule` decides from them."""
+    t = thresholds
+    return {
+        "attribution": entry["ratio"] >= t["ratio"],
+        "counterfactual": counterfactual_evidence(entry, t),
+        "control": None
+        if entry["control_ratio"] is None
+        else entry["ratio"] >= t["control_factor"] * entry["control_ratio"],
+        "candidate": bool(
+            entry["area"] <= t["max_area"]
+            and entry["consistency"] >= t["consistency"]
+            and entry["specificity"] >= t["specificity"]
+        )
+        if discovered
+        else None,
+    }
+
+
 def flag_rule(evidence: dict[str, bool | None]) -> bool:
     """A class is flagged when the intervention shows it relies on the region (the causal test; the attribution
     ratio is reported beside it, see :func:`agreement`), the control model (when given) puts clearly less
@@ -308,7 +291,7 @@ class CleverHansAudit:
             check_region(region)
             region = region.detach().cpu().clone()
         elif region is not None:
-            region = _check_box(region)  # the size is checked against the images in run()
+            region = check_box(region)  # the size is checked against the images in run()
         self.region = region
         if imputer is not None and not callable(imputer):
             raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {type(imputer).__name__}.")
@@ -458,6 +441,56 @@ class CleverHansAudit:
         }
 
     # -- entry point ----------------------------------------------------------------------------------------
+    def _given_region(self, size: tuple[int, int]) -> torch.Tensor | None:
+        """The given region as an (H, W) bool mask fitted to the images, or None in discovery mode."""
+        if isinstance(self.region, torch.Tensor):
+            return check_region(self.region, size)
+        return None if self.region is None else box_to_mask(self.region, size)
+
+    def _audited_classes(self, grouping: torch.Tensor) -> list[int]:
+        """The classes to audit: those asked for (each must have images), else every class present."""
+        present = sorted(set(grouping.tolist()))
+        classes = present if self.classes is None else self.classes
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise ValueError(
+                f"Expected every class in argument `classes` to have images in the data (grouped by {self.target}), "
+                f"but got no images for {missing}; the data has {present}."
+            )
+        return classes
+
+    def _class_entry(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        pred: torch.Tensor,
+        cls: int,
+        group: torch.Tensor,
+        region: torch.Tensor,
+        discovered: bool,
+        normalised: torch.Tensor,
+        control_maps: torch.Tensor | None,
+        imputer: Imputer,
+    ) -> dict[str, Any]:
+        """One class's row of the report: attribution evidence, counterfactuals, the control's ratio, the evidence
+        verdicts and the flag."""
+        entry: dict[str, Any] = {"region": mask_to_box(region) if discovered and region.any() else None}
+        if not region.any():  # discovery found nothing: an all-zero class-mean map
+            return {**entry, "n_images": int(group.sum()), "flagged": False}
+        entry.update(self._attribution_evidence(normalised, group, region))
+        members = torch.nonzero(group & (y == cls))[:, 0]
+        pool = members if len(members) else torch.nonzero(group)[:, 0]
+        source = int(pool[relevance_mass(normalised[pool], region).argmax()])
+        entry.update(self._counterfactuals(model, x, y, pred, cls, region, source, imputer))
+        entry["control_ratio"] = None
+        if control_maps is not None:
+            entry["control_ratio"] = float(relevance_mass(control_maps[group], region).mean()) / entry["area"]
+        entry["evidence"] = evidence_verdicts(entry, self.thresholds, discovered)
+        entry["agreement"] = agreement(entry["evidence"]["attribution"], entry["evidence"]["counterfactual"])
+        entry["flagged"] = flag_rule(entry["evidence"])
+        return entry
+
     def run(self, model: nn.Module, data: Any, control: nn.Module | None = None) -> AuditReport:
         """Audit ``model`` on ``data``; optionally compare each class's ratio with a ``control`` model's.
 
@@ -480,77 +513,33 @@ class CleverHansAudit:
             if value is not None and not isinstance(value, nn.Module):
                 raise TypeError(f"Expected argument `{name}` to be an nn.Module, but got {type(value).__name__}.")
         x, y = _collect(data, self.max_images, self.unpack)
-        size = cast("tuple[int, int]", tuple(x.shape[-2:]))  # (N, C, H, W) images
-        given = None
-        if isinstance(self.region, torch.Tensor):
-            given = check_region(self.region, size)
-        elif self.region is not None:
-            given = box_to_mask(self.region, size)
+        given = self._given_region(cast("tuple[int, int]", tuple(x.shape[-2:])))  # (N, C, H, W) images
         pred = self._predict(model, x)
         grouping = y if self.target == "label" else pred
-        present = sorted(set(grouping.tolist()))
-        classes = present if self.classes is None else self.classes
-        missing = [c for c in classes if c not in present]
-        if missing:
-            raise ValueError(
-                f"Expected every class in argument `classes` to have images in the data (grouped by {self.target}), "
-                f"but got no images for {missing}; the data has {present}."
-            )
+        classes = self._audited_classes(grouping)
         imputer = self.imputer if self.imputer is not None else MeanImputer(x.mean(dim=(0, 2, 3)))
         normalised = self._maps(model, x, grouping)
         control_maps = self._maps(control, x, grouping) if control is not None else None
-
         results: dict[int, dict[str, Any]] = {}
         class_maps: dict[int, torch.Tensor] = {}
         control_class_maps: dict[int, torch.Tensor] = {}
-        flagged: list[int] = []
-        t = self.thresholds
         for cls in classes:
             group = grouping == cls
             class_maps[cls] = normalised[group].mean(0).float()
             region = given if given is not None else self._candidate(class_maps[cls].double())
-            entry: dict[str, Any] = {
-                "region": None if given is not None else mask_to_box(region) if region.any() else None
-            }
-            if not region.any():  # discovery found nothing: an all-zero class-mean map
-                results[cls] = {**entry, "n_images": int(group.sum()), "flagged": False}
-                continue
-            entry.update(self._attribution_evidence(normalised, group, region))
-            members = torch.nonzero(group & (y == cls))[:, 0]
-            pool = members if len(members) else torch.nonzero(group)[:, 0]
-            source = int(pool[relevance_mass(normalised[pool], region).argmax()])
-            entry.update(self._counterfactuals(model, x, y, pred, cls, region, source, imputer))
-            entry["control_ratio"] = None
-            if control_maps is not None:
+            if control_maps is not None and region.any():
                 control_class_maps[cls] = control_maps[group].mean(0).float()
-                entry["control_ratio"] = float(relevance_mass(control_maps[group], region).mean()) / entry["area"]
-            evidence = {
-                "attribution": entry["ratio"] >= t["ratio"],
-                "counterfactual": counterfactual_evidence(entry, t),
-                "control": None
-                if entry["control_ratio"] is None
-                else entry["ratio"] >= t["control_factor"] * entry["control_ratio"],
-                "candidate": None
-                if given is not None
-                else bool(
-                    entry["area"] <= t["max_area"]
-                    and entry["consistency"] >= t["consistency"]
-                    and entry["specificity"] >= t["specificity"]
-                ),
-            }
-            entry["evidence"] = evidence
-            entry["agreement"] = agreement(evidence["attribution"], evidence["counterfactual"])
-            entry["flagged"] = flag_rule(evidence)
-            if entry["flagged"]:
-                flagged.append(cls)
-            results[cls] = entry
+            results[cls] = self._class_entry(
+                model, x, y, pred, cls, group, region, given is None, normalised, control_maps, imputer
+            )
+        flagged = [cls for cls, entry in results.items() if entry["flagged"]]
         return AuditReport(
             explainer=self.explainer.name,
             region=given,
             classes=results,
             class_maps=class_maps,
             flagged=flagged,
-            thresholds=dict(t),
+            thresholds=dict(self.thresholds),
             target=self.target,
             imputer=repr(imputer),
             n_images=len(x),

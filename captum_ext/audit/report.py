@@ -22,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from captum_ext._results import JSONResult
+from captum_ext.boxes import box_to_mask
 from captum_ext.report import Report
 
 __all__ = ["AuditReport"]
@@ -105,10 +106,7 @@ class AuditReport(JSONResult):
         if box is None:
             return None
         h, w = self.class_maps[cls].shape
-        mask = torch.zeros(h, w, dtype=torch.bool)
-        x0, y0, x1, y1 = box
-        mask[y0:y1, x0:x1] = True
-        return mask
+        return box_to_mask(box, (h, w))
 
     # -- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

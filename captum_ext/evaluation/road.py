@@ -48,6 +48,45 @@ def _correct_after_removal(
     return [int(v) for v in hits.sum(dim=1)]
 
 
+def _check_arguments(
+    model: object, fractions: Sequence[float], order: str, batch_size: int, output_fn: object, unpack: object
+) -> list[float]:
+    """ROAD's argument checks; returns the fractions as floats."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
+    if order not in ("morf", "lerf"):
+        raise ValueError(f"Expected argument `order` to be one of 'morf', 'lerf', but got {order!r}.")
+    check_int("batch_size", batch_size, 1)
+    check_output_fn(output_fn)
+    check_unpack(unpack)
+    return check_fractions(fractions)
+
+
+def _removal_order(
+    source: Explainer,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: str,
+    seed: int,
+    output_fn: OutputFn | None,
+) -> torch.Tensor:
+    """(N, H * W) pixel indices in the order they are removed: most relevant first (MoRF) or least (LeRF)."""
+    ranking = maps.rank_pixels(source.saliency(model, x, y, reduce="sum_abs", output_fn=output_fn), seed=seed)
+    return ranking.flip(1) if order == "lerf" else ranking
+
+
+def _correct_when_blank(
+    model: nn.Module, shape: torch.Size, y: torch.Tensor, mean: torch.Tensor, output_fn: OutputFn | None
+) -> int:
+    """Correct predictions on images with every pixel removed: the per-channel ``mean`` plus the imputer's noise."""
+    device = y.device
+    whole = torch.ones(shape[0], *shape[2:], dtype=torch.bool, device=device)
+    images = NoisyLinearImputer(mean=mean)(torch.zeros(shape, device=device), whole)
+    with torch.no_grad(), eval_mode(model):
+        return int((predict(model, images, output_fn) == y).sum())
+
+
 def road(
     model: nn.Module,
     dataloader: Iterable,
@@ -101,14 +140,7 @@ def road(
         [0.2, 0.6]
     """
     seed = check_seed(seed)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
-    fractions = check_fractions(fractions)
-    if order not in ("morf", "lerf"):
-        raise ValueError(f"Expected argument `order` to be one of 'morf', 'lerf', but got {order!r}.")
-    check_int("batch_size", batch_size, 1)
-    check_output_fn(output_fn)
-    check_unpack(unpack)
+    fractions = _check_arguments(model, fractions, order, batch_size, output_fn, unpack)
     recipe = as_explainer(explainer)
     random = Explainer("random", seed=seed)
     default_fill = imputer is None
@@ -125,10 +157,7 @@ def road(
         deferred = [default_fill and maps.pixel_count(f, h * w) == h * w for f in fractions]
         scored = [f for f, later in zip(fractions, deferred) if not later]
         for name, source in (("explainer", recipe), ("random", random)):
-            saliency = source.saliency(model, x, y, reduce="sum_abs", output_fn=output_fn)
-            ranking = maps.rank_pixels(saliency, seed=seed)
-            if order == "lerf":
-                ranking = ranking.flip(1)
+            ranking = _removal_order(source, model, x, y, order, seed, output_fn)
             with torch.no_grad(), eval_mode(model):
                 hits = iter(
                     _correct_after_removal(model, x, y, ranking, scored, imputer, batch_size, output_fn)
@@ -145,16 +174,11 @@ def road(
         total += int(y.numel())
     if total == 0:
         raise ValueError("Expected argument `dataloader` to yield at least one batch, but it yielded none.")
-    if blank:  # every pixel removed: the image is the dataset mean plus noise, whatever the ranking
-        fill = NoisyLinearImputer(mean=(channel_sum / pixels).float().cpu())
-        for shape, y, deferred in blank:
-            images = fill(
-                torch.zeros(shape, device=device), torch.ones(shape[0], *shape[2:], dtype=torch.bool, device=device)
-            )
-            with torch.no_grad(), eval_mode(model):
-                blank_hits = int((predict(model, images, output_fn) == y).sum())
-            for name in correct:
-                correct[name] = [c + (blank_hits if later else 0) for c, later in zip(correct[name], deferred)]
+    mean = (channel_sum / max(pixels, 1)).float().cpu()
+    for shape, y, deferred in blank:  # every pixel removed: the dataset mean plus noise, whatever the ranking
+        blank_hits = _correct_when_blank(model, shape, y, mean, output_fn)
+        for name in correct:
+            correct[name] = [c + (blank_hits if later else 0) for c, later in zip(correct[name], deferred)]
     return ROADResult(
         explainer=recipe.name,
         order=order,

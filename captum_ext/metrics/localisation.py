@@ -42,12 +42,12 @@ from __future__ import annotations
 
 from typing import cast
 
-import numpy as np
 import torch
 from torchmetrics import Metric
 
 from captum_ext import maps as _maps
 from captum_ext._checks import check_finite, check_seed
+from captum_ext.boxes import box_iou, largest_component_box, masks_to_boxes
 from captum_ext.metrics._mean import MeanOverImages
 
 __all__ = [
@@ -58,8 +58,8 @@ __all__ = [
     "RelevanceMass",
     "RelevanceRankAccuracy",
     "PointingGame",
-    "largest_component_box",
-    "box_iou",
+    "largest_component_box",  # from captum_ext.boxes
+    "box_iou",  # from captum_ext.boxes
     "localisation_error",
     "LocalisationError",
 ]
@@ -281,71 +281,17 @@ class PointingGame(_RegionMetric):
         return pointing_game(attributions, self.region, self.seed)
 
 
-def largest_component_box(attributions: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
-    """The box around the largest 8-connected component of each map's pixels at or above ``threshold`` x its
-    maximum (Grad-CAM's 15%): (N, 4) long ``(top, left, bottom, right)``, bottom and right exclusive. A map with no
-    positive relevance gets the empty box (0, 0, 0, 0).
-
-    Example::
-
-        >>> heat = torch.zeros(1, 6, 6); heat[0, 1:3, 1:4] = 1.0; heat[0, 5, 5] = 0.9
-        >>> largest_component_box(heat).tolist()
-        [[1, 1, 3, 4]]
-    """
-    from scipy import ndimage
-
-    threshold = float(threshold)
-    if not 0 < threshold <= 1:
-        raise ValueError(f"Expected argument `threshold` to be in (0, 1], but got {threshold!r}.")
-    positive = positive_map(attributions).detach().cpu()
-    boxes = torch.zeros(positive.shape[0], 4, dtype=torch.long)
-    for i, heat in enumerate(positive):
-        peak = float(heat.max())
-        if peak <= 0:
-            continue
-        labels, count = ndimage.label((heat >= threshold * peak).numpy(), structure=np.ones((3, 3)))
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        rows, cols = np.nonzero(labels == 1 + int(np.argmax(sizes)))
-        boxes[i] = torch.tensor([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
-    return boxes
-
-
 def _as_boxes(boxes: torch.Tensor, n: int, size: tuple[int, int]) -> torch.Tensor:
     """(N, 4) boxes from (N, 4) / (4,) boxes or (N, H, W) / (H, W) bool object masks (their bounding boxes)."""
     if isinstance(boxes, torch.Tensor) and boxes.dtype == torch.bool:
-        masks = check_region(boxes, size, n).expand(n, *size).cpu()
-        out = torch.zeros(n, 4, dtype=torch.long)
-        for i, mask in enumerate(masks):
-            rows, cols = torch.nonzero(mask, as_tuple=True)
-            out[i] = torch.stack([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1])
-        return out
+        return masks_to_boxes(check_region(boxes, size, n).expand(n, *size))
     if not isinstance(boxes, torch.Tensor) or boxes.shape not in ((4,), (n, 4)) or boxes.is_floating_point():
         got = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
         raise ValueError(
-            f"Expected argument `boxes` to be (N, 4) integer (top, left, bottom, right) boxes or (N, H, W) bool object "
+            f"Expected argument `boxes` to be (N, 4) integer (x0, y0, x1, y1) boxes or (N, H, W) bool object "
             f"masks, but got {got}."
         )
     return boxes.reshape(-1, 4).expand(n, 4).long().cpu()
-
-
-def _area(box: torch.Tensor) -> torch.Tensor:
-    return ((box[:, 2] - box[:, 0]).clamp(min=0) * (box[:, 3] - box[:, 1]).clamp(min=0)).double()
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N,) intersection over union of paired (N, 4) ``(top, left, bottom, right)`` boxes (exclusive ends); 0 when
-    both are empty.
-
-    Example::
-
-        >>> box_iou(torch.tensor([[0, 0, 2, 2]]), torch.tensor([[1, 1, 3, 3]]))
-        tensor([0.1429])
-    """
-    height = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
-    width = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
-    inter = (height * width).double()
-    union = _area(a) + _area(b) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union)).float()
 
 
 def localisation_error(
@@ -361,7 +307,7 @@ def localisation_error(
 
     Args:
         attributions: (N, H, W) or (N, C, H, W) maps, usually for the predicted class; only the positive part counts.
-        boxes: the objects' (N, 4) ``(top, left, bottom, right)`` boxes (exclusive ends), or (N, H, W) / (H, W)
+        boxes: the objects' (N, 4) ``(x0, y0, x1, y1)`` boxes (:mod:`captum_ext.boxes`: half-open, torchvision's order), or (N, H, W) / (H, W)
             bool masks whose bounding boxes are used.
         predictions, labels: (N,) predicted and true classes.
         threshold: binarisation level, a share of each map's maximum. Default 0.15.
@@ -370,7 +316,7 @@ def localisation_error(
     Returns:
         (N,) float tensor of 0.0 / 1.0.
     """
-    found = largest_component_box(attributions, threshold)
+    found = largest_component_box(positive_map(attributions), threshold)
     n = found.shape[0]
     truth = _as_boxes(boxes, n, cast("tuple[int, int]", tuple(attributions.shape[-2:])))  # (..., H, W) maps
     predictions, labels = torch.as_tensor(predictions).reshape(-1).cpu(), torch.as_tensor(labels).reshape(-1).cpu()
