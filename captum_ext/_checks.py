@@ -17,6 +17,7 @@ __all__ = [
     "check_seed",
     "check_real",
     "check_callable",
+    "check_choice",
     "check_finite",
     "check_target_source",
     "class_targets",
@@ -140,6 +141,19 @@ def check_finite(name: str, tensor: torch.Tensor, cause: str = "") -> torch.Tens
     )
 
 
+def check_choice(name: str, value: object, choices: Sequence[str]) -> Any:
+    """``value`` if it is one of ``choices``, else a ValueError naming the argument and listing them.
+
+    Example::
+
+        >>> check_choice("order", "lerf", ("morf", "lerf"))
+        'lerf'
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"Expected argument `{name}` to be one of {', '.join(map(repr, choices))}, but got {value!r}.")
+    return value
+
+
 def check_target_source(target: object) -> TargetSource:
     """``target`` if it is ``"label"`` or ``"prediction"``, else a ValueError naming `target`.
 
@@ -148,9 +162,7 @@ def check_target_source(target: object) -> TargetSource:
         >>> check_target_source("label")
         'label'
     """
-    if target not in ("label", "prediction"):
-        raise ValueError(f"Expected argument `target` to be one of 'label', 'prediction', but got {target!r}.")
-    return target
+    return check_choice("target", target, ("label", "prediction"))
 
 
 def class_targets(

@@ -28,7 +28,7 @@ __all__ = ["Box", "check_box", "box_to_mask", "mask_to_box", "masks_to_boxes", "
 Box = tuple[int, int, int, int]
 
 
-def check_box(box: Any, size: tuple[int, int] | None = None, name: str = "region") -> Box:
+def check_box(box: Any, size: tuple[int, int] | None = None, name: str = "box") -> Box:
     """``box`` as a tuple if it is four ints ``0 <= x0 < x1 <= W``, ``0 <= y0 < y1 <= H`` (``size`` = (H, W) when
     given); otherwise a ValueError naming the argument."""
     ok = (
@@ -49,13 +49,13 @@ def check_box(box: Any, size: tuple[int, int] | None = None, name: str = "region
     return x0, y0, x1, y1
 
 
-def box_to_mask(box: Sequence[int], size: tuple[int, int]) -> torch.Tensor:
-    """(H, W) bool mask of a box.
+def box_to_mask(box: Sequence[int], size: tuple[int, int], name: str = "box") -> torch.Tensor:
+    """(H, W) bool mask of a box; errors name the argument ``name``.
 
     Raises:
         ValueError: not four ints with ``0 <= x0 < x1 <= W`` and ``0 <= y0 < y1 <= H``.
     """
-    x0, y0, x1, y1 = check_box(box, size)
+    x0, y0, x1, y1 = check_box(box, size, name)
     mask = torch.zeros(*size, dtype=torch.bool)
     mask[y0:y1, x0:x1] = True
     return mask
@@ -101,6 +101,9 @@ def largest_component_box(heat: torch.Tensor, threshold: float = 0.15) -> torch.
     """
     from scipy import ndimage
 
+    if not isinstance(heat, torch.Tensor) or heat.dim() != 3:
+        got = tuple(heat.shape) if isinstance(heat, torch.Tensor) else type(heat).__name__
+        raise ValueError(f"Expected argument `heat` to be (N, H, W) maps, but got {got}.")
     threshold = float(threshold)
     if not 0 < threshold <= 1:
         raise ValueError(f"Expected argument `threshold` to be in (0, 1], but got {threshold!r}.")

@@ -279,8 +279,9 @@ def _faithfulness(demo: _Demo) -> None:
 
 
 def _short_roar(demo: _Demo) -> None:
-    """ROAR for saliency at half the pixels, one repeat, starting from the trained model: the retrained model's
-    accuracy next to the unmodified model's shows whether the removed region's shape carries the label."""
+    """ROAR for saliency at half the pixels, one repeat: the pixels ranked by the trained model's maps, a fresh
+    SmallCNN trained from scratch on the masked images. Its accuracy next to the unmodified model's shows whether the
+    removed region's shape carries the label."""
     result = roar(
         small_cnn_module,
         demo.data,
@@ -302,7 +303,7 @@ def _short_roar(demo: _Demo) -> None:
         "shape_leak": leak,
     }
     finding = (
-        f"With half of every image removed where saliency points, a retrained model scores {removed:.3f}, above the "
+        f"With half of every image removed where saliency points, a model trained from scratch scores {removed:.3f}, above the "
         f"unmodified model's {result.baseline_accuracy:.3f}, and random removal leaves {random:.3f}: the shape of the "
         "removed region tells the class, so ROAR's 'worse than random' here measures that leak, not the map (Rong et "
         "al. 2022). ROAD above cannot be fooled this way: the model it scores was never trained on masked images."
@@ -313,7 +314,8 @@ def _short_roar(demo: _Demo) -> None:
     demo.report.add_section(
         "Faithfulness: a short ROAR, and why ROAR alone misleads",
         text="ROAR (Hooker et al. 2019) removes each image's top pixels (filled with the training mean) and "
-        f"retrains; one repeat of {2 if demo.fast else 4} epochs from the trained model. {finding} A full ROAR is "
+        f"retrains a fresh model from scratch; here one repeat of {2 if demo.fast else 4} epochs, with the pixels ranked by "
+        f"the trained model's maps. {finding} A full ROAR is "
         "`captum-ext roar --config ...` (docs/roar.md), and scales out with docs/scale.md.",
         table=[
             {"ranking": m, "test accuracy after retraining": v[0.5][0], "unmodified": result.baseline_accuracy}

@@ -588,7 +588,7 @@ class Explainer:
     def _run(self, attribution: captum_attr.Attribution, x: torch.Tensor, target: Any, kwargs: dict) -> torch.Tensor:
         # Every method runs seeded inside fork_rng: a user-given Captum class may sample (Lime, KernelShap, ...)
         # and must neither read nor advance the global RNG.
-        call_seed = derived_seed(self.seed, self._calls)
+        call_seed = derived_seed(self.seed, "call", self._calls)
         self._calls += 1
         if self.method == "random":
             return attribution.attribute(x, target=target, generator=torch.Generator().manual_seed(call_seed))

@@ -23,6 +23,8 @@ from typing import Literal, cast
 import torch
 from torch.nn import functional as F
 
+from captum_ext._checks import check_choice
+
 __all__ = [
     "Reduction",
     "REDUCTIONS",
@@ -50,10 +52,7 @@ def _check_rank(maps: torch.Tensor, rank: int, name: str, form: str) -> None:
 
 def check_reduction(reduce: object) -> Reduction:
     """``reduce`` if it is one of :data:`REDUCTIONS`, else a ValueError naming the argument and the choices."""
-    if reduce not in REDUCTIONS:
-        raise ValueError(
-            f"Expected argument `reduce` to be one of {', '.join(map(repr, REDUCTIONS))}, but got {reduce!r}."
-        )
+    check_choice("reduce", reduce, REDUCTIONS)
     return cast(Reduction, reduce)  # one of REDUCTIONS, the strings of Reduction
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the sdist, build the wheel from it, install the wheel into a clean venv and run an example there, from
+# Build the sdist, build the wheel from it (with the project venv's setuptools, no download), install the wheel into a clean venv and run an example there, from
 # outside the source tree. The clean venv borrows the dependencies (torch, captum, ...) from the project's venv
 # through a .pth path entry instead of downloading them again; the package itself comes only from the wheel.
 #
@@ -10,7 +10,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-"$PY" -m build --outdir "$WORK/dist" "$ROOT" > "$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
+"$PY" -m build --no-isolation --outdir "$WORK/dist" "$ROOT" > "$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
 ls "$WORK"/dist/captum_ext-*.tar.gz "$WORK"/dist/captum_ext-*.whl > /dev/null
 DEPS=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 BASE=$("$PY" -c "import sys; print(sys._base_executable)")
@@ -31,7 +31,7 @@ from captum_ext.evaluation import road
 from captum_ext.models import SmallCNN
 
 source = pathlib.Path(captum_ext.__file__).resolve()
-assert pathlib.Path(sys.prefix) in source.parents, f"captum_ext imported from {source}, not from the wheel"
+assert pathlib.Path(sys.prefix).resolve() in source.parents, f"captum_ext imported from {source}, not from the wheel"
 assert (source.parent / "py.typed").exists(), "py.typed missing from the wheel"
 torch.manual_seed(0)
 model, x, y = SmallCNN(), torch.rand(8, 1, 32, 32), torch.randint(0, 10, (8,))

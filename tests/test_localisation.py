@@ -250,3 +250,19 @@ def test_box_iou_and_the_top1_localisation_error_against_hand_counts():
     assert float(metric.compute()) == 0.5
     with pytest.raises(ValueError, match="`boxes` to be \\(N, 4\\) integer"):
         localisation_error(heat, torch.rand(4, 4), predictions, labels)
+
+
+def test_boxes_are_x0_y0_x1_y1_and_out_of_range_boxes_are_refused():
+    """Issue #17: one box convention, (x0, y0, x1, y1). A wide object box on a wide image is read as wide; the same box
+    in the old (top, left, bottom, right) order does not fit the image and is refused instead of read transposed."""
+    from captum_ext.metrics.localisation import largest_component_box, localisation_error
+
+    heat = torch.zeros(1, 1, 8, 20)  # (N, C, H, W): the wrapper takes the positive part of attributions
+    heat[0, 0, 2:5, 3:15] = 1.0  # 3 rows x 12 columns
+    assert largest_component_box(heat).tolist() == [[3, 2, 15, 5]]
+    ok = localisation_error(heat, torch.tensor([[3, 2, 15, 5]]), torch.tensor([0]), torch.tensor([0]))
+    assert ok.tolist() == [0.0]
+    with pytest.raises(
+        ValueError, match=r"`boxes` to be half-open \(x0, y0, x1, y1\) boxes .* but got \[2, 3, 5, 15\]"
+    ):
+        localisation_error(heat, torch.tensor([[2, 3, 5, 15]]), torch.tensor([0]), torch.tensor([0]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -276,8 +278,15 @@ def test_road_agreement_reads_both_orders_on_the_oracle(oracle_data):
     }
     assert road_agreement(runs["oracle", "morf"], runs["oracle", "lerf"]) == "both orders"
     assert road_agreement(runs["anti", "morf"], runs["anti", "lerf"]) == "neither"
-    assert road_agreement(runs["oracle", "morf"], runs["anti", "lerf"]) == "MoRF only"
-    assert road_agreement(runs["anti", "morf"], runs["oracle", "lerf"]) == "LeRF only"
+
+    # one explainer right in one order only: the oracle's curve in that order, the anti-oracle's in the other
+    def mixed(result: ROADResult) -> ROADResult:
+        return dataclasses.replace(result, explainer="mixed")
+
+    assert road_agreement(mixed(runs["oracle", "morf"]), mixed(runs["anti", "lerf"])) == "MoRF only"
+    assert road_agreement(mixed(runs["anti", "morf"]), mixed(runs["oracle", "lerf"])) == "LeRF only"
+    with pytest.raises(ValueError, match="`morf` and `lerf` to score one explainer"):
+        road_agreement(runs["oracle", "morf"], runs["anti", "lerf"])
 
 
 def test_road_agreement_margin_and_errors():

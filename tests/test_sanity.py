@@ -79,10 +79,10 @@ def test_linear_oracle_cascading_and_independent(mode, recompute_target, model_g
         recompute_target=recompute_target,
     )
     assert result.layers == ["2", "1"]  # top-down: logits layer first
-    # Reference: layer i (forward order) is drawn with derived_seed(seed, i) by the documented initialiser.
+    # Reference: layer i (forward order) is drawn with derived_seed(seed, "layer", i) by the documented initialiser.
     lin1, lin2 = copy.deepcopy(model[1]), copy.deepcopy(model[2])
-    randomize_layer(lin1, derived_seed(seed, 0))
-    randomize_layer(lin2, derived_seed(seed, 1))
+    randomize_layer(lin1, derived_seed(seed, "layer", 0))
+    randomize_layer(lin2, derived_seed(seed, "layer", 1))
     w1, w2 = model[1].weight.detach().double(), model[2].weight.detach().double()
     r1, r2 = lin1.weight.detach().double(), lin2.weight.detach().double()
     b = {

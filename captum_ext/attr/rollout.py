@@ -37,7 +37,7 @@ from captum.attr import Attribution
 from torch import nn
 
 from captum_ext import maps
-from captum_ext._checks import Target, class_targets
+from captum_ext._checks import Target, check_choice, class_targets
 from captum_ext._context import gradients_enabled
 from captum_ext.attr.attention import capture_attention
 from captum_ext.model_output import logits
@@ -153,8 +153,7 @@ def gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[tor
 
 # -- argument checks and shaping ---------------------------------------------------------------------------------
 def _check_options(head_fusion: Any, discard_ratio: Any, start_layer: Any) -> None:
-    if head_fusion not in _FUSIONS:
-        raise ValueError(f"Expected argument `head_fusion` to be one of 'mean', 'max', 'min', but got {head_fusion!r}.")
+    check_choice("head_fusion", head_fusion, _FUSIONS)
     if (
         isinstance(discard_ratio, bool)
         or not isinstance(discard_ratio, numbers.Real)

@@ -291,7 +291,7 @@ class CleverHansAudit:
             check_region(region)
             region = region.detach().cpu().clone()
         elif region is not None:
-            region = check_box(region)  # the size is checked against the images in run()
+            region = check_box(region, name="region")  # the size is checked against the images in run()
         self.region = region
         if imputer is not None and not callable(imputer):
             raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {type(imputer).__name__}.")
@@ -445,7 +445,7 @@ class CleverHansAudit:
         """The given region as an (H, W) bool mask fitted to the images, or None in discovery mode."""
         if isinstance(self.region, torch.Tensor):
             return check_region(self.region, size)
-        return None if self.region is None else box_to_mask(self.region, size)
+        return None if self.region is None else box_to_mask(self.region, size, "region")
 
     def _audited_classes(self, grouping: torch.Tensor) -> list[int]:
         """The classes to audit: those asked for (each must have images), else every class present."""

@@ -137,7 +137,10 @@ class AuditReport(JSONResult):
         return cls(
             explainer=data["explainer"],
             region=None if data["region"] is None else torch.tensor(data["region"], dtype=torch.bool),
-            classes={int(c): entry for c, entry in data["classes"].items()},
+            classes={
+                int(c): {**entry, "region": None if entry.get("region") is None else tuple(entry["region"])}
+                for c, entry in data["classes"].items()
+            },
             class_maps=maps(data["class_maps"]) or {},
             flagged=[int(c) for c in data["flagged"]],
             thresholds=data["thresholds"],

@@ -113,6 +113,8 @@ class EmbeddingProjector(ExplanationCallback):
         max_samples: int | None = None,
     ):
         if max_samples is not None:  # the name before issue #17, when every callback's probe size became num_samples
+            if num_samples != 256:
+                raise ValueError("Expected only one of arguments `num_samples` and `max_samples` (its old name).")
             warnings.warn(
                 "EmbeddingProjector(max_samples=...) is deprecated; pass num_samples=... (the same meaning).",
                 FutureWarning,

@@ -48,7 +48,7 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
         m for m in clone.modules() if id(m) not in inside_attention and any(True for _ in m.parameters(recurse=False))
     ]
     for index, module in enumerate(owners):
-        randomize_layer(module, seed=derived_seed(seed, index))
+        randomize_layer(module, seed=derived_seed(seed, "layer", index))
     return clone
 
 

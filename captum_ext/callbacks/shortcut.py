@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from captum_ext import maps
-from captum_ext._checks import TargetSource, check_int, check_real, check_target_source
+from captum_ext._checks import TargetSource, check_choice, check_int, check_real, check_target_source
 from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
@@ -103,8 +103,7 @@ class ShortcutMonitor(ExplanationCallback):
         check_region(region)
         check_real("threshold", threshold, 0.0, low_open=True)
         check_int("patience", patience, 1)
-        if on_detect not in ("warn", "stop"):
-            raise ValueError(f"Expected argument `on_detect` to be one of 'warn', 'stop', but got {on_detect!r}.")
+        check_choice("on_detect", on_detect, ("warn", "stop"))
         self.explainer = as_explainer(explainer)
         self.region = region.detach().clone().cpu()
         self.threshold = float(threshold)

@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from captum_ext._checks import check_int, check_real, check_seed
+from captum_ext._checks import check_choice, check_int, check_real, check_seed
 
 __all__ = ["CleverHansDigits", "EpochShuffle"]
 
@@ -138,10 +138,7 @@ class CleverHansDigits(pl.LightningDataModule):
             raise ValueError(
                 f"Expected argument `shortcut_class` to be None or a digit 0..9, but got {shortcut_class!r}."
             )
-        if tag_pattern not in ("solid", "checker"):
-            raise ValueError(
-                f"Expected argument `tag_pattern` to be one of 'solid', 'checker', but got {tag_pattern!r}."
-            )
+        check_choice("tag_pattern", tag_pattern, ("solid", "checker"))
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(
                 "Expected arguments `val_fraction` and `test_fraction` in (0, 1) with a sum below 1, "
@@ -251,8 +248,7 @@ class CleverHansDigits(pl.LightningDataModule):
 
     def split(self, name: Split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(images (N, C, H, W), labels (N,), tagged (N,) bool)`` of the ``"train"``, ``"val"`` or ``"test"`` split."""
-        if name not in ("train", "val", "test"):
-            raise ValueError(f"Expected argument `name` to be one of 'train', 'val', 'test', but got {name!r}.")
+        check_choice("name", name, ("train", "val", "test"))
         self.setup()
         images, labels, tagged, _ = cast(_Splits, self._splits)[name]  # built by setup()
         return images, labels, tagged

@@ -221,7 +221,8 @@ def road_agreement(morf: ROADResult, lerf: ROADResult, margin: float = 0.02) -> 
     """Rong et al.'s two orders read together: ``"both orders"`` when the method beats random removing its most
     relevant pixels first (MoRF: lower mean accuracy) and its least relevant first (LeRF: higher), else the one order
     it wins, or ``"neither"``. A win needs the mean accuracies over fractions to differ by more than ``margin``
-    (default 0.02), so a difference of one or two images in a hundred is not a win.
+    (default 0.02), so a difference of one or two images in a hundred is not a win (``ROADResult.better_than_random``
+    has no margin, so the two can differ by a hair).
 
     Example::
 
@@ -233,6 +234,10 @@ def road_agreement(morf: ROADResult, lerf: ROADResult, margin: float = 0.02) -> 
     for name, result in (("morf", morf), ("lerf", lerf)):
         if not isinstance(result, ROADResult) or result.order != name:
             raise ValueError(f"Expected argument `{name}` to be a ROADResult with order {name!r}, but got {result!r}.")
+    if morf.explainer != lerf.explainer:
+        raise ValueError(
+            f"Expected arguments `morf` and `lerf` to score one explainer, but got {morf.explainer!r} and {lerf.explainer!r}."
+        )
     margin = check_real("margin", margin, 0.0)
     gain = {
         "MoRF": statistics.fmean(morf.random_accuracy.values()) - statistics.fmean(morf.accuracy.values()),

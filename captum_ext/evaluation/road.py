@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from captum_ext import maps
-from captum_ext._checks import check_int, check_seed
+from captum_ext._checks import check_choice, check_int, check_seed
 from captum_ext._context import eval_mode
 from captum_ext._model import model_device, predict
 from captum_ext.batches import Unpack, check_unpack, unpack_batch
@@ -54,8 +54,7 @@ def _check_arguments(
     """ROAD's argument checks; returns the fractions as floats."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
-    if order not in ("morf", "lerf"):
-        raise ValueError(f"Expected argument `order` to be one of 'morf', 'lerf', but got {order!r}.")
+    check_choice("order", order, ("morf", "lerf"))
     check_int("batch_size", batch_size, 1)
     check_output_fn(output_fn)
     check_unpack(unpack)

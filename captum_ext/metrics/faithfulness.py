@@ -33,7 +33,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from captum_ext import maps
-from captum_ext._checks import check_finite, check_int, check_seed, class_targets
+from captum_ext._checks import check_choice, check_finite, check_int, check_seed, class_targets
 from captum_ext._context import eval_mode
 from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer
 from captum_ext.model_output import OutputFn, check_output_fn, logits
@@ -115,8 +115,7 @@ def perturbation_curve(
     """
     steps = check_int("steps", steps, 1)
     batch_size = check_int("batch_size", batch_size, 1)
-    if mode not in ("deletion", "insertion"):
-        raise ValueError(f"Expected argument `mode` to be one of 'deletion', 'insertion', but got {mode!r}.")
+    check_choice("mode", mode, ("deletion", "insertion"))
     maps.check_reduction(reduce)
     check_normalization(normalization)
     if imputer is None:

@@ -45,9 +45,10 @@ from typing import cast
 import torch
 from torchmetrics import Metric
 
+from captum_ext import boxes as _boxes
 from captum_ext import maps as _maps
 from captum_ext._checks import check_finite, check_seed
-from captum_ext.boxes import box_iou, largest_component_box, masks_to_boxes
+from captum_ext.boxes import box_iou, masks_to_boxes
 from captum_ext.metrics._mean import MeanOverImages
 
 __all__ = [
@@ -58,7 +59,7 @@ __all__ = [
     "RelevanceMass",
     "RelevanceRankAccuracy",
     "PointingGame",
-    "largest_component_box",  # from captum_ext.boxes
+    "largest_component_box",
     "box_iou",  # from captum_ext.boxes
     "localisation_error",
     "LocalisationError",
@@ -281,6 +282,19 @@ class PointingGame(_RegionMetric):
         return pointing_game(attributions, self.region, self.seed)
 
 
+def largest_component_box(attributions: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
+    """:func:`captum_ext.boxes.largest_component_box` of the positive part of (N, C, H, W) attributions or (N, H, W)
+    maps: (N, 4) long ``(x0, y0, x1, y1)`` boxes.
+
+    Example::
+
+        >>> heat = torch.zeros(1, 1, 6, 6); heat[0, 0, 1:3, 1:4] = 1.0
+        >>> largest_component_box(heat).tolist()
+        [[1, 1, 4, 3]]
+    """
+    return _boxes.largest_component_box(positive_map(attributions), threshold)
+
+
 def _as_boxes(boxes: torch.Tensor, n: int, size: tuple[int, int]) -> torch.Tensor:
     """(N, 4) boxes from (N, 4) / (4,) boxes or (N, H, W) / (H, W) bool object masks (their bounding boxes)."""
     if isinstance(boxes, torch.Tensor) and boxes.dtype == torch.bool:
@@ -291,7 +305,17 @@ def _as_boxes(boxes: torch.Tensor, n: int, size: tuple[int, int]) -> torch.Tenso
             f"Expected argument `boxes` to be (N, 4) integer (x0, y0, x1, y1) boxes or (N, H, W) bool object "
             f"masks, but got {got}."
         )
-    return boxes.reshape(-1, 4).expand(n, 4).long().cpu()
+    out = boxes.reshape(-1, 4).expand(n, 4).long().cpu()
+    h, w = size
+    inside = (out[:, 0] >= 0) & (out[:, 0] < out[:, 2]) & (out[:, 2] <= w)
+    inside &= (out[:, 1] >= 0) & (out[:, 1] < out[:, 3]) & (out[:, 3] <= h)
+    if not bool(inside.all()):
+        bad = out[~inside][0].tolist()
+        raise ValueError(
+            f"Expected argument `boxes` to be half-open (x0, y0, x1, y1) boxes with 0 <= x0 < x1 <= {w} and "
+            f"0 <= y0 < y1 <= {h}, but got {bad} (boxes were (top, left, bottom, right) before issue #17)."
+        )
+    return out
 
 
 def localisation_error(
@@ -316,7 +340,7 @@ def localisation_error(
     Returns:
         (N,) float tensor of 0.0 / 1.0.
     """
-    found = largest_component_box(positive_map(attributions), threshold)
+    found = largest_component_box(attributions, threshold)
     n = found.shape[0]
     truth = _as_boxes(boxes, n, cast("tuple[int, int]", tuple(attributions.shape[-2:])))  # (..., H, W) maps
     predictions, labels = torch.as_tensor(predictions).reshape(-1).cpu(), torch.as_tensor(labels).reshape(-1).cpu()

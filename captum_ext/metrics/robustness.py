@@ -34,7 +34,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from captum_ext._checks import check_finite, check_int, check_real, check_seed, class_targets
+from captum_ext._checks import check_choice, check_finite, check_int, check_real, check_seed, class_targets
 from captum_ext._context import eval_mode
 from captum_ext._model import resolve_layer
 from captum_ext.explainer import Explainer, as_explainer, images_per_pass
@@ -298,10 +298,7 @@ def relative_stability(
     input change ``||(x - x') / x||``, the logit change ``||h(x) - h(x')||`` or the relative change of the layer's
     output; NaN when every perturbation changes the prediction. Lower is better."""
     seed = check_seed(seed)
-    if kind not in ("input", "output", "representation"):
-        raise ValueError(
-            f"Expected argument `kind` to be one of 'input', 'output', 'representation', but got {kind!r}."
-        )
+    check_choice("kind", kind, ("input", "output", "representation"))
     if (kind == "representation") != (layer is not None):
         raise ValueError("Expected argument `layer` (a dotted module name) exactly when kind='representation'.")
     check_int("samples", samples, 1)

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from captum_ext._checks import check_int, check_seed
+from captum_ext._checks import Target, check_int, check_seed
 from captum_ext._context import eval_mode
 from captum_ext._model import accuracy, predict
 from captum_ext._seeds import derived_seed
-from captum_ext.explainer import Explainer, Target
+from captum_ext.explainer import Explainer
 from captum_ext.metrics.similarity import SIMILARITIES, SimilarityName
 from captum_ext.model_output import OutputFn
 from captum_ext.models import QUIET_TRAINER_KWARGS, ClassifierModule
@@ -136,7 +136,7 @@ def train_on_random_labels(
     for param in random_model.parameters():
         param.grad = None
     for index, name in enumerate(parameter_layers(random_model, images)):
-        randomize_layer(random_model.get_submodule(name), derived_seed(seed, index), reset_running_stats=True)
+        randomize_layer(random_model.get_submodule(name), derived_seed(seed, "layer", index), reset_running_stats=True)
     num_classes = int(max(int(labels.max()) + 1, 2))
     loader = DataLoader(
         TensorDataset(images, permuted),

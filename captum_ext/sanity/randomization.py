@@ -35,11 +35,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from captum_ext._checks import check_finite, check_seed
+from captum_ext._checks import Target, check_choice, check_finite, check_seed
 from captum_ext._context import eval_mode
 from captum_ext._model import forward_order, predict
 from captum_ext._seeds import derived_seed
-from captum_ext.explainer import Explainer, Target, as_explainer
+from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics.similarity import (
     SIMILARITIES,
     SimilarityName,
@@ -348,8 +348,7 @@ def model_randomization_test(
         (4, True)
     """
     metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps, output_fn)
-    if mode not in ("cascading", "independent"):
-        raise ValueError(f"Expected argument `mode` to be one of 'cascading', 'independent', but got {mode!r}.")
+    check_choice("mode", mode, ("cascading", "independent"))
 
     work = copy.deepcopy(model)
     for param in work.parameters():
@@ -376,7 +375,7 @@ def model_randomization_test(
         if mode == "independent":
             saved = [{k_: v.detach().clone() for k_, v in modules[i].state_dict().items()} for i in step.units]
         for i in step.units:
-            randomize_layer(modules[i], derived_seed(seed, i), reset_running_stats)
+            randomize_layer(modules[i], derived_seed(seed, "layer", i), reset_running_stats)
         step_target = fixed_target
         if recompute_target:
             with torch.no_grad(), eval_mode(work):
