@@ -255,9 +255,9 @@ def _faithfulness(demo: _Demo) -> None:
         text=f"Accuracy of the trained model on {n} test images after removing 30, 60 and 90% of the pixels, filled "
         "by noisy linear imputation (Rong et al. 2022), most relevant first (MoRF: lower than random is better) and "
         "least relevant first (LeRF: higher is better). A faithful map wins in both orders. A map that wins MoRF only "
-        "ranks the evidence first but not the rest: input x gradient, for one, scores near-black pixels near zero "
-        "whatever their role, so LeRF removes pixels the model needs. A win needs a mean gain over random of more "
-        "than 0.02.",
+        "puts the evidence first but not last: input x gradient scales each gradient by the pixel's value, so it "
+        "ranks dark pixels last whatever their role, and removing its 'least relevant' pixels first hurts the model "
+        "more than removing random ones. A win needs a mean gain over random of more than 0.02.",
         table=[
             {
                 "method": name,

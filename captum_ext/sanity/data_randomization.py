@@ -200,7 +200,8 @@ def data_randomization_test(
         target: class per image or None (default) for ``model``'s prediction, used for both models.
         random_model: a model already trained on permuted labels (from :func:`train_on_random_labels`), to compare
             several explainers against one training run; ``train_accuracy`` is then None. Default None (train one).
-        max_epochs: Default 60. target_accuracy: stop once training accuracy reaches it. Default 0.9.
+        max_epochs: the most epochs of training on random labels. Default 60.
+        target_accuracy: stop once training accuracy reaches it. Default 0.9.
         similarity: as in :func:`~captum_ext.sanity.model_randomization_test`. Default all four.
         threshold: Spearman(|map|) below which the maps count as different. Default 0.6.
         seed: seeds the permutation, initialisation and training. Default 0.
