@@ -20,6 +20,7 @@ from captum_ext.sanity import model_randomization_test
 
 torch.manual_seed(0)
 MODEL = SmallCNN().eval()
+CONTROL = SmallCNN().eval()
 X, Y = torch.rand(12, 1, 32, 32), torch.arange(12) % 3
 REGION = torch.zeros(32, 32, dtype=torch.bool)
 REGION[24:, 24:] = True
@@ -31,6 +32,7 @@ RESULTS = {
     "road": lambda: ROADResult("saliency", "lerf", {0.3: 0.7, 0.9: 0.4}, {0.3: 0.6, 0.9: 0.3}, 0.8),
     "sanity": lambda: model_randomization_test(MODEL, "saliency", X[:4], keep_maps=2),
     "audit": lambda: CleverHansAudit("input_x_gradient", region=REGION).run(MODEL, (X, Y)),
+    "audit_discovery": lambda: CleverHansAudit("input_x_gradient").run(MODEL, (X, Y), control=CONTROL),
     "spray": lambda: spray(torch.rand(12, 8, 8)),
     "concept_iou": lambda: concept_iou(nn.Sequential(nn.Identity()), "0", [(SQUARE, SQUARE[:, 0] > 0)], quantile=0.9),
     "top_patches": lambda: top_activating_patches(MODEL, "features.relu1", 0, DataLoader(TensorDataset(X), 4), k=3),
