@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -261,10 +262,10 @@ def _faithfulness(demo: _Demo) -> None:
         table=[
             {
                 "method": name,
-                "MoRF accuracy": _mean(r["morf"].accuracy),
-                "random MoRF": _mean(r["morf"].random_accuracy),
-                "LeRF accuracy": _mean(r["lerf"].accuracy),
-                "random LeRF": _mean(r["lerf"].random_accuracy),
+                "MoRF accuracy": statistics.fmean(r["morf"].accuracy.values()),
+                "random MoRF": statistics.fmean(r["morf"].random_accuracy.values()),
+                "LeRF accuracy": statistics.fmean(r["lerf"].accuracy.values()),
+                "random LeRF": statistics.fmean(r["lerf"].random_accuracy.values()),
                 "beats random in": agreement[name],
             }
             for name, r in results.items()
@@ -404,10 +405,6 @@ def _seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return build()
-
-
-def _mean(values: dict[float, float]) -> float:
-    return sum(values.values()) / len(values)
 
 
 def _predictions(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

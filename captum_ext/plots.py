@@ -59,9 +59,13 @@ def overlay(
     Returns:
         (N, 3, H, W) float RGB in [0, 1].
     """
+    return _blend(display_images(images, normalization), saliency, alpha, cmap)
+
+
+def _blend(base: torch.Tensor, saliency: torch.Tensor, alpha: float, cmap: str) -> torch.Tensor:
+    """:func:`overlay` on images already made displayable (so several maps share one :func:`display_images`)."""
     import matplotlib
 
-    base = display_images(images, normalization)
     heat = _maps.normalize_percentile(saliency.detach().float().cpu().abs())
     coloured = torch.from_numpy(matplotlib.colormaps[cmap](heat.numpy())[..., :3]).float().permute(0, 3, 1, 2)
     return ((1 - alpha) * base + alpha * coloured).clamp(0, 1)
@@ -74,7 +78,8 @@ def overlay_image(
     of their :func:`overlay` blends (what the callbacks log; :func:`overlay_grid` draws the same blends as a figure)."""
     from torchvision.utils import make_grid
 
-    base, blended = display_images(images, normalization), overlay(images, saliency, normalization=normalization)
+    base = display_images(images, normalization)
+    blended = _blend(base, saliency, 0.5, "inferno")
     tiles = []
     for start in range(0, len(images), ncol):
         chunk = slice(start, start + ncol)
@@ -106,8 +111,8 @@ def overlay_grid(
     rows = 1 + len(maps_by_name)
     fig = Figure(figsize=(1.3 * n + 1.2, 1.3 * rows))
     axes = fig.subplots(rows, n, squeeze=False)
-    panels = [display_images(images, normalization)]
-    panels += [overlay(images, values, alpha, cmap, normalization) for values in maps_by_name.values()]
+    base = display_images(images, normalization)
+    panels = [base] + [_blend(base, values, alpha, cmap) for values in maps_by_name.values()]
     for i, panel in enumerate(panels):
         for j in range(n):
             axes[i, j].imshow(panel[j].permute(1, 2, 0).numpy())

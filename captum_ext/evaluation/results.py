@@ -186,25 +186,9 @@ class ROADResult(JSONResult):
         )
 
     def plot(self) -> Figure:
-        """Accuracy vs. fraction removed for the explainer and the random ranking, with the unmodified baseline."""
-        fig = Figure(figsize=(5.0, 3.5))
-        ax = fig.add_subplot()
-        ax.plot(list(self.accuracy), list(self.accuracy.values()), marker="o", label=self.explainer)
-        ax.plot(
-            list(self.random_accuracy),
-            list(self.random_accuracy.values()),
-            marker="o",
-            color="black",
-            linestyle="--",
-            label="random",
-        )
-        ax.axhline(self.baseline_accuracy, color="grey", linestyle=":", label="unmodified")
-        ax.set_xlabel(f"fraction removed ({self.order.upper()})")
-        ax.set_ylabel("accuracy")
-        ax.set_title("ROAD")
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        return fig
+        """Accuracy vs. fraction removed for the explainer and the random ranking, with the unmodified baseline
+        (:func:`road_figure` of this one result)."""
+        return road_figure([self])
 
     def __repr__(self) -> str:
         lines = [
@@ -233,7 +217,8 @@ def road_agreement(morf: ROADResult, lerf: ROADResult, margin: float = 0.02) -> 
     """
     for name, result in (("morf", morf), ("lerf", lerf)):
         if not isinstance(result, ROADResult) or result.order != name:
-            raise ValueError(f"Expected argument `{name}` to be a ROADResult with order {name!r}, but got {result!r}.")
+            got = f"one with order {result.order!r}" if isinstance(result, ROADResult) else type(result).__name__
+            raise ValueError(f"Expected argument `{name}` to be a ROADResult with order {name!r}, but got {got}.")
     if morf.explainer != lerf.explainer:
         raise ValueError(
             f"Expected arguments `morf` and `lerf` to score one explainer, but got {morf.explainer!r} and {lerf.explainer!r}."

@@ -247,7 +247,6 @@ class LocalLipschitzEstimate(_RobustnessMetric):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
-        seed = check_seed(seed)
         super().__init__(explainer, samples, scale, seed, output_fn, **kwargs)
 
 
@@ -394,7 +393,6 @@ class RelativeInputStability(_RelativeStability):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
-        seed = check_seed(seed)
         super().__init__(explainer, samples, scale, seed, output_fn, **kwargs)
 
 
@@ -419,7 +417,6 @@ class RelativeRepresentationStability(_RelativeStability):
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
-        seed = check_seed(seed)
         if not isinstance(layer, str):
             raise TypeError(f"Expected argument `layer` to be a dotted module name, but got {layer!r}.")
         super().__init__(explainer, samples, scale, seed, output_fn, layer=layer, **kwargs)
