@@ -8,6 +8,7 @@ Example::
     $ captum-ext demo --out runs/demo --fast
     $ captum-ext sanity --config sanity.yaml
     $ captum-ext roar --config roar.yaml --plan            # then, per task: --run-index $SLURM_ARRAY_TASK_ID
+    $ captum-ext roar --config roar.yaml --prepare         # or: rankings as tasks too (--rank-index J)
     $ captum-ext roar --config roar.yaml --collect
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +56,16 @@ def _parser() -> argparse.ArgumentParser:
                 "--plan", action="store_true", help="train the base model, rank, write plan.json; no retraining"
             )
             steps.add_argument(
-                "--run-index", type=int, metavar="I", help="execute run I of the plan (e.g. $SLURM_ARRAY_TASK_ID)"
+                "--prepare", action="store_true", help="as --plan, but leave the rankings to --rank-index tasks"
+            )
+            steps.add_argument(
+                "--rank-index", type=int, metavar="J", help="compute ranking shard J of the plan (after --prepare)"
+            )
+            steps.add_argument(
+                "--run-index",
+                type=int,
+                metavar="I",
+                help="execute run I of the plan (e.g. $SLURM_ARRAY_TASK_ID); waits for a run held elsewhere",
             )
             steps.add_argument(
                 "--collect", action="store_true", help="write roar.json / roar.png from the finished runs"
@@ -78,43 +90,62 @@ def _explainers(config: dict) -> list:
     return [build_explainer(spec) for spec in specs]
 
 
+def _sbatch(config: dict, path: str, count: int, flag: str, dependency: str = "", parsable: bool = False) -> str:
+    """The ``sbatch`` line of a job array running ``flag`` (``--rank-index`` or ``--run-index``) for indices 0 to
+    ``count - 1`` (``parsable``: print only the job id; ``dependency``: start after that job succeeded): absolute paths (this Python, the config, the working folder), throttled to ``slurm.parallel``
+    tasks at a time (default 100), with the config's resources (``slurm.cpus_per_task``, ``gres``, ``time``...)."""
+    slurm = dict(config.get("slurm") or {})
+    parallel = min(int(slurm.pop("parallel", 100)), count)
+    options = ["--parsable"] if parsable else []
+    options += [f"--dependency=afterok:{dependency}"] if dependency else []
+    options += [f"--array=0-{count - 1}%{parallel}", f"--chdir={shlex.quote(os.getcwd())}"]
+    options += [f"--{name.replace('_', '-')}={shlex.quote(str(value))}" for name, value in slurm.items()]
+    config_path = str(Path(path).resolve())
+    task = f"{shlex.quote(sys.executable)} -m captum_ext.cli roar --config {shlex.quote(config_path)} {flag} "
+    return f"sbatch {' '.join(options)} --wrap {shlex.quote(task + '$SLURM_ARRAY_TASK_ID')}"
+
+
 def _run_roar(config: dict, step: dict[str, Any], path: str = "FILE") -> None:
-    """All runs here (no ``step``), or one step of a job array: ``plan``, ``run_index`` or ``collect`` (``path``: the
-    config file, for the commands printed after ``plan``)."""
+    """All runs here (no ``step``), or one step of a job array: ``plan`` (base model and rankings here),
+    ``prepare`` (base model only; rankings left to ``rank_index`` tasks), ``rank_index``, ``run_index`` or
+    ``collect`` (``path``: the config file, for the commands printed after ``plan`` and ``prepare``)."""
     from captum_ext.config import build_datamodule, import_object
     from captum_ext.evaluation import roar_plan
 
     out = _out(config, "roar")
     factory = import_object(config.get("module_factory"), "module_factory")
-    kwargs: dict[str, Any] = {
-        k: config[k] for k in ("fractions", "repeats", "trainer_kwargs", "seed") if config.get(k) is not None
-    }
-    first = step.get("plan") or not step
-    try:
-        plan = roar_plan(
-            factory,
-            build_datamodule(config),
-            _explainers(config),
-            cache_dir=config.get("cache_dir") or out / "cache",
-            keep=bool(config.get("keep", False)),
-            compute=first,
-            progress=first,
-            **kwargs,
+    fields = ("fractions", "repeats", "trainer_kwargs", "seed", "device", "data_version", "shard_size")
+    kwargs: dict[str, Any] = {k: config[k] for k in fields if config.get(k) is not None}
+    first = bool(step.get("plan") or step.get("prepare") or not step)
+    plan = roar_plan(
+        factory,
+        build_datamodule(config),
+        _explainers(config),
+        cache_dir=config.get("cache_dir") or out / "cache",
+        keep=bool(config.get("keep", False)),
+        compute=first,
+        rank=not step.get("prepare"),
+        progress=first,
+        **kwargs,
+    )
+    if step.get("plan") or step.get("prepare"):
+        described = {"runs": plan.describe(), "ranking_shards": len(plan.shards), "cache_dir": str(plan.cache_dir)}
+        write_json_atomic(described, out / "plan.json", indent=1)
+        runs = _sbatch(config, path, len(plan), "--run-index", "$ranked" if step.get("prepare") else "")
+        lines = [f"{plan}", f"wrote {out / 'plan.json'}", "", "as Slurm job arrays:"]
+        if step.get("prepare"):
+            lines.append(f"  ranked=$({_sbatch(config, path, len(plan.shards), '--rank-index', parsable=True)})")
+        collect = (
+            f"{shlex.quote(sys.executable)} -m captum_ext.cli roar --config {shlex.quote(str(Path(path).resolve()))}"
         )
-    except FileNotFoundError as err:
-        raise ConfigError(str(err)) from err
-    if step.get("plan"):
-        write_json_atomic({"runs": plan.describe(), "cache_dir": str(plan.cache_dir)}, out / "plan.json", indent=1)
-        last = len(plan) - 1
-        print(
-            f"{plan}\nwrote {out / 'plan.json'}\n\nrun each index, e.g. as a Slurm job array:\n"
-            f"  sbatch --array=0-{last} --wrap 'captum-ext roar --config {path} --run-index $SLURM_ARRAY_TASK_ID'\n"
-            f"then: captum-ext roar --config {path} --collect"
-        )
+        lines += [f"  {runs}", f"then: {collect} --collect"]
+        print("\n".join(lines))
         return
-    if step.get("run_index") is not None:
-        record = plan.run(step["run_index"])
-        print(json.dumps(record) if record is not None else f"run {step['run_index']} is being trained elsewhere")
+    if step.get("rank_index") is not None:
+        print(f"ranking shard {step['rank_index']}: {plan.rank(step['rank_index'], progress=True)}")
+        return
+    if step.get("run_index") is not None:  # waits for a run held elsewhere: a task never ends without its record
+        print(json.dumps(plan.run(step["run_index"], wait=True)))
         return
     if step.get("collect") and plan.missing():
         missing = plan.missing()
@@ -181,11 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.command)
         if args.command == "roar":
-            chosen = {k: getattr(args, k) for k in ("plan", "run_index", "collect")}
+            chosen = {k: getattr(args, k) for k in ("plan", "prepare", "rank_index", "run_index", "collect")}
             _run_roar(config, {k: v for k, v in chosen.items() if v is not None and v is not False}, args.config)
         else:
             runners[args.command](config)
-    except (ConfigError, ValueError, TypeError) as err:
+    except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"captum-ext {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -70,6 +70,11 @@ FIELDS: dict[str, dict[str, str]] = {
         "trainer_kwargs": "keyword arguments for the Lightning Trainer of each retraining (mapping)",
         "cache_dir": "folder of the ranking cache and the resumable results file (default <out>/cache)",
         "keep": "false: ROAR (remove the top pixels); true: KAR (keep them) (default false)",
+        "device": "where rankings and test accuracies run, e.g. cuda:0 (default: the trainer's accelerator)",
+        "data_version": "your label for the data; change it when the data change (string, default none)",
+        "shard_size": "images per ranking shard, the unit of --rank-index tasks (int, default 8192)",
+        "slurm": "sbatch options of the printed job arrays: parallel (tasks at a time, default 100), cpus_per_task, "
+        "gres, time, mem, partition, account, qos (mapping)",
     },
     "sanity": {
         **_MODEL,
@@ -173,7 +178,29 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
         v,
     ),
     "explainers": lambda f, v: _expect(isinstance(v, list) and bool(v), f, "a non-empty list", v),
+    "device": _text,
+    "data_version": _text,
+    "shard_size": lambda f, v: _expect(_is_int(v, 1), f, "an int >= 1", v),
+    "slurm": lambda f, v: _slurm(f, v),
 }
+
+#: The sbatch options a ``slurm`` field may set, each with its check (``parallel`` is the array's ``%N`` throttle).
+_SLURM_OPTIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "parallel": ("an int >= 1", lambda v: _is_int(v, 1)),
+    "cpus_per_task": ("an int >= 1", lambda v: _is_int(v, 1)),
+    **dict.fromkeys(
+        ("gres", "time", "mem", "partition", "account", "qos"),
+        ("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip())),
+    ),
+}
+
+
+def _slurm(field: str, value: Any) -> None:
+    _expect(isinstance(value, dict), field, "a mapping", value)
+    unknown = sorted(set(value) - set(_SLURM_OPTIONS))
+    _expect(not unknown, field, f"a mapping of {', '.join(_SLURM_OPTIONS)}", value)
+    for name, option in value.items():
+        _expect(_SLURM_OPTIONS[name][1](option), f"{field}.{name}", _SLURM_OPTIONS[name][0], option)
 
 
 def import_object(path: Any, field: str) -> Any:

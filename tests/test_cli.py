@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
 
 import pytest
 import yaml
@@ -47,7 +50,8 @@ def test_roar_config_round_trip(tmp_path, capsys):
 
 def test_roar_as_a_job_array_plan_run_index_collect(tmp_path, capsys):
     """Issue #15: --plan once, --run-index per array task (in any order), --collect once; the table equals the
-    one-command run's on the same settings."""
+    one-command run's on the same settings. Issue #22: the printed sbatch line is absolute, throttled and carries the
+    config's resources."""
     config = {
         "module_factory": "captum_ext.models:small_cnn_module",
         "datamodule": "captum_ext.data:CleverHansDigits",
@@ -56,16 +60,18 @@ def test_roar_as_a_job_array_plan_run_index_collect(tmp_path, capsys):
         "repeats": 1,
         "trainer_kwargs": {"max_epochs": 1},
         "out": str(tmp_path / "array"),
+        "slurm": {"parallel": 50, "cpus_per_task": 4, "gres": "gpu:1", "time": "01:00:00"},
     }
     path = _write(tmp_path, config)
     assert main(["roar", "--config", path, "--run-index", "0"]) == 2  # no plan yet: a one-line error
     assert "--plan" in capsys.readouterr().err
     assert main(["roar", "--config", path, "--plan"]) == 0
     plan = json.loads((tmp_path / "array" / "plan.json").read_text())
-    assert [r["index"] for r in plan["runs"]] == [
-        0,
-        1,
-    ] and f"--array=0-1 --wrap 'captum-ext roar --config {path}" in capsys.readouterr().out
+    assert [r["index"] for r in plan["runs"]] == [0, 1]
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "sbatch" in line]
+    assert f"--array=0-1%2 --chdir={os.getcwd()} --cpus-per-task=4 --gres=gpu:1 --time=01:00:00" in line
+    assert f"-m captum_ext.cli roar --config {path} --run-index $SLURM_ARRAY_TASK_ID'" in line
+    assert os.path.isabs(line.split("--wrap '")[1].split()[0])  # this Python, not a name looked up on the node
     assert main(["roar", "--config", path, "--run-index", "1"]) == 0
     assert main(["roar", "--config", path, "--collect"]) == 2
     assert "indices [0]" in capsys.readouterr().err
@@ -73,6 +79,47 @@ def test_roar_as_a_job_array_plan_run_index_collect(tmp_path, capsys):
     assert main(["roar", "--config", path, "--collect"]) == 0
     collected = ROARResult.from_json(tmp_path / "array" / "roar.json")
     assert main(["roar", "--config", _write(tmp_path, {**config, "out": str(tmp_path / "whole")})]) == 0
+    assert ROARResult.from_json(tmp_path / "whole" / "roar.json").accuracy == collected.accuracy
+
+
+def test_roar_rankings_as_array_tasks_from_another_folder(tmp_path, capsys):
+    """Issue #22: --prepare leaves the rankings to --rank-index tasks (one shard each, disjoint); a run before its
+    rankings exits 2 naming --rank-index; the printed ranking task runs as printed from another folder; the table
+    equals the one-command run's."""
+    config = {
+        "module_factory": "captum_ext.models:small_cnn_module",
+        "datamodule": "captum_ext.data:CleverHansDigits",
+        "explainers": ["saliency"],
+        "fractions": [0.5],
+        "repeats": 1,
+        "trainer_kwargs": {"max_epochs": 1},
+        "shard_size": 1000,
+        "out": str(tmp_path / "array"),
+    }
+    path = _write(tmp_path, config)
+    assert main(["roar", "--config", path, "--prepare"]) == 0
+    printed = capsys.readouterr().out
+    ranked = re.search(r"ranked=\$\((sbatch --parsable --array=0-(\d+)%\d+ .*)\)$", printed, re.M)
+    assert ranked is not None and "--dependency=afterok:$ranked --array=0-1%2" in printed
+    shards = int(ranked.group(2)) + 1
+    assert shards == 2 * 4  # saliency and random x (train: 2 shards of 1000, val, test)
+    assert main(["roar", "--config", path, "--run-index", "0"]) == 2
+    assert "--rank-index" in capsys.readouterr().err
+    task = shlex.split(ranked.group(1).split("--wrap ", 1)[1])[0].replace("$SLURM_ARRAY_TASK_ID", "0")
+    elsewhere = tmp_path / "node"
+    elsewhere.mkdir()
+    done = subprocess.run(task, shell=True, cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for j in range(1, shards):
+        assert main(["roar", "--config", path, "--rank-index", str(j)]) == 0
+    for i in (1, 0):
+        assert main(["roar", "--config", path, "--run-index", str(i)]) == 0
+    assert main(["roar", "--config", path, "--collect"]) == 0
+    collected = ROARResult.from_json(tmp_path / "array" / "roar.json")
+    assert (
+        main(["roar", "--config", _write(tmp_path, {**config, "out": str(tmp_path / "whole"), "shard_size": 8192})])
+        == 0
+    )
     assert ROARResult.from_json(tmp_path / "whole" / "roar.json").accuracy == collected.accuracy
 
 

@@ -229,10 +229,20 @@ def test_resumes_after_a_crash_without_repeating_runs(data, sweep, tmp_path):
     assert Crash.starts == 0 and again.accuracy == reference.accuracy
 
 
+def reuse_cache(folder, target, rankings: bool = True) -> None:
+    """Copy a sweep's base model, plan manifests and (with ``rankings``) rankings: a plan on ``target`` then trains
+    only its runs."""
+    target.mkdir(parents=True, exist_ok=True)
+    for cached in [*folder.glob("base_*.pt"), *folder.glob("plan_*.json")]:
+        shutil.copy(cached, target / cached.name)
+    for ranking in folder.glob("rank_*") if rankings else ():
+        shutil.copytree(ranking, target / ranking.name)
+
+
 def test_process_pool_executor_matches_sequential(data, sweep, tmp_path):
+    """Issue #22: the ranking shards are tasks on the executor too; the table is the sequential one."""
     reference, folder, _ = sweep
-    for cached in [*folder.glob("base_*.pt"), *folder.glob("rank_*.npy")]:  # reuse the base model and rankings
-        shutil.copy(cached, tmp_path / cached.name)
+    reuse_cache(folder, tmp_path, rankings=False)  # the base model and manifest: the workers rank
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=2, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
@@ -249,6 +259,7 @@ def test_process_pool_executor_matches_sequential(data, sweep, tmp_path):
             progress=False,
         )
     assert parallel.accuracy == reference.accuracy
+    assert sorted(p.name for p in tmp_path.glob("rank_*")) == sorted(p.name for p in folder.glob("rank_*"))
     records = [json.loads(path.read_text()) for path in (tmp_path / "runs").glob("*.json")]
     assert sorted((r["method"], r["fraction"]) for r in records) == [
         ("oracle", 0.3),
@@ -293,7 +304,7 @@ def test_lightning_namespace_and_every_split_masked_with_the_train_mean(data, tm
 def test_pytorch_lightning_modules_are_fitted_by_its_trainer(sweep):
     _, folder, trainers = sweep
     assert trainers == ["pytorch_lightning.trainer.trainer"] * 5  # the base model and the four runs
-    assert len(list(folder.glob("rank_*.npy"))) == 6 and len(list(folder.glob("base_*.pt"))) == 1
+    assert len(list(folder.glob("rank_*/*.npy"))) == 6 and len(list(folder.glob("base_*.pt"))) == 1
 
 
 def test_ranking_cache_misses_on_one_weight_or_one_kwarg(tmp_path):
@@ -307,18 +318,18 @@ def test_ranking_cache_misses_on_one_weight_or_one_kwarg(tmp_path):
         "progress": False,
     }
     roar(make_pl, data, ["saliency"], model=model, **settings)
-    first = set(tmp_path.glob("rank_*.npy"))
+    first = set(tmp_path.glob("rank_*/*.npy"))
     assert len(first) == 6  # saliency and random, three splits each
     roar(make_pl, data, ["saliency"], model=model, **settings)
-    assert set(tmp_path.glob("rank_*.npy")) == first  # same weights, same recipe: cache hit
+    assert set(tmp_path.glob("rank_*/*.npy")) == first  # same weights, same recipe: cache hit
     changed = copy.deepcopy(model)
     with torch.no_grad():
         changed.net[1].weight[0, 0] += 1e-3
     roar(make_pl, data, ["saliency"], model=changed, **settings)
-    second = set(tmp_path.glob("rank_*.npy"))
+    second = set(tmp_path.glob("rank_*/*.npy"))
     assert len(second) == 12  # one weight changed: every ranking (random too: its key has the weights) recomputed
     roar(make_pl, data, [Explainer("saliency", abs=True)], model=changed, **settings)
-    assert len(set(tmp_path.glob("rank_*.npy"))) == 15  # one kwarg changed: that method's three splits recomputed
+    assert len(set(tmp_path.glob("rank_*/*.npy"))) == 15  # one kwarg changed: that method's three splits recomputed
 
 
 def test_masked_view_removes_or_keeps_by_rank(tmp_path):
@@ -376,7 +387,7 @@ def test_rankings_stream_to_npy_loaded_without_pickle(tmp_path):
     """Rank positions equal a numpy reference: for a linear model the saliency of class y is |W[y]|."""
     import numpy as np
 
-    from captum_ext.evaluation.cache import compute_rankings, load_rankings
+    from captum_ext.evaluation.cache import compute_rankings, load_rankings, ranking_dtype
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(9, 2))
     images, labels = torch.rand(10, 1, 3, 3), torch.arange(10) % 2
@@ -384,7 +395,8 @@ def test_rankings_stream_to_npy_loaded_without_pickle(tmp_path):
         model, Explainer("saliency"), TensorDataset(images, labels), tmp_path / "r.npy", batch_size=4, progress=False
     )
     positions = np.load(path, allow_pickle=False)
-    assert positions.dtype == np.int16 and np.array_equal(load_rankings(path), positions)
+    assert positions.dtype == np.uint16 and np.array_equal(load_rankings(path), positions)  # 2 bytes a position
+    assert ranking_dtype(256 * 256) == np.uint16 and ranking_dtype(256 * 256 + 1) == np.uint32
     weight = model[1].weight.detach().abs().numpy()
     for i in range(10):
         order = np.argsort(-weight[int(labels[i])], kind="stable")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,18 @@ import time
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_roar import ORACLE, SIDE, TRAINER, OracleData, _Linear, data, make_pl, one_thread, sweep  # noqa: F401
+from test_roar import (  # noqa: F401
+    ORACLE,
+    SIDE,
+    TRAINER,
+    OracleData,
+    _Linear,
+    data,
+    make_pl,
+    one_thread,
+    reuse_cache,
+    sweep,
+)
 
 from captum_ext.evaluation import claims, roar, roar_plan
 from captum_ext.evaluation.executors import DaskExecutor, ProcessPool, RayExecutor, SubmititExecutor
@@ -32,18 +42,11 @@ def _at_03(result) -> dict:
     return {method: per[0.3] for method, per in result.accuracy.items()}
 
 
-def _reuse(folder, target) -> None:
-    """Copy the sweep's base model and rankings: the plan below then trains only its runs."""
-    target.mkdir(parents=True, exist_ok=True)
-    for cached in [*folder.glob("base_*.pt"), *folder.glob("rank_*.npy")]:
-        shutil.copy(cached, target / cached.name)
-
-
 def test_plan_runs_in_any_order_then_collects_the_sequential_table(data, sweep, tmp_path):
     reference, folder, _ = sweep
     with pytest.raises(FileNotFoundError, match="--plan"):  # a job-array task never trains the base model itself
         roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path / "empty", compute=False, **SETTINGS)
-    _reuse(folder, tmp_path)
+    reuse_cache(folder, tmp_path)
     plan = roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, compute=False, **SETTINGS)
     assert [(r.method, r.fraction) for r in plan.runs] == [
         ("oracle", 0.3),
@@ -65,7 +68,7 @@ def test_plan_runs_in_any_order_then_collects_the_sequential_table(data, sweep, 
 
 
 def test_a_relative_cache_dir_becomes_absolute(data, sweep, tmp_path, monkeypatch):
-    _reuse(sweep[1], tmp_path / "relative")
+    reuse_cache(sweep[1], tmp_path / "relative")
     monkeypatch.chdir(tmp_path)
     plan = roar_plan(make_pl, data, [ORACLE], cache_dir="relative", **SETTINGS)
     assert plan.cache_dir == tmp_path / "relative"
@@ -182,7 +185,7 @@ DRIVER = textwrap.dedent(
 
 
 def test_two_drivers_on_one_cache_train_each_run_once(data, sweep, tmp_path):
-    _reuse(sweep[1], tmp_path)  # the base model and rankings exist: each driver has only the 8 runs to do
+    reuse_cache(sweep[1], tmp_path)  # the base model and rankings exist: each driver has only the 8 runs to do
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -210,7 +213,7 @@ def test_two_drivers_on_one_cache_train_each_run_once(data, sweep, tmp_path):
 
 
 def test_a_lambda_factory_is_refused_before_anything_is_submitted(data, sweep, tmp_path):
-    _reuse(sweep[1], tmp_path)
+    reuse_cache(sweep[1], tmp_path)
     with ProcessPool(workers=2, threads=1) as pool, pytest.raises(TypeError, match="`module_factory` to be picklable"):
         roar(lambda: make_pl(), data, [ORACLE], cache_dir=tmp_path, executor=pool, **SETTINGS)
     assert not (tmp_path / "runs").exists()
@@ -231,7 +234,7 @@ def _carried(executor, monkeypatch) -> list[bool]:
 
 def test_process_pool_sends_the_datasets_once_per_worker(data, sweep, tmp_path, monkeypatch):
     reference, folder, _ = sweep
-    _reuse(folder, tmp_path)
+    reuse_cache(folder, tmp_path)
     with ProcessPool(workers=2, threads=1) as pool:
         carried = _carried(pool, monkeypatch)
         result = roar(make_pl, data, [ORACLE], cache_dir=tmp_path, executor=pool, **SETTINGS)
@@ -242,7 +245,7 @@ def test_process_pool_sends_the_datasets_once_per_worker(data, sweep, tmp_path, 
 def test_dask_adapter_matches_sequential(data, sweep, tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     reference, folder, _ = sweep
-    _reuse(folder, tmp_path)
+    reuse_cache(folder, tmp_path)
     with (
         distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         distributed.Client(cluster) as client,
@@ -256,7 +259,7 @@ def test_dask_adapter_matches_sequential(data, sweep, tmp_path, monkeypatch):
 def test_ray_adapter_matches_sequential(data, sweep, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     reference, folder, _ = sweep
-    _reuse(folder, tmp_path)
+    reuse_cache(folder, tmp_path)
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -276,7 +279,7 @@ def test_submitit_adapter_matches_sequential(data, sweep, tmp_path, monkeypatch)
     submitit = pytest.importorskip("submitit")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
     reference, folder, _ = sweep
-    _reuse(folder, tmp_path / "cache")
+    reuse_cache(folder, tmp_path / "cache")
     local = submitit.LocalExecutor(folder=tmp_path / "jobs")
     local.update_parameters(timeout_min=10)
     with SubmititExecutor(local, poll_s=0.2) as executor:
@@ -348,7 +351,7 @@ def test_ddp_and_ddp_spawn_inside_each_retraining_record_once_on_rank_zero(tmp_p
         records = [json.loads(p.read_text()) for p in (folder / "runs").glob("*.json")]
         results = [json.loads(p.read_text()) for p in sorted(folder.glob("result_*.json"))]
         assert len(records) == 2 and {r["worker"].rpartition("-")[2] for r in records} == {str(results[0]["pid"])}
-        assert len(list(folder.glob("rank_*.npy"))) == 6 and len(list(folder.glob("base_*.pt"))) == 1
+        assert len(list(folder.glob("rank_*/*.npy"))) == 6 and len(list(folder.glob("base_*.pt"))) == 1
         assert len(results) == (2 if strategy == "ddp" else 1)  # ddp re-runs the script on rank 1: same table there
         assert all(r["accuracy"] == results[0]["accuracy"] for r in results)
         tables[strategy] = results[0]["accuracy"]

@@ -1,10 +1,16 @@
-"""ROAR's on-disk cache: fingerprints, pixel rankings streamed to ``.npy`` files, the append-only results file
-and the base model's weights. Nothing here is loaded with pickle (``allow_pickle=False``, ``weights_only=True``).
+"""ROAR's on-disk cache: fingerprints, the plan's manifest, pixel rankings stored in shards, one record per run and
+the base model's weights. Nothing here is loaded with pickle (``allow_pickle=False``, ``weights_only=True``).
 
-* A ranking file holds, for every image of a split in dataset order, the rank position of each pixel
-  (0 = most relevant) as an (N, H*W) int16/int32 ``.npy`` array. It is written batch by batch to a temporary
-  file and renamed into place, so memory does not grow with the dataset and a crash leaves no half-written
-  cache.
+* A ranking (one method, one split) is a folder ``rank_<key>/`` of shard files ``<start>-<stop>.npy`` (nine digits
+  each), every one an (stop - start, H*W) array of the rank positions of the pixels of images ``start`` to
+  ``stop - 1`` of the split in dataset order (0 = most relevant), ``uint16`` whenever H*W <= 65,536 (up to 256 x 256
+  px: 2 bytes a position), ``uint32`` beyond. The shards tile ``[0, N)``; each is written to a temporary file and
+  renamed into place, so several workers can compute disjoint shards at once and a crash leaves no half-written
+  shard. Readers memory-map the shards and read only the rows they need (:class:`Rankings`).
+* The plan's manifest ``plan_<key>.json`` records, once, what a job-array task would otherwise recompute from the
+  whole dataset: the data's fingerprint and per-channel training mean, the base model's fingerprint and test
+  accuracy, and a cheap signature of the data (split lengths and the bytes of a fixed sample of items) that every
+  later task checks instead of reading the data again.
 * Every finished run has its own record ``runs/<key>.json``, written atomically, so drivers and job-array tasks on
   several hosts can share the folder on a network filesystem (:mod:`captum_ext.evaluation.claims` decides who
   trains a run). Temporary files of interrupted writes are removed when ROAR starts (a dead writer's at once,
@@ -13,12 +19,15 @@ and the base model's weights. Nothing here is loaded with pickle (``allow_pickle
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import math
 import os
+import re
 import time
 import warnings
-from collections.abc import Sized
+from collections.abc import Sequence, Sized
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,6 +48,12 @@ __all__ = [
     "digest",
     "weights_fingerprint",
     "data_fingerprint",
+    "data_signature",
+    "read_manifest",
+    "write_manifest",
+    "Rankings",
+    "shard_ranges",
+    "shard_path",
     "compute_rankings",
     "load_rankings",
     "record_path",
@@ -93,6 +108,159 @@ def data_fingerprint(datasets: dict[str, Dataset], batch_size: int) -> tuple[str
     return sha.hexdigest(), (total / count).float()
 
 
+#: Items read from each split by :func:`data_signature` (evenly spaced, the first and the last among them).
+SIGNATURE_SAMPLES = 16
+
+
+def data_signature(datasets: dict[str, Dataset], samples: int = SIGNATURE_SAMPLES) -> dict[str, dict[str, Any]]:
+    """A cheap check that the data are still the plan's: each split's length and the SHA-256 of the images and labels
+    of ``samples`` evenly spaced items (the first and the last among them), read by index, so its cost does not grow
+    with the dataset. What a job-array task checks instead of reading every image again.
+
+    Example::
+
+        >>> from torch.utils.data import TensorDataset
+        >>> data = {"train": TensorDataset(torch.zeros(100, 1, 2, 2), torch.zeros(100))}
+        >>> data_signature(data)["train"]["length"]
+        100
+    """
+    signature = {}
+    for split in sorted(datasets):
+        size = len(cast(Sized, datasets[split]))
+        indices = sorted({math.floor(i * (size - 1) / (samples - 1) + 0.5) for i in range(samples)}) if size else []
+        sha = hashlib.sha256()
+        for index in indices:
+            for tensor in unpack_batch(datasets[split][index]):
+                sha.update(torch.as_tensor(tensor).detach().cpu().contiguous().numpy().tobytes())
+        signature[split] = {"length": size, "sample": sha.hexdigest()}
+    return signature
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: What a manifest holds, each with the check its value must pass.
+_MANIFEST_FIELDS: dict[str, Any] = {
+    "signature": lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+    "data_fingerprint": lambda v: isinstance(v, str) and len(v) == 64,
+    "train_mean": lambda v: isinstance(v, list) and bool(v) and all(_finite_number(x) for x in v),
+    "base_fingerprint": lambda v: isinstance(v, str) and len(v) == 64,
+    "baseline_accuracy": lambda v: _finite_number(v) and 0 <= v <= 1,
+}
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write a plan's manifest (the fields of :data:`_MANIFEST_FIELDS`) atomically."""
+    return write_json_atomic(manifest, path, sort_keys=True, indent=1)
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The plan's manifest at ``path``, or None when there is none, or when it is unreadable or malformed (then with a
+    warning naming the file: the plan step writes it again)."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        warnings.warn(f"The ROAR plan manifest {path} cannot be read ({err}); it is ignored.", RuntimeWarning, 2)
+        return None
+    bad = (
+        [name for name, ok in _MANIFEST_FIELDS.items() if name not in manifest or not ok(manifest[name])]
+        if isinstance(manifest, dict)
+        else ["the whole file"]
+    )
+    if bad:
+        warnings.warn(
+            f"The ROAR plan manifest {path} has a malformed {', '.join(bad)}; it is ignored.", RuntimeWarning, 2
+        )
+        return None
+    return manifest
+
+
+_SHARD = re.compile(r"(\d{9})-(\d{9})\.npy")
+
+
+def shard_ranges(count: int, shard_size: int) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` image ranges of the shards of a split of ``count`` images.
+
+    Example::
+
+        >>> shard_ranges(10, 4)
+        [(0, 4), (4, 8), (8, 10)]
+    """
+    return [(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
+
+
+def shard_path(folder: str | os.PathLike, start: int, stop: int) -> Path:
+    """Where the shard of images ``start`` to ``stop - 1`` of a ranking folder lives."""
+    return Path(folder) / f"{start:09d}-{stop:09d}.npy"
+
+
+class Rankings:
+    """The rank positions stored in one ranking folder (see the module docstring), read a few rows at a time.
+
+    The folder is listed once, each shard memory-mapped on first use, and :meth:`rows` copies only the rows asked for,
+    in the stored dtype (``uint16`` up to 256 x 256 px): never a widened copy of the whole file or batch. Pickles
+    without its open maps (a DataLoader worker opens its own).
+
+    Example::
+
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> np.save(shard_path(folder, 0, 2), np.array([[1, 0], [0, 1]], dtype=np.uint16))
+        >>> rankings = Rankings(folder)
+        >>> rankings.complete(2), rankings.rows([1, 0]).tolist()
+        (True, [[0, 1], [1, 0]])
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._starts: list[int] = []
+        self._stops: list[int] = []
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __getstate__(self) -> dict:
+        return {"folder": self.folder, "_starts": [], "_stops": [], "_maps": {}}
+
+    def shards(self) -> list[tuple[int, int]]:
+        """The ``(start, stop)`` of every shard file present, in order (one directory listing)."""
+        try:
+            names = os.listdir(self.folder)
+        except FileNotFoundError:
+            return []
+        return sorted((int(m.group(1)), int(m.group(2))) for m in map(_SHARD.fullmatch, names) if m)
+
+    def complete(self, count: int) -> bool:
+        """Whether the shards present tile the images ``[0, count)``."""
+        reached = 0
+        for start, stop in self.shards():
+            if start == reached:
+                reached = stop
+        return reached == count
+
+    def rows(self, indices: Sequence[int]) -> np.ndarray:
+        """The (len(indices), H*W) rank positions of those images, in the stored dtype."""
+        if not self._starts:
+            found = self.shards()
+            self._starts, self._stops = [s for s, _ in found], [e for _, e in found]
+        out = []
+        for index in indices:
+            k = bisect.bisect_right(self._starts, index) - 1
+            if k < 0 or index >= self._stops[k]:
+                raise IndexError(f"Image {index} has no ranking shard in {self.folder}; prepare the plan's rankings.")
+            if k not in self._maps:
+                self._maps[k] = load_rankings(shard_path(self.folder, self._starts[k], self._stops[k]))
+            out.append(self._maps[k][index - self._starts[k]])
+        return np.stack(out)
+
+
+def ranking_dtype(positions: int) -> np.dtype:
+    """``uint16`` when every rank position of an image of ``positions`` pixels fits in it (<= 65,536), else
+    ``uint32``."""
+    return np.dtype(np.uint16 if positions <= np.iinfo(np.uint16).max + 1 else np.uint32)
+
+
 def compute_rankings(
     model: nn.Module,
     explainer: Explainer,
@@ -103,11 +271,13 @@ def compute_rankings(
     progress: bool = True,
     description: str = "",
 ) -> Path:
-    """Rank the pixels of every image of ``dataset`` by ``explainer``'s ``"sum_abs"`` map for its label and stream the
-    rank positions to ``path`` (an (N, H*W) ``.npy``), one batch at a time; returns ``path``.
+    """Rank the pixels of every image of ``dataset`` by ``explainer``'s ``"sum_abs"`` map for its label, on the
+    model's device, and stream the rank positions to ``path`` (an (N, H*W) ``.npy`` of :func:`ranking_dtype`), one
+    batch at a time; returns ``path``. A shard is this over a ``Subset`` of the split.
 
-    Ties are broken by a jitter seeded with ``seed`` (:func:`captum_ext.maps.rank_pixels`). The file appears only
-    when complete (temporary file + rename).
+    Ties are broken by a jitter seeded with ``seed`` (:func:`captum_ext.maps.rank_pixels`), the same for every image,
+    so shards and batch sizes do not change the result. The file appears only when complete (temporary file +
+    rename).
     """
     target = Path(path)
     device = model_device(model)
@@ -127,7 +297,7 @@ def compute_rankings(
             ranking = maps.rank_pixels(saliency, seed=seed)
             n, hw = ranking.shape
             if dtype is None:  # the .npy header first, then the rows as they come (no memory map, no growth)
-                dtype = np.dtype(np.int16 if hw <= np.iinfo(np.int16).max else np.int32)
+                dtype = ranking_dtype(hw)
                 header = {
                     "descr": np.lib.format.dtype_to_descr(dtype),
                     "fortran_order": False,
@@ -136,7 +306,7 @@ def compute_rankings(
                 np.lib.format.write_array_header_1_0(handle, header)
             positions = torch.empty_like(ranking)
             positions.scatter_(1, ranking, torch.arange(hw, device=ranking.device).expand(n, -1))
-            handle.write(positions.cpu().numpy().astype(dtype).tobytes())
+            handle.write(positions.to(torch.int32).cpu().numpy().astype(dtype).tobytes())
             written += n
             bar.update(n)
         if written != len(sized) or written == 0:
@@ -147,7 +317,7 @@ def compute_rankings(
 
 
 def load_rankings(path: str | os.PathLike) -> np.ndarray:
-    """The (N, H*W) rank positions of a ranking file, memory-mapped read-only, loaded without pickle."""
+    """The (N, H*W) rank positions of one ranking shard file, memory-mapped read-only, loaded without pickle."""
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
@@ -204,7 +374,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, max_age_s: float = 6 * 3
     file is never touched. Returns the paths removed."""
     removed = []
     now = time.time()
-    for tmp in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("runs/.*.tmp")]:
+    for tmp in [*Path(folder).glob(".*.tmp"), *Path(folder).glob("runs/.*.tmp"), *Path(folder).glob("rank_*/.*.tmp")]:
         alive = _writer_alive(tmp)
         try:
             if alive is False or (alive is None and now - tmp.stat().st_mtime > max_age_s):

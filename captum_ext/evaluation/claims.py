@@ -2,9 +2,9 @@
 folder, on a network filesystem too.
 
 A claim is a lock file ``<key>.<generation>.lock`` created with ``O_CREAT | O_EXCL`` (atomic on local disks and on
-NFS v3+), holding its owner (host, pid). While the run trains, a heartbeat thread refreshes the file's mtime; a
-claim whose file has not changed for ``expiry_s`` seconds (its worker died or hangs), or whose owner on this host has
-died, has expired, and the next claimant creates the next generation's file. A claim given up without a record
+NFS v3+), holding its owner (host, pid) and Slurm job. While the run trains, a heartbeat thread refreshes the file's
+mtime; a claim whose file has not changed for ``expiry_s`` seconds (its worker died or hangs), whose owner on this
+host has died, or that this Slurm job made before it was requeued, has expired, and the next claimant creates the next generation's file. A claim given up without a record
 (the run failed) is marked expired (mtime set to 0), never deleted, and nobody deletes or renames another worker's
 file: generation numbers only grow while a run is unrecorded, so two workers can never hold the same generation or
 take over each other's fresh claim. Lock files are deleted only by the worker that wrote the run's record (its own
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from captum_ext._io import owner, owner_alive
 
-__all__ = ["Claim", "claim", "held_elsewhere", "live_keys", "EXPIRY_S"]
+__all__ = ["Claim", "claim", "held_elsewhere", "live_keys", "slurm_task", "EXPIRY_S"]
 
 #: Seconds without a heartbeat after which a claim has expired (the heartbeat beats every ``EXPIRY_S / 10``).
 EXPIRY_S = 600.0
@@ -69,12 +69,23 @@ def _expired(path: Path, expiry_s: float) -> bool:
     except FileNotFoundError:  # deleted with the run's record: the claimant will find the record
         return True
     try:
-        holder = json.loads(path.read_text() or "{}").get("owner", "")
+        content = json.loads(path.read_text() or "{}")
     except FileNotFoundError:
         return True
     except (OSError, ValueError):  # being written, or cut short by a crash: its age decides
-        holder = ""
-    return age > expiry_s or owner_alive(holder) is False
+        content = {}
+    content = content if isinstance(content, dict) else {}
+    holder, job = str(content.get("owner", "")), str(content.get("slurm", ""))
+    predecessor = bool(job) and job == slurm_task() and holder != owner()  # this Slurm job before its requeue
+    return age > expiry_s or owner_alive(holder) is False or predecessor
+
+
+def slurm_task() -> str:
+    """This process's Slurm job as ``<array job>_<task>`` in a job array, else its job id; "" outside Slurm. A
+    requeued job keeps it, so a claim that holds it under another owner was made by this job before its requeue,
+    which Slurm has ended: the claim is taken over at once instead of after :data:`EXPIRY_S`."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "")
 
 
 def _expiry(expiry_s: float | None) -> float:
@@ -144,7 +155,7 @@ def claim(folder: str | os.PathLike, key: str, expiry_s: float | None = None) ->
     except FileExistsError:
         return None
     try:
-        os.write(fd, json.dumps({"owner": owner(), "since": time.time()}).encode())
+        os.write(fd, json.dumps({"owner": owner(), "since": time.time(), "slurm": slurm_task()}).encode())
     finally:
         os.close(fd)
     return Claim(path, expiry_s)

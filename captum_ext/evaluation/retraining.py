@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +26,7 @@ from captum_ext._io import owner
 from captum_ext._model import accuracy
 from captum_ext.batches import unpack_batch, with_images
 from captum_ext.data.digits import EpochShuffle
-from captum_ext.evaluation import cache, claims
+from captum_ext.evaluation import cache, claims, ranking
 from captum_ext.evaluation.executors import resolve
 
 __all__ = ["RankedMaskDataset", "RunSampler", "PlannedRun"]
@@ -46,7 +46,8 @@ class RankedMaskDataset(Dataset):
         dataset: yields ``(image (C, H, W), label, ...)`` items, or dicts with the usual keys (see
             :func:`captum_ext.batches.unpack_batch`), in the order the rankings were computed; each masked item keeps
             its structure (a dict stays a dict), so the module trains on the batches it expects.
-        rankings: path of an (N, H*W) rank-position ``.npy`` file (:func:`captum_ext.evaluation.cache.compute_rankings`).
+        rankings: the ranking folder of the split (shard files of rank positions, see
+            :mod:`captum_ext.evaluation.cache`), or one (N, H*W) rank-position ``.npy`` file.
         fraction: Share of pixels removed (ROAR) or kept (KAR), in [0, 1].
         keep: Keep the top pixels and impute the rest. Default False.
         imputer: Fills the removed pixels, e.g. ``MeanImputer(train_mean)``.
@@ -60,7 +61,7 @@ class RankedMaskDataset(Dataset):
             keep,
             imputer,
         )
-        self._positions: np.ndarray | None = None
+        self._positions: cache.Rankings | np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(cast(Sized, self.dataset))  # a map-style dataset: torch's Dataset declares no __len__
@@ -73,14 +74,16 @@ class RankedMaskDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple]:
         if self._positions is None:
-            self._positions = cache.load_rankings(self.rankings)
+            folder = Path(self.rankings).is_dir()
+            self._positions = cache.Rankings(self.rankings) if folder else cache.load_rankings(self.rankings)
         items = [self.dataset[index] for index in indices]
         images = torch.stack([unpack_batch(item)[0] for item in items])
         h, w = images.shape[-2:]
-        positions = torch.from_numpy(np.asarray(self._positions[list(indices)], dtype=np.int64))
+        rows = list(indices)
+        positions = self._positions.rows(rows) if isinstance(self._positions, cache.Rankings) else self._positions[rows]
         count = maps.pixel_count(self.fraction, h * w)
-        removed = positions >= count if self.keep else positions < count
-        images = self.imputer(images, removed.reshape(-1, h, w))
+        removed = positions >= count if self.keep else positions < count  # compared in the stored dtype
+        images = self.imputer(images, torch.from_numpy(removed).reshape(-1, h, w))
         return [with_images(item, image) for image, item in zip(images, items)]
 
 
@@ -126,6 +129,14 @@ class Job:
     keep: bool
     trainer_kwargs: dict[str, Any]
     cache_dir: str
+    #: Per split, the DataLoader settings carried over from the datamodule's loaders (``num_workers``,
+    #: ``pin_memory``, ``persistent_workers``, ``prefetch_factor``): masking and imputation then run in the workers.
+    loader_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Where rankings and test accuracies run (None: the trainer's accelerator, see
+    #: :func:`captum_ext.evaluation.ranking.resolve_device`).
+    device: str | None = None
+    ranking_batch_size: int = 256
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -142,11 +153,13 @@ class PlannedRun:
 
 
 def loaders(job: Job, views: Mapping[str, Dataset], seed: int) -> dict[str, DataLoader]:
-    """The run's loaders: the training split in :class:`RunSampler`'s order for ``seed``, the others in order."""
+    """The run's loaders: the training split in :class:`RunSampler`'s order for ``seed``, the others in order, each
+    with the worker settings of the datamodule's own loader (:attr:`Job.loader_options`)."""
     out = {}
     for split, dataset in views.items():
         sampler = RunSampler(len(cast(Sized, dataset)), seed) if split == "train" else None
-        out[split] = DataLoader(dataset, batch_size=job.batch_sizes[split], sampler=sampler)
+        options = job.loader_options.get(split, {})
+        out[split] = DataLoader(dataset, batch_size=job.batch_sizes[split], sampler=sampler, **options)
     return out
 
 
@@ -174,6 +187,18 @@ def after_rank_zero(fitter: Any, write: Callable[[], Any], read: Callable[[], An
     return value if fitter.global_rank == 0 else read()
 
 
+def check_rankings(job: Job, run: PlannedRun) -> None:
+    """A FileNotFoundError naming the run's rankings that are not complete on disk (one listing per split)."""
+    for split, dataset in job.datasets.items():
+        folder = run.rankings[split]
+        if Path(folder).is_dir() and cache.Rankings(folder).complete(len(cast(Sized, dataset))):
+            continue
+        raise FileNotFoundError(
+            f"Expected the {run.method} ranking of the {split} split complete in {folder}, but shards are missing: "
+            "compute them first (plan.rank(j), plan.execute(), or `captum-ext roar --rank-index J`)."
+        )
+
+
 def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
     """Retrain ``run`` from scratch on the masked data, test it and write its record; returns the record, or None
     when another worker holds the run's claim (it will write the record).
@@ -187,6 +212,7 @@ def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
     record = cache.read_record(job.cache_dir, run.key)
     if record is not None:
         return record
+    check_rankings(job, run)
     fitter = trainer(job)
     distributed = fitter.world_size > 1
     held = None if distributed else claims.claim(Path(job.cache_dir) / "runs", run.key)
@@ -208,6 +234,7 @@ def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
                 }
                 splits = loaders(job, views, run.seed)
                 fit(job, module, splits, fitter)
+                device = ranking.resolve_device(job.device, job.trainer_kwargs)  # Lightning left it on the CPU
 
                 def write() -> dict[str, Any]:
                     record = {
@@ -217,7 +244,7 @@ def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
                         "repeat": run.repeat,
                         "seed": run.seed,
                         "keep": job.keep,
-                        "accuracy": accuracy(module, splits["test"]),
+                        "accuracy": accuracy(module.to(device), splits["test"]),
                         "worker": owner(),
                         "seconds": round(time.time() - started, 3),
                     }

@@ -15,7 +15,7 @@ import concurrent.futures
 import importlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from captum_ext._checks import check_int, check_seed
 from captum_ext._model import accuracy
 from captum_ext._seeds import derived_seed
-from captum_ext.evaluation import cache, claims, retraining
+from captum_ext.evaluation import cache, claims, ranking, retraining
 from captum_ext.evaluation._common import check_fractions
 from captum_ext.evaluation.results import ROARResult
 from captum_ext.evaluation.retraining import Job, PlannedRun, RankedMaskDataset
@@ -45,8 +45,9 @@ _SPLITS = ("train", "val", "test")
 #: batch per call, which changes where ``NoisyLinearImputer``'s noise lands; 3: rankings break ties alike for every
 #: image; 4: one record file per run, the training order from ``RunSampler``).
 _RESULTS_FORMAT = 4
-#: Part of every ranking file's key: 2 since ties are broken by one permutation for every image (batch-independent).
-_RANKING_FORMAT = 2
+#: Part of every ranking's key: 2 since ties are broken by one permutation for every image (batch-independent); 3: a
+#: folder of uint16 shards.
+_RANKING_FORMAT = 3
 #: Seconds between two looks at the cache while every missing run is trained by workers elsewhere.
 _POLL_S = 2.0
 
@@ -81,9 +82,18 @@ class ROARPlan:
         (4, [1, 2, 3], ['random', 'saliency'])
     """
 
-    def __init__(self, job: Job, runs: list[PlannedRun], baseline_accuracy: float):
-        self._job, self.runs, self.baseline_accuracy = job, runs, baseline_accuracy
+    def __init__(
+        self,
+        job: Job,
+        runs: list[PlannedRun],
+        baseline_accuracy: float,
+        shards: list[ranking.RankShard],
+        source: nn.Module | str,
+        ranker: nn.Module | None = None,
+    ):
+        self._job, self.runs, self.baseline_accuracy, self.shards = job, runs, baseline_accuracy, shards
         self.keep, self.cache_dir = job.keep, Path(job.cache_dir)
+        self._source, self._ranker = source, ranker  # the user's model or the base weights' path; the loaded ranker
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -91,11 +101,13 @@ class ROARPlan:
     def __repr__(self) -> str:
         return (
             f"ROARPlan({'KAR' if self.keep else 'ROAR'}, {len(self)} runs, {len(self.missing())} missing, "
+            f"{len(self.shards)} ranking shards, {len(self.missing_rankings())} missing, "
             f"cache_dir={str(self.cache_dir)!r})"
         )
 
     def describe(self) -> list[dict[str, Any]]:
         """One plain dict per run (index, method, fraction, repeat, seed, key, done), e.g. for ``plan.json``."""
+        recorded = cache.recorded_keys(self.cache_dir)
         return [
             {
                 "index": i,
@@ -104,7 +116,7 @@ class ROARPlan:
                 "repeat": r.repeat,
                 "seed": r.seed,
                 "key": r.key,
-                "done": cache.read_record(self.cache_dir, r.key) is not None,
+                "done": r.key in recorded,
             }
             for i, r in enumerate(self.runs)
         ]
@@ -114,15 +126,45 @@ class ROARPlan:
         recorded = cache.recorded_keys(self.cache_dir)
         return [i for i, run in enumerate(self.runs) if run.key not in recorded]
 
-    def run(self, index: int) -> dict[str, Any] | None:
-        """Execute run ``index`` here, unless it is recorded (returns its record) or claimed by a live worker
-        elsewhere (returns None)."""
+    def missing_rankings(self) -> list[int]:
+        """Indices into :attr:`shards` of the ranking shards not on disk yet (one listing per ranking folder)."""
+        present = {folder: set(cache.Rankings(folder).shards()) for folder in {s.folder for s in self.shards}}
+        return [j for j, s in enumerate(self.shards) if (s.start, s.stop) not in present[s.folder]]
+
+    def rank(self, index: int, progress: bool = False) -> str:
+        """Compute ranking shard ``index`` here (unless it is on disk), on the plan's device; returns its path. What
+        a ``--rank-index`` array task or an executor's worker does; shards are disjoint, so any number can run at
+        once."""
+        check_int("index", index, 0)
+        if index >= len(self.shards):
+            raise ValueError(
+                f"Expected argument `index` to be below the plan's {len(self.shards)} ranking shards, but got {index}."
+            )
+        if self._ranker is None and not self.shards[index].path.exists():
+            device = ranking.resolve_device(self._job.device, self._job.trainer_kwargs)
+            if isinstance(self._source, nn.Module):
+                self._ranker = ranking.on_device(self._source, device)
+            else:
+                _require(Path(self._source).exists(), Path(self._source))
+                with torch.random.fork_rng():
+                    self._ranker = cache.load_weights(self._job.module_factory(), self._source).to(device)
+        return ranking.compute_shard(self._job, self.shards[index], self._ranker, progress=progress)
+
+    def run(self, index: int, wait: bool = False) -> dict[str, Any] | None:
+        """Execute run ``index`` here, unless it is recorded (returns its record). A run claimed by a live worker
+        elsewhere returns None, or with ``wait`` is waited for: its record when that worker writes one, or trained
+        here once the claim expires (a dead worker's, a requeued Slurm task's predecessor's at once). What a job-array
+        task must do: never end without a record while the run is unrecorded."""
         check_int("index", index, 0)
         if index >= len(self.runs):
             raise ValueError(
                 f"Expected argument `index` to be below the plan's {len(self.runs)} runs, but got {index}."
             )
-        return retraining.execute(self._job, self.runs[index])
+        while True:
+            record = retraining.execute(self._job, self.runs[index])
+            if record is not None or not wait:
+                return record
+            time.sleep(_POLL_S)
 
     def collect(self) -> ROARResult:
         """The result from the records; a RuntimeError naming the missing run indices when some have not finished."""
@@ -141,17 +183,24 @@ class ROARPlan:
         return ROARResult(table, self.baseline_accuracy, keep=self.keep)
 
     def execute(self, executor: concurrent.futures.Executor | None = None, progress: bool = True) -> ROARResult:
-        """Execute every missing run (here, one after another, or on ``executor``), wait for those that other workers
-        hold, and :meth:`collect`. An executor with ``share`` (:mod:`captum_ext.evaluation.executors`) receives the
+        """Compute the missing ranking shards, execute every missing run (here, one after another, or on
+        ``executor``), wait for those that other workers hold, and :meth:`collect`. An executor with ``share`` (:mod:`captum_ext.evaluation.executors`) receives the
         datasets once; the job is checked to be picklable by the executor's serializer before anything is submitted.
         """
         _check_executor(executor, self._job)
-        missing = self.missing()
+        missing, unranked = self.missing(), self.missing_rankings()
         shared: Any = self._job
-        if executor is not None and missing:
+        if executor is not None and (missing or unranked):
             _check_sendable(self._job, executor)
             if hasattr(executor, "share"):
                 shared = executor.share(self._job)
+        if unranked and executor is None:
+            _rank_here(self, progress)
+        elif unranked and executor is not None:  # each shard on a worker, with the user's model or the weights' path
+            model, path = (self._source, None) if isinstance(self._source, nn.Module) else (None, self._source)
+            ranked = [executor.submit(ranking.compute_shard, shared, self.shards[j], model, path) for j in unranked]
+            for done in tqdm(ranked, desc="ranking shards", disable=not progress):
+                done.result()
         title = "KAR" if self.keep else "ROAR"
         with tqdm(
             total=len(self.runs),
@@ -197,12 +246,25 @@ def _namespace(module: Any) -> str:
     )
 
 
-def _split_datasets(datamodule: Any) -> tuple[dict[str, Dataset], dict[str, int]]:
-    """The datasets and batch sizes behind the datamodule's train / val / test loaders (val optional)."""
+def _loader_options(loader: DataLoader) -> dict[str, Any]:
+    """The worker settings of a user's loader that ROAR's own loaders keep (nothing that changes the batches)."""
+    if not loader.num_workers:
+        return {"pin_memory": loader.pin_memory}
+    return {
+        "num_workers": loader.num_workers,
+        "pin_memory": loader.pin_memory,
+        "persistent_workers": loader.persistent_workers,
+        "prefetch_factor": loader.prefetch_factor,
+    }
+
+
+def _split_datasets(datamodule: Any) -> tuple[dict[str, Dataset], dict[str, int], dict[str, dict[str, Any]]]:
+    """The datasets, batch sizes and worker settings behind the datamodule's train / val / test loaders (val
+    optional)."""
     for stage in ("fit", "test"):
         if hasattr(datamodule, "setup"):
             datamodule.setup(stage)
-    datasets, batch_sizes = {}, {}
+    datasets, batch_sizes, options = {}, {}, {}
     for split in _SPLITS:
         hook = getattr(datamodule, f"{split}_dataloader", None)
         if split == "val":
@@ -218,12 +280,13 @@ def _split_datasets(datamodule: Any) -> tuple[dict[str, Dataset], dict[str, int]
             loader = hook() if hook is not None else None
         if isinstance(loader, DataLoader):
             datasets[split], batch_sizes[split] = loader.dataset, loader.batch_size or 1
+            options[split] = _loader_options(loader)
         elif split != "val":
             raise ValueError(
                 f"Expected argument `datamodule` to provide `{split}_dataloader()` returning a torch DataLoader, "
                 f"but got {type(loader).__name__}."
             )
-    return datasets, batch_sizes
+    return datasets, batch_sizes, options
 
 
 def _plain(value: Any) -> bool:
@@ -316,13 +379,10 @@ def _check_executor(executor: Any, job: Job) -> None:
         )
 
 
-def _base_model(job: Job, model: nn.Module | None, folder: Path, key: str, seed: int, compute: bool) -> nn.Module:
-    """``model``, or the base module trained on unmodified data (cached as ``base_<key>.pt``). Under DDP rank 0
-    saves it and every rank loads that file: ranks may differ in what DDP does not synchronise (BatchNorm's running
-    statistics), and all must derive the same fingerprints and run keys from it."""
-    if model is not None:
-        return model
-    path = folder / f"base_{key[:24]}.pt"
+def _base_model(job: Job, path: Path, seed: int, compute: bool) -> nn.Module:
+    """The base module trained on unmodified data (cached at ``path``). Under DDP rank 0 saves it and every rank
+    loads that file: ranks may differ in what DDP does not synchronise (BatchNorm's running statistics), and all must
+    derive the same fingerprints and run keys from it."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         module = job.module_factory()
@@ -344,6 +404,39 @@ def _require(compute: bool, path: Path) -> None:
         )
 
 
+def _check_signature(signature: dict[str, Any], manifest: dict[str, Any], path: Path) -> None:
+    """A ValueError naming the split whose length or sampled items differ from what the plan recorded."""
+    for split in sorted(set(signature) | set(manifest["signature"])):
+        now, then = signature.get(split), manifest["signature"].get(split)
+        if now == then:
+            continue
+        what = (
+            f"has {now['length']} items, the plan's {then['length']}"
+            if now and then and now["length"] != then["length"]
+            else "differs from the plan's in its sampled items"
+            if now and then
+            else "is new"
+            if now
+            else "is missing"
+        )
+        raise ValueError(
+            f"Expected the data of the plan in {path}, but the {split!r} split {what}: prepare the plan again "
+            "(roar_plan(...) or `captum-ext roar --plan`) after changing the data, or set `data_version`."
+        )
+
+
+def _rank_here(plan: ROARPlan, progress: bool) -> None:
+    """Compute the plan's missing ranking shards in this process, or this DDP rank's share of them (every
+    ``world``-th shard) followed by a barrier, when a process group is initialised."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    missing = plan.missing_rankings()
+    for j in tqdm(missing[rank::world], desc="ranking shards", disable=not progress or len(missing) < 2):
+        plan.rank(j, progress=progress)
+    if distributed and world > 1:
+        torch.distributed.barrier()
+
+
 def roar_plan(
     module_factory: Callable[[], Any],
     datamodule: Any,
@@ -359,20 +452,40 @@ def roar_plan(
     progress: bool = True,
     keep: bool = False,
     compute: bool = True,
+    rank: bool = True,
+    device: str | torch.device | None = None,
+    data_version: str | None = None,
+    shard_size: int = 8192,
 ) -> ROARPlan:
     """Prepare a ROAR (or KAR, ``keep=True``) benchmark without retraining anything: train or load the base model,
-    compute or load every ranking, list the runs. The arguments are :func:`roar`'s; in addition:
+    record the plan's manifest, compute or find every ranking, list the runs. The arguments are :func:`roar`'s; in
+    addition:
 
     Args:
         keep: KAR instead of ROAR. Default False.
-        compute: Train the base model and compute rankings that are not cached. With False (a job-array task, a
-            collecting step) a missing file is a FileNotFoundError instead. Default True.
+        compute: Read the whole dataset (fingerprint, training mean), train the base model and test it, and record
+            all of it in the plan's manifest ``plan_<key>.json``. With False (a job-array task, a collecting step)
+            nothing is computed: the manifest is read and the data checked only by its signature (split lengths and
+            a fixed sample of items), so the cost does not grow with the dataset; a missing manifest is a
+            FileNotFoundError, data that no longer match it a ValueError. Default True.
+        rank: With ``compute``, also compute the missing ranking shards here (each DDP rank its share). With False
+            they are left to :meth:`ROARPlan.rank` (``--rank-index``) or :meth:`ROARPlan.execute`. Default True.
+        device: Where the rankings and the test accuracies run. Default None: the device of the trainer's
+            ``accelerator`` (:func:`captum_ext.evaluation.ranking.resolve_device`), not the CPU Lightning leaves
+            a fitted module on.
+        data_version: Your label for the data (e.g. ``"imagenet-2012-v2"``); part of the plan's key, so changing it
+            makes tasks refuse an old plan even where the sampled items are unchanged. Default None.
+        shard_size: Images per ranking shard, the unit of distributed ranking work. Default 8192.
 
     Returns:
         a :class:`ROARPlan`; ``len(plan)`` runs, each executed by ``plan.run(i)`` wherever ``cache_dir`` is visible.
     """
     recipes = _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model, seed)
     fractions = check_fractions(fractions)
+    chosen_device = ranking.check_device(device)
+    if data_version is not None and not isinstance(data_version, str):
+        raise TypeError(f"Expected argument `data_version` to be a string or None, but got {data_version!r}.")
+    check_int("shard_size", shard_size, 1)
     recipes.append(Explainer("random", seed=seed))
     folder = Path(cache_dir).resolve()  # workers may start elsewhere: every path they get is absolute
     folder.mkdir(parents=True, exist_ok=True)
@@ -385,37 +498,82 @@ def roar_plan(
     factory_fp = cache.digest(
         type(probe).__module__, type(probe).__qualname__, cache.weights_fingerprint(probe), _module_settings(probe)
     )
-    datasets, batch_sizes = _split_datasets(datamodule)
-    data_fp, train_mean = cache.data_fingerprint(datasets, batch_size)
-    imputer = imputer if imputer is not None else MeanImputer(train_mean)
+    datasets, batch_sizes, loader_options = _split_datasets(datamodule)
     settings = {**DEFAULT_TRAINER_KWARGS, **(trainer_kwargs or {})}
     trainer_key = {k: v for k, v in settings.items() if _plain(v)}  # callbacks, loggers: not part of the key
-    job = Job(module_factory, namespace, datasets, batch_sizes, imputer, keep, settings, str(folder))
-
+    given_fp = cache.weights_fingerprint(model) if model is not None else None
+    plan_key = cache.digest(
+        "plan", _RESULTS_FORMAT, namespace, factory_fp, batch_sizes, trainer_key, seed, given_fp, data_version
+    )
+    manifest_path = folder / f"plan_{plan_key[:24]}.json"
+    signature = cache.data_signature(datasets)
+    manifest = cache.read_manifest(manifest_path)
+    if compute:  # 1. the data read once, the base model, its accuracy: recorded in the manifest
+        data_fp, train_mean = cache.data_fingerprint(datasets, batch_size)
+    elif manifest is None:
+        _require(False, manifest_path)
+    else:
+        _check_signature(signature, manifest, manifest_path)
+        data_fp, train_mean = manifest["data_fingerprint"], torch.tensor(manifest["train_mean"], dtype=torch.float32)
+    imputer = imputer if imputer is not None else MeanImputer(train_mean)
+    job = Job(
+        module_factory,
+        namespace,
+        datasets,
+        batch_sizes,
+        imputer,
+        keep,
+        settings,
+        str(folder),
+        loader_options,
+        None if chosen_device is None else str(chosen_device),
+        batch_size,
+        seed,
+    )
     base_key = cache.digest("base", _RESULTS_FORMAT, namespace, factory_fp, data_fp, batch_sizes, trainer_key, seed)
-    model = _base_model(job, model, folder, base_key, seed, compute)  # 1. the base model
-    baseline = accuracy(model, DataLoader(datasets["test"], batch_size=batch_size))
-    base_fp = cache.weights_fingerprint(model)
+    base_path = folder / f"base_{base_key[:24]}.pt"
+    ranker: nn.Module | None = None
+    if compute:
+        on = ranking.resolve_device(job.device, settings)
+        ranker = ranking.on_device(model, on) if model is not None else _base_model(job, base_path, seed, True).to(on)
+        base_fp = given_fp or cache.weights_fingerprint(ranker)
+        same = manifest is not None and (manifest["data_fingerprint"], manifest["base_fingerprint"]) == (
+            data_fp,
+            base_fp,
+        )
+        baseline = (
+            float(cast(dict, manifest)["baseline_accuracy"])
+            if same
+            else accuracy(ranker, DataLoader(datasets["test"], batch_size=batch_size, **loader_options["test"]))
+        )
+        cache.write_manifest(
+            manifest_path,
+            {
+                "signature": signature,
+                "data_fingerprint": data_fp,
+                "train_mean": [float(v) for v in train_mean],
+                "base_fingerprint": base_fp,
+                "baseline_accuracy": baseline,
+            },
+        )
+    else:
+        manifest = cast(dict, manifest)
+        base_fp, baseline = manifest["base_fingerprint"], float(manifest["baseline_accuracy"])
 
-    rankings: dict[str, dict[str, str]] = {}  # 2. rankings per method and split, streamed to disk
+    shards: list[ranking.RankShard] = []
+    rankings: dict[
+        str, dict[str, str]
+    ] = {}  # 2. every ranking's folder and shards (the images of one split, cut every shard_size)
     for recipe in recipes:
         rankings[recipe.name] = {}
         for split, dataset in datasets.items():
-            key = cache.digest("ranking", _RANKING_FORMAT, base_fp, recipe.fingerprint(), data_fp, split, seed)
-            path = folder / f"rank_{key[:24]}.npy"
-            if not path.exists():
-                _require(compute, path)
-                cache.compute_rankings(
-                    model,
-                    as_explainer(recipe),
-                    dataset,
-                    path,
-                    batch_size,
-                    seed,
-                    progress,
-                    description=f"ranking {recipe.name} ({split})",
-                )
-            rankings[recipe.name][split] = str(path)
+            key = cache.digest(
+                "ranking", _RANKING_FORMAT, base_fp, recipe.fingerprint(), data_fp, split, seed, shard_size
+            )
+            place = str(folder / f"rank_{key[:24]}")
+            rankings[recipe.name][split] = place
+            for start, stop in cache.shard_ranges(len(cast(Sized, dataset)), shard_size):
+                shards.append(ranking.RankShard(recipe.name, recipe, split, start, stop, place))
 
     setup = cache.digest(
         _RESULTS_FORMAT,
@@ -442,7 +600,10 @@ def roar_plan(
         for f in fractions
         for r in range(repeats)
     ]
-    return ROARPlan(job, runs, baseline)
+    plan = ROARPlan(job, runs, baseline, shards, model if model is not None else str(base_path), ranker)
+    if compute and rank:
+        _rank_here(plan, progress)
+    return plan
 
 
 _ARGS_DOC = """
@@ -476,6 +637,9 @@ _ARGS_DOC = """
             ``DaskExecutor``, ``SubmititExecutor`` for Slurm) send the datasets once per worker. Default None.
         batch_size: Images per batch when computing the rankings. Default 256.
         progress: Show tqdm progress bars. Default True.
+        device: Where the rankings and test accuracies run. Default None: the trainer's accelerator
+            (``trainer_kwargs["accelerator"]``, ``"auto"`` meaning CUDA when available), never silently the CPU that
+            Lightning leaves a fitted module on.
 
     Returns:
         :class:`ROARResult` with ``accuracy[method][fraction]`` (one entry per repeat) and ``baseline_accuracy``.
@@ -502,6 +666,7 @@ def roar(
     executor: concurrent.futures.Executor | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> ROARResult:
     """Does removing a method's top-ranked pixels hurt a retrained model more than removing random pixels?
 
@@ -537,6 +702,8 @@ def roar(
         batch_size,
         progress,
         keep=False,
+        rank=executor is None,  # on an executor, each ranking shard is a task too
+        device=device,
     )
     return plan.execute(executor, progress)
 
@@ -555,6 +722,7 @@ def kar(
     executor: concurrent.futures.Executor | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> ROARResult:
     """Does keeping only a method's top-ranked pixels preserve a retrained model's accuracy better than random?
 
@@ -587,6 +755,8 @@ def kar(
         batch_size,
         progress,
         keep=True,
+        rank=executor is None,  # on an executor, each ranking shard is a task too
+        device=device,
     )
     return plan.execute(executor, progress)
 

@@ -1,0 +1,195 @@
+"""ROAR at ImageNet scale (issue #22) on the oracle data of ``test_roar``: a task reads the plan, not the dataset;
+rankings in uint16 shards equal to the unsharded pass; requeued and duplicate tasks never end without a record;
+the datamodule's worker settings reach the retraining loaders; rankings and accuracies on the trainer's device."""
+
+# ruff: noqa: F811  (the fixtures data and sweep are imported from test_roar)
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from test_roar import ORACLE, TRAINER, OracleData, data, make_pl, one_thread, reuse_cache, sweep  # noqa: F401
+from torch.utils.data import DataLoader, Dataset
+
+from captum_ext.evaluation import cache, claims, roar_plan
+from captum_ext.evaluation.ranking import resolve_device
+from captum_ext.evaluation.retraining import RankedMaskDataset, loaders
+
+SETTINGS = {"fractions": (0.3, 0.6), "repeats": 1, "trainer_kwargs": TRAINER, "progress": False}
+
+
+class Counted(Dataset):
+    """A dataset that counts the items read from it (what a task would decode from disk)."""
+
+    reads = 0
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        Counted.reads += 1
+        return self.base[index]
+
+
+class CountedData(OracleData):
+    """The oracle data behind counting datasets, with the given DataLoader worker settings."""
+
+    def __init__(self, loader_kwargs: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.splits = {split: Counted(dataset) for split, dataset in self.splits.items()}
+        self.loader_kwargs = loader_kwargs or {}
+
+    def train_dataloader(self):
+        return DataLoader(self.splits["train"], batch_size=64, shuffle=True, **self.loader_kwargs)
+
+    def val_dataloader(self):
+        return DataLoader(self.splits["val"], batch_size=64, **self.loader_kwargs)
+
+    def test_dataloader(self):
+        return DataLoader(self.splits["test"], batch_size=64, **self.loader_kwargs)
+
+
+def test_a_task_reads_the_plan_not_the_dataset(sweep, tmp_path):
+    """A compute=False plan reads 16 items per split whatever the size, a finished run none at all; changed data
+    or another data_version are refused by name instead of silently mixing plans."""
+    reference, folder, _ = sweep
+    reuse_cache(folder, tmp_path)
+    data = CountedData()
+    Counted.reads = 0
+    plan = roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, compute=False, **SETTINGS)
+    assert Counted.reads == 3 * cache.SIGNATURE_SAMPLES  # 896 images, 48 read
+    assert plan.baseline_accuracy == reference.baseline_accuracy and plan.missing_rankings() == []
+    record = plan.run(2)
+    Counted.reads = 0
+    assert plan.run(2) == record and Counted.reads == 0  # done: returns its record without touching the data
+    assert roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, **SETTINGS).runs == plan.runs  # the driver agrees
+
+    changed = CountedData()
+    changed.splits["test"].base.tensors[0][-1] += 1.0  # the last item is always in the sample
+    with pytest.raises(ValueError, match="'test' split differs from the plan's in its sampled items"):
+        roar_plan(make_pl, changed, [ORACLE], cache_dir=tmp_path, compute=False, **SETTINGS)
+    shorter = CountedData(sizes=(512, 128, 200))
+    with pytest.raises(ValueError, match="'test' split has 200 items, the plan's 256"):
+        roar_plan(make_pl, shorter, [ORACLE], cache_dir=tmp_path, compute=False, **SETTINGS)
+    with pytest.raises(FileNotFoundError, match="prepare the plan first"):
+        roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, compute=False, data_version="v2", **SETTINGS)
+
+    (manifest,) = tmp_path.glob("plan_*.json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "baseline_accuracy": 7.5}))
+    with pytest.warns(RuntimeWarning, match="malformed baseline_accuracy"), pytest.raises(FileNotFoundError):
+        roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, compute=False, **SETTINGS)
+    with pytest.warns(RuntimeWarning, match="malformed"):  # the plan step writes it again
+        again = roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, **SETTINGS)
+    assert again.baseline_accuracy == reference.baseline_accuracy
+    assert json.loads(manifest.read_text())["baseline_accuracy"] == reference.baseline_accuracy
+
+
+def test_sharded_uint16_rankings_equal_the_single_pass(sweep, tmp_path):
+    """Shards of 100 images, computed one by one in any order, hold exactly the rows of the single-shard pass (a
+    deterministic method), 2 bytes a position; a stochastic one draws anew in every shard and split."""
+    reference, folder, _ = sweep
+    data = OracleData()
+    plan = roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, shard_size=100, rank=False, **SETTINGS)
+    whole = roar_plan(make_pl, data, [ORACLE], cache_dir=folder, compute=False, **SETTINGS)
+    assert len(plan.shards) == 2 * (6 + 2 + 3) and plan.missing_rankings() == list(range(len(plan.shards)))
+    with pytest.raises(FileNotFoundError, match="shards are missing"):
+        plan.run(0)
+    for j in reversed(range(len(plan.shards))):
+        plan.rank(j)
+    assert plan.missing_rankings() == []
+    oracle, random = plan.runs[0].rankings, plan.runs[-1].rankings
+    for split in ("train", "val", "test"):
+        n = len(data.splits[split])
+        rows = cache.Rankings(oracle[split]).rows(range(n))
+        expected = cache.Rankings(whole.runs[0].rankings[split]).rows(range(n))
+        assert rows.dtype == np.uint16 and np.array_equal(rows, expected)
+    noise = cache.Rankings(random["train"]).rows(range(300))
+    assert not (noise[:100] == noise[100:200]).all(axis=1).any()  # stochastic methods: every shard draws its own
+    assert not (noise[:100] == cache.Rankings(random["test"]).rows(range(100))).all(axis=1).any()  # every split too
+    view = RankedMaskDataset(
+        data.splits["train"], plan.runs[0].rankings["train"], 0.3, False, lambda x, m: x * ~m[:, None]
+    )
+    x, _ = next(iter(DataLoader(view, batch_size=256)))
+    removed = (x == 0).flatten(1).sum(1)
+    assert torch.all(removed == round(0.3 * 64))
+    assert plan.execute(progress=False).accuracy["oracle"] == reference.accuracy["oracle"]
+
+
+def test_a_task_never_ends_without_a_record(sweep, tmp_path, monkeypatch):
+    """A run claimed by a live worker elsewhere: run(wait=True) returns that worker's record when it is written, or
+    trains the run itself once the claim expires; a claim made by this Slurm job before its requeue is taken over at
+    once."""
+    reference, folder, _ = sweep
+    reuse_cache(folder, tmp_path)
+    plan = roar_plan(make_pl, OracleData(), [ORACLE], cache_dir=tmp_path, compute=False, **SETTINGS)
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(importlib.import_module("captum_ext.evaluation.roar"), "_POLL_S", 0.05)
+
+    def foreign_claim(key, slurm=""):
+        runs.mkdir(exist_ok=True)
+        (runs / f"{key}.0.lock").write_text(json.dumps({"owner": "elsewhere-17", "slurm": slurm}))
+
+    key = plan.runs[0].key  # 1. a duplicate task: the other worker finishes while this one waits
+    foreign_claim(key)
+    assert plan.run(0) is None  # without wait: "held elsewhere", no record
+    written = {"key": key, "accuracy": 0.25}
+    threading.Timer(0.3, lambda: cache.write_record(tmp_path, key, written)).start()
+    assert plan.run(0, wait=True) == written
+
+    key = plan.runs[1].key  # 2. a dead claim from another host: trained here once it expires
+    foreign_claim(key)
+    monkeypatch.setattr(claims, "EXPIRY_S", 0.5)
+    started = time.time()
+    record = plan.run(1, wait=True)
+    assert record["worker"] == claims.owner() and time.time() - started >= 0.5
+    assert record["accuracy"] == reference.accuracy["oracle"][0.6][0]
+
+    key = plan.runs[2].key  # 3. this Slurm job's own claim from before a requeue: taken at once
+    monkeypatch.setattr(claims, "EXPIRY_S", 3600.0)
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "812")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    foreign_claim(key, slurm="812_7")  # another task of the array: live, waited for
+    assert plan.run(2) is None
+    os.remove(runs / f"{key}.0.lock")
+    foreign_claim(key, slurm="812_2")
+    assert plan.run(2)["accuracy"] == reference.accuracy["random"][0.3][0]
+
+
+def test_retraining_loaders_keep_the_datamodules_workers(tmp_path):
+    """num_workers, pin_memory, persistent_workers and prefetch_factor of the user's loaders reach ROAR's loaders;
+    the masked batches read by two workers equal those read in the process."""
+    settings = {"num_workers": 2, "persistent_workers": True, "prefetch_factor": 3}
+    data = CountedData(loader_kwargs=settings, sizes=(128, 32, 64))
+    plan = roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, **{**SETTINGS, "fractions": (0.5,)})
+    run = plan.runs[0]
+    views = {s: RankedMaskDataset(d, run.rankings[s], 0.5, False, plan._job.imputer) for s, d in data.splits.items()}
+    made = loaders(plan._job, views, run.seed)
+    assert all((made[s].num_workers, made[s].persistent_workers, made[s].prefetch_factor) == (2, True, 3) for s in made)
+    in_process = loaders(plan._job.__class__(**{**vars(plan._job), "loader_options": {}}), views, run.seed)
+    for a, b in zip(made["train"], in_process["train"]):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_device_follows_the_trainer_not_where_lightning_left_the_module(monkeypatch):
+    assert resolve_device(None, {"accelerator": "cpu"}) == torch.device("cpu")
+    assert resolve_device("cuda:1", {"accelerator": "cpu"}) == torch.device("cuda:1")  # given: wins
+    assert resolve_device(None, {"accelerator": "gpu", "devices": [2, 3]}) == torch.device("cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device(None, {"accelerator": "cuda", "devices": [2, 3]}) == torch.device("cuda:3")  # DDP rank 1
+    assert resolve_device(None, {"accelerator": "gpu", "devices": 2}) == torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None, {}) == torch.device("cuda:1")  # "auto" with a GPU: Lightning trains there
+    with pytest.raises(ValueError, match="Expected argument `device` to be a torch.device"):
+        resolve_device("gpu0", {})
+    with pytest.raises(ValueError, match="Expected argument `device`"):
+        roar_plan(make_pl, OracleData(sizes=(8, 8, 8)), [ORACLE], device=3)
