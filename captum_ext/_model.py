@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from captum_ext._context import eval_mode
+from captum_ext._context import eval_mode, full_precision
 from captum_ext.batches import Unpack, unpack_batch
 from captum_ext.model_output import OutputFn, logits
 
 __all__ = [
+    "unwrap_model",
     "model_device",
     "predict",
     "accuracy",
@@ -40,6 +41,27 @@ __all__ = [
 ]
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's own module inside the wrappers that hide it: ``torch.compile``'s ``OptimizedModule`` (its
+    ``_orig_mod``), ``DataParallel`` and ``DistributedDataParallel`` (their ``module``), any nesting of them. The
+    package explains and hooks that module, eagerly, by the layer names the user wrote.
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> unwrap_model(nn.DataParallel(net)) is net
+        True
+    """
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+            continue
+        inner = getattr(model, "_orig_mod", None)
+        if type(model).__name__ != "OptimizedModule" or not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a model with neither)."""
     for tensor in (*model.parameters(), *model.buffers()):
@@ -48,8 +70,10 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def predict(model: nn.Module, inputs: torch.Tensor, output_fn: OutputFn | None = None) -> torch.Tensor:
-    """(N,) argmax class of the model's scores (read by the package's output rule); call it under ``no_grad``."""
-    return logits(model(inputs), output_fn).argmax(dim=1)
+    """(N,) argmax class of the model's scores (read by the package's output rule, autocast off); call it under
+    ``no_grad``."""
+    with full_precision(inputs.device):
+        return logits(model(inputs), output_fn).argmax(dim=1)
 
 
 def accuracy(
@@ -72,14 +96,12 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """Return ``model``'s submodule called ``name`` (dotted), or raise a ``ValueError`` listing the names."""
     if not isinstance(name, str):
         raise TypeError(f"Expected argument `layer` to be a dotted module name (str), but got {type(name).__name__}.")
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        names = [n for n, _ in model.named_modules() if n]
-        shown = ", ".join(repr(n) for n in names[:40]) + (", ..." if len(names) > 40 else "")
-        raise ValueError(
-            f"Expected argument `layer` to name a submodule of the model; {name!r} is not one of {shown}."
-        ) from None
+    for candidate in (model, unwrap_model(model)):  # names of the user's module work through torch.compile and DDP
+        with contextlib.suppress(AttributeError):
+            return candidate.get_submodule(name)
+    names = [n for n, _ in unwrap_model(model).named_modules() if n]
+    shown = ", ".join(repr(n) for n in names[:40]) + (", ..." if len(names) > 40 else "")
+    raise ValueError(f"Expected argument `layer` to name a submodule of the model; {name!r} is not one of {shown}.")
 
 
 def forward_order(model: nn.Module, inputs: torch.Tensor, select: Callable[[nn.Module], bool]) -> list[str]:

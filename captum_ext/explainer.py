@@ -82,8 +82,8 @@ from torch import nn
 
 from captum_ext import maps
 from captum_ext._checks import Target, check_finite, check_int, check_real, check_seed, class_targets
-from captum_ext._context import eval_mode, gradients_enabled
-from captum_ext._model import default_cam_layer, forward_order, last_conv_layer, resolve_layer
+from captum_ext._context import eval_mode, full_precision, gradients_enabled
+from captum_ext._model import default_cam_layer, forward_order, last_conv_layer, resolve_layer, unwrap_model
 from captum_ext._seeds import derived_seed
 from captum_ext.attr.random_map import RandomAttribution
 from captum_ext.model_output import OutputFn, check_output_fn, with_logits
@@ -517,7 +517,9 @@ class Explainer:
         """Attributions shaped like ``inputs`` (N, C, H, W); layer maps are upsampled and repeated over channels.
 
         Args:
-            model: the classifier, left unchanged (mode, weights, gradients, hooks).
+            model: the classifier, left unchanged (mode, weights, gradients, hooks); a ``torch.compile``d,
+                ``DataParallel`` or DDP-wrapped model is explained through the module it wraps. Autocast is off for
+                the call: under mixed precision the maps are computed in the model's own dtype.
             inputs: (N, C, H, W) float tensor, finite, of the model's dtype and device, or Captum's tuple of that one
                 tensor (as ``captum.metrics.sensitivity_max`` passes it).
             target: class index, per-sample indices (list or (N,) tensor), or None for the predicted class.
@@ -543,8 +545,9 @@ class Explainer:
             inputs = inputs[0]
         _check_inputs(model, inputs)
         check_output_fn(output_fn)
+        model = unwrap_model(model)  # torch.compile / DDP: the user's own module, eagerly, by its own layer names
         forward = with_logits(model, output_fn)
-        with gradients_enabled(), eval_mode(model):
+        with gradients_enabled(), eval_mode(model), full_precision(inputs.device):
             x = inputs.detach().clone().requires_grad_()
             target = self._target(forward, x, target)
             attribution = self.build(model, x, output_fn)

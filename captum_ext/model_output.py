@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from captum_ext._checks import check_callable
+from captum_ext._context import full_precision
 
 __all__ = ["OutputFn", "logits", "check_output_fn", "LogitsModel", "with_logits"]
 
@@ -95,7 +96,10 @@ class LogitsModel(nn.Module):
         self.output_fn = check_output_fn(output_fn)
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return logits(self.model(*args, **kwargs), self.output_fn)
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        device = first.device if first is not None else torch.device("cpu")
+        with full_precision(device):  # scores in the model's own dtype, also inside a mixed-precision step
+            return logits(self.model(*args, **kwargs), self.output_fn)
 
 
 def with_logits(model: nn.Module, output_fn: OutputFn | None = None) -> LogitsModel:

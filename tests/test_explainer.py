@@ -100,7 +100,9 @@ def test_integrated_gradients_equals_riemann_sum(trained_cnn, batch):
         (g,) = torch.autograd.grad(model(xs).gather(1, y[:, None]).sum(), xs)
         total += g
     ref = x.double() * total / steps
-    torch.testing.assert_close(ours.double(), ref, rtol=1e-3, atol=1e-6)
+    # float32 against a float64 reference: elements near zero carry the float32 rounding of the whole sum, so the
+    # absolute tolerance is relative to the map's scale (1e-6 alone failed by 4e-5 on maps up to 0.5 on some CPUs)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-3, atol=2e-4 * float(ref.abs().max()))
 
 
 def test_noise_tunnel_methods_on_a_linear_model_give_known_answers():

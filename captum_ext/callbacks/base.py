@@ -55,7 +55,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from captum_ext._checks import check_int, check_seed
-from captum_ext._context import eval_mode, gradients_enabled
+from captum_ext._context import eval_mode, full_precision, gradients_enabled
 from captum_ext.batches import Unpack, check_unpack
 from captum_ext.callbacks.probes import ProbeSet, select_probe, shard_positions, shared_cache
 from captum_ext.explainer import Explainer, as_explainer
@@ -111,7 +111,7 @@ def synced_compute(metric: Metric) -> Any:
 def forward_in_eval(model: nn.Module, inputs: torch.Tensor, output_fn: OutputFn | None = None) -> torch.Tensor:
     """Logits of ``model`` (read by the package's output rule) in eval mode without gradients (each module's mode
     restored)."""
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), eval_mode(model), full_precision(inputs.device):
         return logits(model(inputs), output_fn)
 
 

@@ -80,11 +80,14 @@ def weights_fingerprint(model: nn.Module) -> str:
     return sha.hexdigest()
 
 
-def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+def _loader(dataset: Dataset, batch_size: int, options: dict[str, Any] | None = None) -> DataLoader:
+    """The dataset in order, with the user's loader's worker settings (``options``): decoding runs in its workers."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **(options or {}))
 
 
-def data_fingerprint(datasets: dict[str, Dataset], batch_size: int) -> tuple[str, torch.Tensor]:
+def data_fingerprint(
+    datasets: dict[str, Dataset], batch_size: int, loader_options: dict[str, dict[str, Any]] | None = None
+) -> tuple[str, torch.Tensor]:
     """SHA-256 of every split's images and labels in order (images and labels hashed as two streams, so the value
     does not depend on ``batch_size``), and the per-channel mean of the ``"train"`` split (float64 running sums: one
     streaming pass, nothing kept)."""
@@ -92,7 +95,7 @@ def data_fingerprint(datasets: dict[str, Dataset], batch_size: int) -> tuple[str
     total, count = None, 0
     for split in sorted(datasets):
         streams = [hashlib.sha256(), hashlib.sha256()]
-        for batch in _loader(datasets[split], batch_size):
+        for batch in _loader(datasets[split], batch_size, (loader_options or {}).get(split)):
             images, labels = unpack_batch(batch)
             for stream, tensor in zip(streams, (images, labels)):
                 stream.update(torch.as_tensor(tensor).detach().cpu().contiguous().numpy().tobytes())
@@ -270,14 +273,15 @@ def compute_rankings(
     seed: int = 0,
     progress: bool = True,
     description: str = "",
+    loader_options: dict[str, Any] | None = None,
 ) -> Path:
     """Rank the pixels of every image of ``dataset`` by ``explainer``'s ``"sum_abs"`` map for its label, on the
     model's device, and stream the rank positions to ``path`` (an (N, H*W) ``.npy`` of :func:`ranking_dtype`), one
     batch at a time; returns ``path``. A shard is this over a ``Subset`` of the split.
 
     Ties are broken by a jitter seeded with ``seed`` (:func:`captum_ext.maps.rank_pixels`), the same for every image,
-    so shards and batch sizes do not change the result. The file appears only when complete (temporary file +
-    rename).
+    so shards and batch sizes do not change the result. ``loader_options`` (``num_workers``, ``pin_memory``...) go to
+    the DataLoader that reads the images. The file appears only when complete (temporary file + rename).
     """
     target = Path(path)
     device = model_device(model)
@@ -290,7 +294,7 @@ def compute_rankings(
             total=len(sized), desc=description or f"ranking {explainer.name}", disable=not progress, leave=False
         ) as bar,
     ):
-        for batch in _loader(dataset, batch_size):
+        for batch in _loader(dataset, batch_size, loader_options):
             x, y = unpack_batch(batch)
             x, y = x.to(device), torch.as_tensor(y).to(device)
             saliency = explainer.saliency(model, x, y, reduce="sum_abs")

@@ -119,6 +119,7 @@ def compute_shard(
         job.seed,
         progress,
         description=f"ranking {shard.method} ({shard.split} {shard.start}-{shard.stop})",
+        loader_options=job.loader_options.get(shard.split),
     )
     return str(shard.path)
 

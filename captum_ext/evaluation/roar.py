@@ -509,7 +509,7 @@ def roar_plan(
     signature = cache.data_signature(datasets)
     manifest = cache.read_manifest(manifest_path)
     if compute:  # 1. the data read once, the base model, its accuracy: recorded in the manifest
-        data_fp, train_mean = cache.data_fingerprint(datasets, batch_size)
+        data_fp, train_mean = cache.data_fingerprint(datasets, batch_size, loader_options)
     elif manifest is None:
         _require(False, manifest_path)
     else:

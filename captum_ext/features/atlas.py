@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from captum_ext._checks import check_int, check_seed
-from captum_ext._context import eval_mode, gradients_enabled
+from captum_ext._context import eval_mode, full_precision, gradients_enabled
 from captum_ext._model import capture_output
 from captum_ext._results import JSONResult
 from captum_ext.features.activation_maximization import ActivationMaximization
@@ -141,7 +141,7 @@ def _vectors_and_attribution(
     ``chunk`` images per forward pass (and one backward pass per class each)."""
     gen = torch.Generator().manual_seed(seed)
     vectors, attributions = [], []
-    with eval_mode(model), gradients_enabled(), capture_output(model, layer) as outputs:
+    with eval_mode(model), gradients_enabled(), full_precision(inputs.device), capture_output(model, layer) as outputs:
         for start in range(0, inputs.shape[0], chunk):
             outputs.clear()
             scores = logits(model(inputs[start : start + chunk].detach()), output_fn)

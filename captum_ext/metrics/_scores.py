@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from captum_ext._context import eval_mode
+from captum_ext._context import eval_mode, full_precision
+from captum_ext._model import model_device
 from captum_ext.model_output import OutputFn, logits
 
 __all__ = ["class_scores"]
@@ -34,7 +35,7 @@ def class_scores(
     """
     build = images if callable(images) else (lambda start, stop: images[start:stop])
     out = []
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), eval_mode(model), full_precision(model_device(model)):
         for start in range(0, len(targets), batch_size):
             scores = logits(model(build(start, min(start + batch_size, len(targets)))), output_fn)
             if apply_softmax:

@@ -34,7 +34,7 @@ from torchmetrics import Metric
 
 from captum_ext import maps
 from captum_ext._checks import check_choice, check_finite, check_int, check_seed, class_targets
-from captum_ext._context import eval_mode
+from captum_ext._context import eval_mode, full_precision
 from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer
 from captum_ext.model_output import OutputFn, check_output_fn, logits
 from captum_ext.normalization import Normalization, check_normalization
@@ -133,7 +133,7 @@ def perturbation_curve(
     per_chunk = max(1, batch_size // (steps + 1))
     curve = torch.empty(n, steps + 1, dtype=torch.float32, device=inputs.device)
     module = forward_func if isinstance(forward_func, nn.Module) else nn.Identity()
-    with torch.no_grad(), eval_mode(module):
+    with torch.no_grad(), eval_mode(module), full_precision(inputs.device):
         for start in range(0, n, per_chunk):
             x = inputs[start : start + per_chunk].detach()
             m = x.shape[0]

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from captum_ext._checks import check_choice, check_finite, check_int, check_real, check_seed, class_targets
-from captum_ext._context import eval_mode
+from captum_ext._context import eval_mode, full_precision
 from captum_ext._model import resolve_layer
 from captum_ext.explainer import Explainer, as_explainer, images_per_pass
 from captum_ext.metrics._mean import MeanOverImages
@@ -262,7 +262,7 @@ def _outputs(
             lambda m, a, out: features.append(out.detach().flatten(1))
         )
     try:
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad(), eval_mode(model), full_precision(images.device):
             for start in range(0, images.shape[0], chunk):
                 scores.append(logits(model(images[start : start + chunk]), output_fn).float())
     finally:

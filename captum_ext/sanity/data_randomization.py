@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from captum_ext._checks import Target, check_int, check_seed
 from captum_ext._context import eval_mode
-from captum_ext._model import accuracy, predict
+from captum_ext._model import accuracy, predict, unwrap_model
 from captum_ext._seeds import derived_seed
 from captum_ext.explainer import Explainer
 from captum_ext.metrics.similarity import SIMILARITIES, SimilarityName
@@ -132,7 +132,7 @@ def train_on_random_labels(
             f"Expected argument `target_accuracy` to be a real number in (0, 1], but got {target_accuracy!r}."
         )
     permuted = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
-    random_model = copy.deepcopy(model)
+    random_model = copy.deepcopy(unwrap_model(model))
     for param in random_model.parameters():
         param.grad = None
     for index, name in enumerate(parameter_layers(random_model, images)):

@@ -37,7 +37,7 @@ from torch import nn
 
 from captum_ext._checks import Target, check_choice, check_finite, check_seed
 from captum_ext._context import eval_mode
-from captum_ext._model import forward_order, predict
+from captum_ext._model import forward_order, predict, unwrap_model
 from captum_ext._seeds import derived_seed
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.metrics.similarity import (
@@ -350,7 +350,7 @@ def model_randomization_test(
     metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps, output_fn)
     check_choice("mode", mode, ("cascading", "independent"))
 
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(unwrap_model(model))  # torch.compile / DDP: the user's module and its own layer names
     for param in work.parameters():
         param.grad = None
     order = parameter_layers(work, inputs)
