@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -23,13 +24,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from captum_ext._io import save_figure, write_json_atomic, write_text_atomic
-from captum_ext.config import FIELDS, ConfigError, field_help
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from captum_ext.config import FIELDS, field_help
+
     parser = argparse.ArgumentParser(prog="captum-ext", description="Can this explanation be trusted?")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train on the embedded digits and run every check (a few minutes)")
@@ -75,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _out(config: dict, command: str) -> Path:
     """The output folder; created by the first result written (a failed run leaves no empty folder)."""
+    from captum_ext.config import ConfigError
+
     out = Path(config.get("out") or f"runs/{command}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"Expected field `out` to be a folder, but {str(out)!r} is a file.")
@@ -82,7 +88,7 @@ def _out(config: dict, command: str) -> Path:
 
 
 def _explainers(config: dict) -> list:
-    from captum_ext.config import build_explainer
+    from captum_ext.config import ConfigError, build_explainer
 
     specs = config.get("explainers")
     if not isinstance(specs, list) or not specs:
@@ -109,7 +115,7 @@ def _run_roar(config: dict, step: dict[str, Any], path: str = "FILE") -> None:
     """All runs here (no ``step``), or one step of a job array: ``plan`` (base model and rankings here),
     ``prepare`` (base model only; rankings left to ``rank_index`` tasks), ``rank_index``, ``run_index`` or
     ``collect`` (``path``: the config file, for the commands printed after ``plan`` and ``prepare``)."""
-    from captum_ext.config import build_datamodule, import_object
+    from captum_ext.config import ConfigError, build_datamodule, import_object
     from captum_ext.evaluation import roar_plan
 
     out = _out(config, "roar")
@@ -129,7 +135,12 @@ def _run_roar(config: dict, step: dict[str, Any], path: str = "FILE") -> None:
         **kwargs,
     )
     if step.get("plan") or step.get("prepare"):
-        described = {"runs": plan.describe(), "ranking_shards": len(plan.shards), "cache_dir": str(plan.cache_dir)}
+        described = {
+            "runs": plan.describe(),
+            "ranking_shards": len(plan.shards),
+            "cache_dir": str(plan.cache_dir),
+            "config": _config_digest(config),
+        }
         write_json_atomic(described, out / "plan.json", indent=1)
         runs = _sbatch(config, path, len(plan), "--run-index", "$ranked" if step.get("prepare") else "")
         lines = [f"{plan}", f"wrote {out / 'plan.json'}", "", "as Slurm job arrays:"]
@@ -198,15 +209,60 @@ def _run_audit(config: dict) -> None:
     print(f"\nwrote {out / 'audit.json'} and {out / 'audit.html'}")
 
 
+def _config_digest(config: dict) -> str:
+    """What ties a ``plan.json`` to the config (and package version) it was written for."""
+    from captum_ext import __version__
+
+    return hashlib.sha256(json.dumps([config, __version__], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _recorded_run(config_path: str, index: int) -> dict | None:
+    """Run ``index``'s record, found through the ``plan.json`` that ``--plan`` / ``--prepare`` wrote for this very
+    config, or None (the full path then decides). A finished (or requeued, or duplicate) array task returns with it
+    in a fraction of a second: no torch, no Lightning, no data."""
+    try:
+        config = yaml.safe_load(Path(config_path).read_text()) or {}
+        plan = json.loads((Path(config.get("out") or "runs/roar") / "plan.json").read_text())
+        if plan.get("config") != _config_digest(config) or index < 0:
+            return None
+        key = plan["runs"][index]["key"]
+        record = json.loads((Path(plan["cache_dir"]) / "runs" / f"{key}.json").read_text())
+        accuracy = record["accuracy"]
+    except (OSError, ValueError, LookupError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+    valid = record.get("key") == key and isinstance(accuracy, (int, float)) and 0 <= accuracy <= 1
+    return record if valid else None
+
+
+def _finished_task(argv: Sequence[str]) -> dict | None:
+    """For ``roar --config F --run-index I`` (nothing else), the run's record when it is already there."""
+    quick = argparse.ArgumentParser(add_help=False)
+    quick.add_argument("command")
+    quick.add_argument("--config")
+    quick.add_argument("--run-index", type=int)
+    try:
+        args, rest = quick.parse_known_args(argv)
+    except SystemExit:  # not of that form: the full parser reports it
+        return None
+    if args.command != "roar" or rest or args.config is None or args.run_index is None:
+        return None
+    return _recorded_run(args.config, args.run_index)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``captum-ext`` console script; returns the exit code (2 for a bad config)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    record = _finished_task(argv)
+    if record is not None:
+        print(json.dumps(record))
+        return 0
     args = _parser().parse_args(argv)
     if args.command == "demo":
         from captum_ext.demo import print_summary, run_demo
 
         print_summary(run_demo(args.out, seed=args.seed, fast=args.fast))
         return 0
-    from captum_ext.config import load_config
+    from captum_ext.config import ConfigError, load_config
 
     runners = {"sanity": _run_sanity, "audit": _run_audit}
     try:

@@ -7,11 +7,12 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 import yaml
 
-from captum_ext.cli import main
+from captum_ext.cli import _recorded_run, main
 from captum_ext.evaluation import ROARResult
 
 SANITY = {
@@ -78,6 +79,19 @@ def test_roar_as_a_job_array_plan_run_index_collect(tmp_path, capsys):
     assert main(["roar", "--config", path, "--run-index", "0"]) == 0
     assert main(["roar", "--config", path, "--collect"]) == 0
     collected = ROARResult.from_json(tmp_path / "array" / "roar.json")
+    # a finished task reads plan.json and the record: no torch, no data (issue #22: seconds whatever the data size)
+    check = (
+        "import sys; from captum_ext.cli import main; code = main(sys.argv[1:]); print(code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check, "roar", "--config", path, "--run-index", "1"], capture_output=True, text=True
+    )
+    record = json.loads(done.stdout.splitlines()[0])
+    assert done.stdout.splitlines()[1] == "0 False" and record["key"] == plan["runs"][1]["key"]
+    assert _recorded_run(path, 1) == record and _recorded_run(path, 2) is None
+    _write(tmp_path, {**config, "repeats": 2})  # the config changed since the plan: the full path decides
+    assert _recorded_run(path, 1) is None
+    path = _write(tmp_path, config)
     assert main(["roar", "--config", _write(tmp_path, {**config, "out": str(tmp_path / "whole")})]) == 0
     assert ROARResult.from_json(tmp_path / "whole" / "roar.json").accuracy == collected.accuracy
 
