@@ -145,7 +145,8 @@ def _run_roar(config: dict, step: dict[str, Any], path: str = "FILE") -> None:
         runs = _sbatch(config, path, len(plan), "--run-index", "$ranked" if step.get("prepare") else "")
         lines = [f"{plan}", f"wrote {out / 'plan.json'}", "", "as Slurm job arrays:"]
         if step.get("prepare"):
-            lines.append(f"  ranked=$({_sbatch(config, path, len(plan.shards), '--rank-index', parsable=True)})")
+            ranking = _sbatch(config, path, len(plan.shards), "--rank-index", parsable=True)
+            lines.append(f"  ranked=$({ranking} | cut -d';' -f1)")  # --parsable prints id[;cluster]
         collect = (
             f"{shlex.quote(sys.executable)} -m captum_ext.cli roar --config {shlex.quote(str(Path(path).resolve()))}"
         )
@@ -235,18 +236,21 @@ def _recorded_run(config_path: str, index: int) -> dict | None:
 
 
 def _finished_task(argv: Sequence[str]) -> dict | None:
-    """For ``roar --config F --run-index I`` (nothing else), the run's record when it is already there."""
-    quick = argparse.ArgumentParser(add_help=False)
-    quick.add_argument("command")
-    quick.add_argument("--config")
-    quick.add_argument("--run-index", type=int)
-    try:
-        args, rest = quick.parse_known_args(argv)
-    except SystemExit:  # not of that form: the full parser reports it
+    """For exactly ``roar --config F --run-index I`` (options in any order, ``--x=v`` or ``--x v``), the run's
+    record when it is already there; None for anything else, which the full parser then handles."""
+    if not argv or argv[0] != "roar":
         return None
-    if args.command != "roar" or rest or args.config is None or args.run_index is None:
+    options, rest = {}, list(argv[1:])
+    while rest:
+        name, equals, value = rest.pop(0).partition("=")
+        if not equals:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        options[name] = value
+    if set(options) != {"--config", "--run-index"} or not options["--run-index"].isdigit():
         return None
-    return _recorded_run(args.config, args.run_index)
+    return _recorded_run(options["--config"], int(options["--run-index"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -113,7 +113,7 @@ def test_roar_rankings_as_array_tasks_from_another_folder(tmp_path, capsys):
     path = _write(tmp_path, config)
     assert main(["roar", "--config", path, "--prepare"]) == 0
     printed = capsys.readouterr().out
-    ranked = re.search(r"ranked=\$\((sbatch --parsable --array=0-(\d+)%\d+ .*)\)$", printed, re.M)
+    ranked = re.search(r"ranked=\$\((sbatch --parsable --array=0-(\d+)%\d+ .*) \| cut -d';' -f1\)$", printed, re.M)
     assert ranked is not None and "--dependency=afterok:$ranked --array=0-1%2" in printed
     shards = int(ranked.group(2)) + 1
     assert shards == 2 * 4  # saliency and random x (train: 2 shards of 1000, val, test)

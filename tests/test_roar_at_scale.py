@@ -15,7 +15,17 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_roar import ORACLE, TRAINER, OracleData, data, make_pl, one_thread, reuse_cache, sweep  # noqa: F401
+from test_roar import (  # noqa: F401
+    ORACLE,
+    REGION,
+    TRAINER,
+    OracleData,
+    data,
+    make_pl,
+    one_thread,
+    reuse_cache,
+    sweep,
+)
 from torch.utils.data import DataLoader, Dataset
 
 from captum_ext.evaluation import cache, claims, roar_plan
@@ -133,11 +143,11 @@ def test_a_task_never_ends_without_a_record(sweep, tmp_path, monkeypatch):
     reuse_cache(folder, tmp_path)
     plan = roar_plan(make_pl, OracleData(), [ORACLE], cache_dir=tmp_path, compute=False, **SETTINGS)
     runs = tmp_path / "runs"
-    monkeypatch.setattr(importlib.import_module("captum_ext.evaluation.roar"), "_POLL_S", 0.05)
+    monkeypatch.setattr(importlib.import_module("captum_ext.evaluation.roar"), "_WAIT_S", 0.05)
 
-    def foreign_claim(key, slurm=""):
+    def foreign_claim(key, slurm="", restart=0):
         runs.mkdir(exist_ok=True)
-        (runs / f"{key}.0.lock").write_text(json.dumps({"owner": "elsewhere-17", "slurm": slurm}))
+        (runs / f"{key}.0.lock").write_text(json.dumps({"owner": "elsewhere-17", "slurm": slurm, "restart": restart}))
 
     key = plan.runs[0].key  # 1. a duplicate task: the other worker finishes while this one waits
     foreign_claim(key)
@@ -158,10 +168,12 @@ def test_a_task_never_ends_without_a_record(sweep, tmp_path, monkeypatch):
     monkeypatch.setattr(claims, "EXPIRY_S", 3600.0)
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "812")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
-    foreign_claim(key, slurm="812_7")  # another task of the array: live, waited for
-    assert plan.run(2) is None
-    os.remove(runs / f"{key}.0.lock")
-    foreign_claim(key, slurm="812_2")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    for other in ({"slurm": "812_7"}, {"slurm": "812_2", "restart": 1}):  # another task; a process of this restart
+        foreign_claim(key, **other)
+        assert plan.run(2) is None  # live: not taken
+        os.remove(runs / f"{key}.0.lock")
+    foreign_claim(key, slurm="812_2", restart=0)
     assert plan.run(2)["accuracy"] == reference.accuracy["random"][0.3][0]
 
 
@@ -191,5 +203,68 @@ def test_device_follows_the_trainer_not_where_lightning_left_the_module(monkeypa
     assert resolve_device(None, {}) == torch.device("cuda:1")  # "auto" with a GPU: Lightning trains there
     with pytest.raises(ValueError, match="Expected argument `device` to be a torch.device"):
         resolve_device("gpu0", {})
+    with pytest.raises(ValueError, match="Expected argument `device`.*accelerator 'tpu'"):
+        resolve_device(None, {"accelerator": "tpu"})  # never silently the CPU
     with pytest.raises(ValueError, match="Expected argument `device`"):
         roar_plan(make_pl, OracleData(sizes=(8, 8, 8)), [ORACLE], device=3)
+
+
+class Flip:
+    """A random horizontal flip that records what it is given (module level: picklable)."""
+
+    seen: list = []
+
+    def __call__(self, image):
+        Flip.seen.append(image.clone())
+        return image.flip(-1) if torch.rand(()) < 0.5 else image
+
+
+class Jittered(OracleData):
+    """The oracle data whose training images get fresh noise at every read, as a random augmentation would."""
+
+    def __init__(self):
+        super().__init__(sizes=(64, 16, 32))
+        base = self.splits["train"]
+
+        class Noisy(Dataset):
+            def __len__(self):
+                return len(base)
+
+            def __getitem__(self, index):
+                x, y = base[index]
+                return x + 0.01 * torch.randn_like(x), y
+
+        self.splits["train"] = Noisy()
+
+
+def test_augmentation_comes_after_the_mask_on_the_deterministic_view(tmp_path):
+    """Issue #22: a dataset with random transforms is refused by name; with the random part passed as ``augment``,
+    each training image is masked on the deterministic view (the oracle's region holds exactly the training mean when
+    the augmentation sees it), then augmented; the test split is not; the base model trains on augmented images too."""
+    with pytest.raises(ValueError, match="'train' dataset to return the same item.*`augment=`"):
+        roar_plan(make_pl, Jittered(), [ORACLE], cache_dir=tmp_path / "jitter", **SETTINGS)
+    data = OracleData(sizes=(128, 32, 64))
+    Flip.seen.clear()
+    settings = {**SETTINGS, "fractions": (0.25,), "trainer_kwargs": {**TRAINER, "max_epochs": 1}}
+    plan = roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, augment=Flip(), **settings)
+    mean = plan._job.imputer.mean
+    assert len(Flip.seen) == 128 and not any(torch.any(x[0] == mean) for x in Flip.seen)  # the base model's, unmasked
+    Flip.seen.clear()
+    plan.run(0)
+    assert len(Flip.seen) == 128  # every training image of the one epoch, no test image
+    assert all(torch.all(x[0, REGION] == mean) and not torch.any(x[0, ~REGION] == mean) for x in Flip.seen)
+    plain = roar_plan(make_pl, data, [ORACLE], cache_dir=tmp_path, **settings)
+    assert plain.runs[0].key != plan.runs[0].key  # the augmentation is part of the run's key
+
+
+def test_a_wrapped_user_model_ranks_and_keys_like_the_module(tmp_path):
+    """roar(model=DataParallel(m)) or a compiled m: the same run keys and rankings as m itself, m unchanged."""
+    data = OracleData(sizes=(64, 16, 32))
+    model = make_pl()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = {**SETTINGS, "fractions": (0.5,), "cache_dir": tmp_path}
+    plain = roar_plan(make_pl, data, ["saliency"], model=model, **settings)
+    for wrapped in (torch.nn.DataParallel(model), torch.compile(model, backend="eager")):
+        again = roar_plan(make_pl, data, ["saliency"], model=wrapped, **settings)
+        assert [r.key for r in again.runs] == [r.key for r in plain.runs]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -145,7 +145,13 @@ def _finite_number(value: Any) -> bool:
 
 #: What a manifest holds, each with the check its value must pass.
 _MANIFEST_FIELDS: dict[str, Any] = {
-    "signature": lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()),
+    "signature": lambda v: (
+        isinstance(v, dict)
+        and all(
+            isinstance(x, dict) and isinstance(x.get("length"), int) and isinstance(x.get("sample"), str)
+            for x in v.values()
+        )
+    ),
     "data_fingerprint": lambda v: isinstance(v, str) and len(v) == 64,
     "train_mean": lambda v: isinstance(v, list) and bool(v) and all(_finite_number(x) for x in v),
     "base_fingerprint": lambda v: isinstance(v, str) and len(v) == 64,
@@ -280,7 +286,7 @@ def compute_rankings(
     batch at a time; returns ``path``. A shard is this over a ``Subset`` of the split.
 
     Ties are broken by a jitter seeded with ``seed`` (:func:`captum_ext.maps.rank_pixels`), the same for every image,
-    so shards and batch sizes do not change the result. ``loader_options`` (``num_workers``, ``pin_memory``...) go to
+    so shards and batch sizes do not change a deterministic method's result (a stochastic one draws per call). ``loader_options`` (``num_workers``, ``pin_memory``...) go to
     the DataLoader that reads the images. The file appears only when complete (temporary file + rename).
     """
     target = Path(path)

@@ -2,9 +2,9 @@
 folder, on a network filesystem too.
 
 A claim is a lock file ``<key>.<generation>.lock`` created with ``O_CREAT | O_EXCL`` (atomic on local disks and on
-NFS v3+), holding its owner (host, pid) and Slurm job. While the run trains, a heartbeat thread refreshes the file's
-mtime; a claim whose file has not changed for ``expiry_s`` seconds (its worker died or hangs), whose owner on this
-host has died, or that this Slurm job made before it was requeued, has expired, and the next claimant creates the next generation's file. A claim given up without a record
+NFS v3+), holding its owner (host, pid), Slurm job and restart count. While the run trains, a heartbeat thread
+refreshes the file's mtime; a claim whose file has not changed for ``expiry_s`` seconds (its worker died or hangs),
+whose owner on this host has died, or that this Slurm job made before it was requeued, has expired, and the next claimant creates the next generation's file. A claim given up without a record
 (the run failed) is marked expired (mtime set to 0), never deleted, and nobody deletes or renames another worker's
 file: generation numbers only grow while a run is unrecorded, so two workers can never hold the same generation or
 take over each other's fresh claim. Lock files are deleted only by the worker that wrote the run's record (its own
@@ -35,7 +35,7 @@ from pathlib import Path
 
 from captum_ext._io import owner, owner_alive
 
-__all__ = ["Claim", "claim", "held_elsewhere", "live_keys", "slurm_task", "EXPIRY_S"]
+__all__ = ["Claim", "claim", "held_elsewhere", "live_keys", "slurm_task", "slurm_restart", "EXPIRY_S"]
 
 #: Seconds without a heartbeat after which a claim has expired (the heartbeat beats every ``EXPIRY_S / 10``).
 EXPIRY_S = 600.0
@@ -76,16 +76,27 @@ def _expired(path: Path, expiry_s: float) -> bool:
         content = {}
     content = content if isinstance(content, dict) else {}
     holder, job = str(content.get("owner", "")), str(content.get("slurm", ""))
-    predecessor = bool(job) and job == slurm_task() and holder != owner()  # this Slurm job before its requeue
+    restart = content.get("restart")
+    predecessor = (  # this Slurm job before its requeue: the same job, an earlier restart
+        bool(job) and job == slurm_task() and isinstance(restart, int) and restart < slurm_restart()
+    )
     return age > expiry_s or owner_alive(holder) is False or predecessor
 
 
 def slurm_task() -> str:
     """This process's Slurm job as ``<array job>_<task>`` in a job array, else its job id; "" outside Slurm. A
-    requeued job keeps it, so a claim that holds it under another owner was made by this job before its requeue,
-    which Slurm has ended: the claim is taken over at once instead of after :data:`EXPIRY_S`."""
+    requeued job keeps it and counts up :func:`slurm_restart`, so a claim holding it with a lower restart count was
+    made by this job before its requeue, which Slurm has ended: it is taken over at once instead of after
+    :data:`EXPIRY_S`. (Processes of one job at the same restart, e.g. the workers of a pool, never take each other's
+    claims.)"""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "")
+
+
+def slurm_restart() -> int:
+    """How many times Slurm has requeued this job (``SLURM_RESTART_COUNT``, 0 when unset)."""
+    count = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return int(count) if count.isdigit() else 0
 
 
 def _expiry(expiry_s: float | None) -> float:
@@ -155,7 +166,8 @@ def claim(folder: str | os.PathLike, key: str, expiry_s: float | None = None) ->
     except FileExistsError:
         return None
     try:
-        os.write(fd, json.dumps({"owner": owner(), "since": time.time(), "slurm": slurm_task()}).encode())
+        held = {"owner": owner(), "since": time.time(), "slurm": slurm_task(), "restart": slurm_restart()}
+        os.write(fd, json.dumps(held).encode())
     finally:
         os.close(fd)
     return Claim(path, expiry_s)

@@ -54,7 +54,11 @@ def resolve_device(device: str | torch.device | None, trainer_kwargs: dict[str, 
     if chosen is not None:
         return chosen
     accelerator = trainer_kwargs.get("accelerator", "auto")
-    accelerator = accelerator if isinstance(accelerator, str) else "cpu"
+    if accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        raise ValueError(
+            f"Expected argument `device` (where rankings and test accuracies run) for the trainer's accelerator "
+            f"{accelerator!r}, which is not one of 'auto', 'cpu', 'gpu', 'cuda', 'mps'; pass e.g. device='cuda:0'."
+        )
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         devices = trainer_kwargs.get("devices")
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -82,30 +86,27 @@ class RankShard:
         return cache.shard_path(self.folder, self.start, self.stop)
 
 
-def compute_shard(
-    shared: Any,
-    shard: RankShard,
-    model: nn.Module | None = None,
-    base_path: str | None = None,
-    progress: bool = False,
-) -> str:
-    """Compute ``shard`` (unless its file exists) with ``model``, or with the base module loaded from ``base_path``,
-    on :func:`resolve_device`'s device; returns the shard's path.
+def compute_shard(shared: Any, shard: RankShard, base_path: str | None = None, progress: bool = False) -> str:
+    """Compute ``shard`` (unless its file exists) with the plan's model: the user's (``Job.model``, copied when it
+    must move to another device: the user's model is never changed) or the base module loaded from ``base_path``;
+    on :func:`resolve_device`'s device. Returns the shard's path.
 
-    ``shared`` is the plan's :class:`~captum_ext.evaluation.retraining.Job` or an executor's handle of it. A given
-    ``model`` is copied when it must move to another device: the user's model is never changed.
+    ``shared`` is the plan's :class:`~captum_ext.evaluation.retraining.Job` or an executor's handle of it.
     """
     job = resolve(shared)
     if shard.path.exists():
         return str(shard.path)
     device = resolve_device(job.device, job.trainer_kwargs)
-    if model is not None:
-        model = on_device(model, device)
-    elif base_path is not None:
+    if job.model is not None:
+        model = on_device(job.model, device)
+    elif base_path is not None and Path(base_path).exists():
         with torch.random.fork_rng():  # the factory's initialisation must not move the caller's RNG streams
             model = cache.load_weights(job.module_factory(), base_path).to(device)
     else:
-        raise ValueError("Expected a `model` or a `base_path` to rank with, but got neither.")
+        raise FileNotFoundError(
+            f"Expected the base model {base_path} in the cache: prepare the plan first, with roar_plan(...) or "
+            "`captum-ext roar --config FILE --prepare`, on the same settings and cache_dir."
+        )
     rows = Subset(job.datasets[shard.split], range(shard.start, shard.stop))
     explainer = as_explainer(shard.explainer)
     if explainer.stochastic:  # its own draws for every shard: no two splits or shards share noise

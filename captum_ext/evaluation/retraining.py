@@ -51,16 +51,22 @@ class RankedMaskDataset(Dataset):
         fraction: Share of pixels removed (ROAR) or kept (KAR), in [0, 1].
         keep: Keep the top pixels and impute the rest. Default False.
         imputer: Fills the removed pixels, e.g. ``MeanImputer(train_mean)``.
+        augment: Random transforms (image -> image) applied to each image after masking, so the mask is computed and
+            applied on the deterministic view the rankings were made on, and the crop or flip comes after. Default
+            None.
     """
 
-    def __init__(self, dataset: Dataset, rankings: str | os.PathLike, fraction: float, keep: bool, imputer: Callable):
-        self.dataset, self.rankings, self.fraction, self.keep, self.imputer = (
-            dataset,
-            str(rankings),
-            fraction,
-            keep,
-            imputer,
-        )
+    def __init__(
+        self,
+        dataset: Dataset,
+        rankings: str | os.PathLike,
+        fraction: float,
+        keep: bool,
+        imputer: Callable,
+        augment: Callable | None = None,
+    ):
+        self.dataset, self.rankings, self.fraction, self.keep = dataset, str(rankings), fraction, keep
+        self.imputer, self.augment = imputer, augment
         self._positions: cache.Rankings | np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -84,7 +90,24 @@ class RankedMaskDataset(Dataset):
         count = maps.pixel_count(self.fraction, h * w)
         removed = positions >= count if self.keep else positions < count  # compared in the stored dtype
         images = self.imputer(images, torch.from_numpy(removed).reshape(-1, h, w))
+        if self.augment is not None:
+            return [with_images(item, self.augment(image)) for image, item in zip(images, items)]
         return [with_images(item, image) for image, item in zip(images, items)]
+
+
+class AugmentedDataset(Dataset):
+    """``dataset`` with ``augment`` applied to each image as it is read: the base model's training data when ROAR is
+    given an ``augment``, so the base model and the retrained ones see the same kind of images."""
+
+    def __init__(self, dataset: Dataset, augment: Callable):
+        self.dataset, self.augment = dataset, augment
+
+    def __len__(self) -> int:
+        return len(cast(Sized, self.dataset))
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.dataset[index]
+        return with_images(item, self.augment(unpack_batch(item)[0]))
 
 
 class RunSampler(EpochShuffle):
@@ -137,6 +160,10 @@ class Job:
     device: str | None = None
     ranking_batch_size: int = 256
     seed: int = 0
+    #: Random transforms applied to the masked training images (see :class:`RankedMaskDataset`).
+    augment: Callable | None = None
+    #: The user's trained model that ranks the pixels (``roar(model=...)``), or None: the base module does.
+    model: torch.nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +256,14 @@ def execute(shared: Any, run: PlannedRun) -> dict[str, Any] | None:
                 torch.manual_seed(run.seed)
                 module = job.module_factory()
                 views = {
-                    split: RankedMaskDataset(dataset, run.rankings[split], run.fraction, job.keep, job.imputer)
+                    split: RankedMaskDataset(
+                        dataset,
+                        run.rankings[split],
+                        run.fraction,
+                        job.keep,
+                        job.imputer,
+                        job.augment if split == "train" else None,
+                    )
                     for split, dataset in job.datasets.items()
                 }
                 splits = loaders(job, views, run.seed)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from captum_ext._checks import check_int, check_seed
-from captum_ext._model import accuracy
+from captum_ext._model import accuracy, unwrap_model
 from captum_ext._seeds import derived_seed
 from captum_ext.evaluation import cache, claims, ranking, retraining
 from captum_ext.evaluation._common import check_fractions
@@ -50,6 +50,8 @@ _RESULTS_FORMAT = 4
 _RANKING_FORMAT = 3
 #: Seconds between two looks at the cache while every missing run is trained by workers elsewhere.
 _POLL_S = 2.0
+#: Seconds between two looks at a run's record and claim while a job-array task waits for a run held elsewhere.
+_WAIT_S = 15.0
 
 
 class ROARPlan:
@@ -83,17 +85,11 @@ class ROARPlan:
     """
 
     def __init__(
-        self,
-        job: Job,
-        runs: list[PlannedRun],
-        baseline_accuracy: float,
-        shards: list[ranking.RankShard],
-        source: nn.Module | str,
-        ranker: nn.Module | None = None,
+        self, job: Job, runs: list[PlannedRun], baseline_accuracy: float, shards: list[ranking.RankShard], base: str
     ):
         self._job, self.runs, self.baseline_accuracy, self.shards = job, runs, baseline_accuracy, shards
         self.keep, self.cache_dir = job.keep, Path(job.cache_dir)
-        self._source, self._ranker = source, ranker  # the user's model or the base weights' path; the loaded ranker
+        self._base = base  # the base model's weights file (unused when the plan ranks with the user's model)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -140,31 +136,26 @@ class ROARPlan:
             raise ValueError(
                 f"Expected argument `index` to be below the plan's {len(self.shards)} ranking shards, but got {index}."
             )
-        if self._ranker is None and not self.shards[index].path.exists():
-            device = ranking.resolve_device(self._job.device, self._job.trainer_kwargs)
-            if isinstance(self._source, nn.Module):
-                self._ranker = ranking.on_device(self._source, device)
-            else:
-                _require(Path(self._source).exists(), Path(self._source))
-                with torch.random.fork_rng():
-                    self._ranker = cache.load_weights(self._job.module_factory(), self._source).to(device)
-        return ranking.compute_shard(self._job, self.shards[index], self._ranker, progress=progress)
+        return ranking.compute_shard(self._job, self.shards[index], self._base, progress)
 
     def run(self, index: int, wait: bool = False) -> dict[str, Any] | None:
         """Execute run ``index`` here, unless it is recorded (returns its record). A run claimed by a live worker
-        elsewhere returns None, or with ``wait`` is waited for: its record when that worker writes one, or trained
-        here once the claim expires (a dead worker's, a requeued Slurm task's predecessor's at once). What a job-array
-        task must do: never end without a record while the run is unrecorded."""
+        elsewhere returns None, or with ``wait`` is waited for (a look every 15 s at its record and claim): its record
+        when that worker writes one, or trained here once the claim expires (a dead worker's; a requeued Slurm task's
+        predecessor's at once). What a job-array task must do: never end without a record while the run is
+        unrecorded."""
         check_int("index", index, 0)
         if index >= len(self.runs):
             raise ValueError(
                 f"Expected argument `index` to be below the plan's {len(self.runs)} runs, but got {index}."
             )
+        run, folder = self.runs[index], self.cache_dir / "runs"
         while True:
-            record = retraining.execute(self._job, self.runs[index])
+            record = retraining.execute(self._job, run)
             if record is not None or not wait:
                 return record
-            time.sleep(_POLL_S)
+            while cache.read_record(self.cache_dir, run.key) is None and claims.held_elsewhere(folder, run.key):
+                time.sleep(_WAIT_S)
 
     def collect(self) -> ROARResult:
         """The result from the records; a RuntimeError naming the missing run indices when some have not finished."""
@@ -184,21 +175,21 @@ class ROARPlan:
 
     def execute(self, executor: concurrent.futures.Executor | None = None, progress: bool = True) -> ROARResult:
         """Compute the missing ranking shards, execute every missing run (here, one after another, or on
-        ``executor``), wait for those that other workers hold, and :meth:`collect`. An executor with ``share`` (:mod:`captum_ext.evaluation.executors`) receives the
-        datasets once; the job is checked to be picklable by the executor's serializer before anything is submitted.
+        ``executor``), wait for those that other workers hold, and :meth:`collect`. An executor with ``share``
+        (:mod:`captum_ext.evaluation.executors`) receives the datasets once; the job is checked to be picklable by the
+        executor's serializer before anything is submitted.
         """
         _check_executor(executor, self._job)
         missing, unranked = self.missing(), self.missing_rankings()
         shared: Any = self._job
         if executor is not None and (missing or unranked):
-            _check_sendable(self._job, executor)
+            _check_sendable(self._job, executor, list({s.method: s.explainer for s in self.shards}.values()))
             if hasattr(executor, "share"):
                 shared = executor.share(self._job)
-        if unranked and executor is None:
-            _rank_here(self, progress)
-        elif unranked and executor is not None:  # each shard on a worker, with the user's model or the weights' path
-            model, path = (self._source, None) if isinstance(self._source, nn.Module) else (None, self._source)
-            ranked = [executor.submit(ranking.compute_shard, shared, self.shards[j], model, path) for j in unranked]
+        if executor is None:
+            _rank_here(self, progress)  # under DDP every rank takes part, whatever it sees on disk
+        elif unranked:  # each shard a task on a worker
+            ranked = [executor.submit(ranking.compute_shard, shared, self.shards[j], self._base) for j in unranked]
             for done in tqdm(ranked, desc="ranking shards", disable=not progress):
                 done.result()
         title = "KAR" if self.keep else "ROAR"
@@ -343,7 +334,7 @@ def _pickler(executor: Any) -> str:
     return "cloudpickle" if type(executor).__module__.split(".")[0] in ("distributed", "ray") else "pickle"
 
 
-def _check_sendable(job: Job, executor: Any) -> None:
+def _check_sendable(job: Job, executor: Any, explainers: Sequence[Explainer]) -> None:
     """A TypeError naming the argument that ``executor`` cannot send to its workers, before anything is submitted."""
     pickler = _pickler(executor)
     dumps = importlib.import_module(pickler).dumps
@@ -351,6 +342,9 @@ def _check_sendable(job: Job, executor: Any) -> None:
         "module_factory": job.module_factory,
         "datamodule": job.datasets,
         "imputer": job.imputer,
+        "augment": job.augment,
+        "model": job.model,
+        "explainers": list(explainers),
         "trainer_kwargs": job.trainer_kwargs,
     }
     for name, value in parts.items():
@@ -389,7 +383,10 @@ def _base_model(job: Job, path: Path, seed: int, compute: bool) -> nn.Module:
         if path.exists():
             return cache.load_weights(module, path)
         _require(compute, path)
-        fitter = retraining.fit(job, module, retraining.loaders(job, job.datasets, seed))
+        views = dict(job.datasets)
+        if job.augment is not None:
+            views["train"] = retraining.AugmentedDataset(views["train"], job.augment)
+        fitter = retraining.fit(job, module, retraining.loaders(job, views, seed))
     retraining.after_rank_zero(
         fitter, lambda: cache.save_weights(module, path), lambda: cache.load_weights(module, path)
     )
@@ -410,31 +407,46 @@ def _check_signature(signature: dict[str, Any], manifest: dict[str, Any], path: 
         now, then = signature.get(split), manifest["signature"].get(split)
         if now == then:
             continue
-        what = (
-            f"has {now['length']} items, the plan's {then['length']}"
-            if now and then and now["length"] != then["length"]
-            else "differs from the plan's in its sampled items"
-            if now and then
-            else "is new"
-            if now
-            else "is missing"
-        )
+        if now is None or then is None:
+            what = "is missing" if now is None else "is new"
+        elif now["length"] != then["length"]:
+            what = f"has {now['length']} items, the plan's {then['length']}"
+        else:
+            what = "differs from the plan's in its sampled items"
         raise ValueError(
             f"Expected the data of the plan in {path}, but the {split!r} split {what}: prepare the plan again "
             "(roar_plan(...) or `captum-ext roar --plan`) after changing the data, or set `data_version`."
         )
 
 
+def _check_deterministic(datasets: dict[str, Dataset], signature: dict[str, Any]) -> None:
+    """A ValueError naming the split whose sampled items change from one read to the next (random augmentation):
+    rankings, masks and fingerprints need the deterministic view, with the random part passed as ``augment``."""
+    again = cache.data_signature(datasets)
+    for split in sorted(signature):
+        if again[split] != signature[split]:
+            raise ValueError(
+                f"Expected the datamodule's {split!r} dataset to return the same item for the same index, but two "
+                "reads differ (random augmentation?): give ROAR the deterministic dataset (decode, resize, centre "
+                "crop, normalise) and pass the random transforms as `augment=`, which are applied to the training "
+                "images after masking."
+            )
+
+
 def _rank_here(plan: ROARPlan, progress: bool) -> None:
-    """Compute the plan's missing ranking shards in this process, or this DDP rank's share of them (every
-    ``world``-th shard) followed by a barrier, when a process group is initialised."""
+    """Compute the plan's missing ranking shards in this process, or under DDP this rank's share of them (shard ``j``
+    on rank ``j % world``) followed by a barrier; a RuntimeError when shards are still missing afterwards."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-    missing = plan.missing_rankings()
-    for j in tqdm(missing[rank::world], desc="ranking shards", disable=not progress or len(missing) < 2):
+    missing = set(plan.missing_rankings())
+    mine = [j for j in range(rank, len(plan.shards), world) if j in missing]
+    for j in tqdm(mine, desc="ranking shards", disable=not progress or len(mine) < 2):
         plan.rank(j, progress=progress)
     if distributed and world > 1:
         torch.distributed.barrier()
+    left = plan.missing_rankings()
+    if left:
+        raise RuntimeError(f"{len(left)} ranking shards are still missing after the ranking pass: indices {left[:20]}.")
 
 
 def roar_plan(
@@ -456,6 +468,7 @@ def roar_plan(
     device: str | torch.device | None = None,
     data_version: str | None = None,
     shard_size: int = 8192,
+    augment: Callable | None = None,
 ) -> ROARPlan:
     """Prepare a ROAR (or KAR, ``keep=True``) benchmark without retraining anything: train or load the base model,
     record the plan's manifest, compute or find every ranking, list the runs. The arguments are :func:`roar`'s; in
@@ -486,6 +499,9 @@ def roar_plan(
     if data_version is not None and not isinstance(data_version, str):
         raise TypeError(f"Expected argument `data_version` to be a string or None, but got {data_version!r}.")
     check_int("shard_size", shard_size, 1)
+    if augment is not None and not callable(augment):
+        raise TypeError(f"Expected argument `augment` to be a callable (image -> image) or None, but got {augment!r}.")
+    model = unwrap_model(model) if model is not None else None  # compile / DDP wrappers: the weights' own names
     recipes.append(Explainer("random", seed=seed))
     folder = Path(cache_dir).resolve()  # workers may start elsewhere: every path they get is absolute
     folder.mkdir(parents=True, exist_ok=True)
@@ -503,12 +519,13 @@ def roar_plan(
     trainer_key = {k: v for k, v in settings.items() if _plain(v)}  # callbacks, loggers: not part of the key
     given_fp = cache.weights_fingerprint(model) if model is not None else None
     plan_key = cache.digest(
-        "plan", _RESULTS_FORMAT, namespace, factory_fp, batch_sizes, trainer_key, seed, given_fp, data_version
+        "plan", _RESULTS_FORMAT, namespace, factory_fp, batch_sizes, trainer_key, seed, given_fp, data_version, augment
     )
     manifest_path = folder / f"plan_{plan_key[:24]}.json"
     signature = cache.data_signature(datasets)
     manifest = cache.read_manifest(manifest_path)
     if compute:  # 1. the data read once, the base model, its accuracy: recorded in the manifest
+        _check_deterministic(datasets, signature)
         data_fp, train_mean = cache.data_fingerprint(datasets, batch_size, loader_options)
     elif manifest is None:
         _require(False, manifest_path)
@@ -529,23 +546,22 @@ def roar_plan(
         None if chosen_device is None else str(chosen_device),
         batch_size,
         seed,
+        augment,
+        model,
     )
-    base_key = cache.digest("base", _RESULTS_FORMAT, namespace, factory_fp, data_fp, batch_sizes, trainer_key, seed)
+    base_key = cache.digest(
+        "base", _RESULTS_FORMAT, namespace, factory_fp, data_fp, batch_sizes, trainer_key, seed, augment
+    )
     base_path = folder / f"base_{base_key[:24]}.pt"
-    ranker: nn.Module | None = None
     if compute:
         on = ranking.resolve_device(job.device, settings)
         ranker = ranking.on_device(model, on) if model is not None else _base_model(job, base_path, seed, True).to(on)
         base_fp = given_fp or cache.weights_fingerprint(ranker)
-        same = manifest is not None and (manifest["data_fingerprint"], manifest["base_fingerprint"]) == (
-            data_fp,
-            base_fp,
-        )
-        baseline = (
-            float(cast(dict, manifest)["baseline_accuracy"])
-            if same
-            else accuracy(ranker, DataLoader(datasets["test"], batch_size=batch_size, **loader_options["test"]))
-        )
+        recorded = (manifest["data_fingerprint"], manifest["base_fingerprint"]) if manifest is not None else None
+        if manifest is not None and recorded == (data_fp, base_fp):  # tested already: the same data and weights
+            baseline = float(manifest["baseline_accuracy"])
+        else:
+            baseline = accuracy(ranker, DataLoader(datasets["test"], batch_size=batch_size, **loader_options["test"]))
         cache.write_manifest(
             manifest_path,
             {
@@ -560,18 +576,18 @@ def roar_plan(
         manifest = cast(dict, manifest)
         base_fp, baseline = manifest["base_fingerprint"], float(manifest["baseline_accuracy"])
 
+    # 2. every ranking's folder and shards (the images of one split, cut every shard_size images)
     shards: list[ranking.RankShard] = []
-    rankings: dict[
-        str, dict[str, str]
-    ] = {}  # 2. every ranking's folder and shards (the images of one split, cut every shard_size)
+    rankings: dict[str, dict[str, str]] = {}
+    ranking_keys: dict[str, dict[str, str]] = {}  # part of the run keys: a run is trained on these rankings
     for recipe in recipes:
-        rankings[recipe.name] = {}
+        rankings[recipe.name], ranking_keys[recipe.name] = {}, {}
         for split, dataset in datasets.items():
             key = cache.digest(
                 "ranking", _RANKING_FORMAT, base_fp, recipe.fingerprint(), data_fp, split, seed, shard_size
             )
             place = str(folder / f"rank_{key[:24]}")
-            rankings[recipe.name][split] = place
+            rankings[recipe.name][split], ranking_keys[recipe.name][split] = place, key
             for start, stop in cache.shard_ranges(len(cast(Sized, dataset)), shard_size):
                 shards.append(ranking.RankShard(recipe.name, recipe, split, start, stop, place))
 
@@ -584,12 +600,13 @@ def roar_plan(
         batch_sizes,
         base_fp,
         imputer,
+        augment,
         trainer_key,
         seed,
     )
     runs = [  # 3. one run per (method, fraction, repeat)
         PlannedRun(
-            cache.digest(setup, recipe.name, recipe.fingerprint(), repr(f), r),
+            cache.digest(setup, recipe.name, recipe.fingerprint(), ranking_keys[recipe.name], repr(f), r),
             recipe.name,
             f,
             r,
@@ -600,7 +617,7 @@ def roar_plan(
         for f in fractions
         for r in range(repeats)
     ]
-    plan = ROARPlan(job, runs, baseline, shards, model if model is not None else str(base_path), ranker)
+    plan = ROARPlan(job, runs, baseline, shards, str(base_path))
     if compute and rank:
         _rank_here(plan, progress)
     return plan
@@ -640,6 +657,10 @@ _ARGS_DOC = """
         device: Where the rankings and test accuracies run. Default None: the trainer's accelerator
             (``trainer_kwargs["accelerator"]``, ``"auto"`` meaning CUDA when available), never silently the CPU that
             Lightning leaves a fitted module on.
+        augment: Random transforms (image -> image, e.g. a torchvision ``RandomResizedCrop`` + flip) applied to the
+            training images after masking. The datamodule's datasets must then be deterministic (decode, resize,
+            centre crop, normalise): rankings, masks and the data's fingerprint are computed on that view, and a
+            dataset whose items change between reads is refused. Part of the run keys. Default None.
 
     Returns:
         :class:`ROARResult` with ``accuracy[method][fraction]`` (one entry per repeat) and ``baseline_accuracy``.
@@ -667,6 +688,7 @@ def roar(
     batch_size: int = 256,
     progress: bool = True,
     device: str | torch.device | None = None,
+    augment: Callable | None = None,
 ) -> ROARResult:
     """Does removing a method's top-ranked pixels hurt a retrained model more than removing random pixels?
 
@@ -704,6 +726,7 @@ def roar(
         keep=False,
         rank=executor is None,  # on an executor, each ranking shard is a task too
         device=device,
+        augment=augment,
     )
     return plan.execute(executor, progress)
 
@@ -723,6 +746,7 @@ def kar(
     batch_size: int = 256,
     progress: bool = True,
     device: str | torch.device | None = None,
+    augment: Callable | None = None,
 ) -> ROARResult:
     """Does keeping only a method's top-ranked pixels preserve a retrained model's accuracy better than random?
 
@@ -757,6 +781,7 @@ def kar(
         keep=True,
         rank=executor is None,  # on an executor, each ranking shard is a task too
         device=device,
+        augment=augment,
     )
     return plan.execute(executor, progress)
 
