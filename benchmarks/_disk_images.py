@@ -25,6 +25,7 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as F
 
 SPLITS = ("train", "test")
 MARKER = ".complete.json"
@@ -37,8 +38,9 @@ def _class_colour(label: int, classes: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_image(seed: int, split: str, index: int, size: int, classes: int) -> Image.Image:
-    """The RGB image at ``index`` of ``split``: its class is ``index % classes``."""
+def draw_image(seed: int, split: str, index: int, size: int, classes: int, texture: int = 0) -> Image.Image:
+    """The RGB image at ``index`` of ``split``: its class is ``index % classes``. ``texture`` > 0 adds per-pixel noise
+    of that amplitude, so the JPEG is as large and as slow to decode as a photograph's (ImageNet: ~110 KB)."""
     label = index % classes
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     # Smooth background: a 4x4 grid of muted colours, upsampled bilinearly.
@@ -62,15 +64,18 @@ def draw_image(seed: int, split: str, index: int, size: int, classes: int) -> Im
     else:
         xm, ym = (x0 + x1) // 2, (y0 + y1) // 2
         draw.polygon([(xm, y0), (x1, ym), (xm, y1), (x0, ym)], fill=colour)
+    if texture:
+        noisy = np.asarray(image, dtype=np.int16) + rng.integers(-texture, texture + 1, size=(size, size, 3))
+        image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
     return image
 
 
-def _write_images(job: tuple[str, str, list[int], int, int, int, int]) -> int:
+def _write_images(job: tuple[str, str, list[int], int, int, int, int, int]) -> int:
     """Worker: draw and save the images ``indices`` of one split; returns how many it wrote."""
-    root, split, indices, seed, size, classes, quality = job
+    root, split, indices, seed, size, classes, quality, texture = job
     for index in indices:
         path = Path(root) / split / f"{index % classes:03d}" / f"{index:06d}.jpg"
-        draw_image(seed, split, index, size, classes).save(path, "JPEG", quality=quality)
+        draw_image(seed, split, index, size, classes, texture).save(path, "JPEG", quality=quality)
     return len(indices)
 
 
@@ -83,6 +88,7 @@ def make_image_folder(
     seed: int = 0,
     quality: int = 90,
     workers: int = 2,
+    texture: int = 0,
 ) -> Path:
     """Write ``root/{train,test}/<class:03d>/<index:06d>.jpg`` (labels round-robin over ``classes``).
 
@@ -98,6 +104,7 @@ def make_image_folder(
         "classes": classes,
         "seed": seed,
         "quality": quality,
+        "texture": texture,
         "format": _FORMAT,
     }
     marker = root / MARKER
@@ -117,7 +124,7 @@ def make_image_folder(
         for k in range(chunk_count):
             indices = list(range(k, n, chunk_count))
             if indices:
-                jobs.append((str(root), split, indices, seed, size, classes, quality))
+                jobs.append((str(root), split, indices, seed, size, classes, quality, texture))
     if workers > 1 and len(jobs) > 1:
         with multiprocessing.get_context().Pool(workers) as pool:
             written = sum(pool.imap_unordered(_write_images, jobs))
@@ -129,11 +136,13 @@ def make_image_folder(
 
 
 class JpegFolder(Dataset):
-    """The JPEGs of ``root/split/<class>/*.jpg`` as (float32 image (3, H, W) in [0, 1], int label) pairs."""
+    """The JPEGs of ``root/split/<class>/*.jpg`` as (float32 image (3, H, W) in [0, 1], int label) pairs; with
+    ``crop``, ImageNet's deterministic view: the shorter side resized to ``crop * 8 / 7``, then the centre crop."""
 
-    def __init__(self, root: str | Path, split: str) -> None:
+    def __init__(self, root: str | Path, split: str, crop: int | None = None) -> None:
         self.files = sorted(Path(root, split).glob("*/*.jpg"))
         self.labels = [int(path.parent.name) for path in self.files]
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.files)
@@ -141,6 +150,8 @@ class JpegFolder(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         data = torchvision.io.read_file(str(self.files[i]))
         image = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
+        if self.crop is not None:
+            image = F.center_crop(F.resize(image, [self.crop * 8 // 7], antialias=True), [self.crop, self.crop])
         return image.float().div_(255), self.labels[i]
 
 
@@ -154,9 +165,10 @@ class JpegFolderDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        crop: int | None = None,
     ) -> None:
         super().__init__()
-        self.root = Path(root)
+        self.root, self.crop = Path(root), crop
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -166,8 +178,8 @@ class JpegFolderDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = JpegFolder(self.root, "train")
-            self.test_set = JpegFolder(self.root, "test")
+            self.train_set = JpegFolder(self.root, "train", self.crop)
+            self.test_set = JpegFolder(self.root, "test", self.crop)
 
     def _loader(self, dataset: JpegFolder | None, shuffle: bool) -> DataLoader:
         if dataset is None:

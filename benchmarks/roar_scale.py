@@ -1,7 +1,8 @@
 """ROAR at ImageNet shape (issue #22): per-task overhead, ranking storage and loader throughput on JPEG folders.
 
-For each size (default 2,000 and 20,000 training images, 500 test images, 224 px, written by
-``benchmarks/_disk_images.py``), with a SmallCNN at 224 px, saliency and the random ranking, one fraction:
+For each size (default 2,000 and 20,000 training images, 500 test images, written by ``benchmarks/_disk_images.py``
+as photo-like 320 px JPEGs of ~35 KB, read through ImageNet's deterministic view: resize to 256, centre crop 224),
+with a SmallCNN at 224 px, saliency and the random ranking, one fraction:
 
   1. ``captum-ext roar --plan`` once (the whole dataset read: fingerprint, base model, rankings), timed;
   2. one ``--run-index 0`` task trains run 0 (two batches: the run's length is not the point);
@@ -73,12 +74,12 @@ def _images_per_second(loader: DataLoader, batches: int) -> float:
 
 def measure(root: Path, n_train: int, n_test: int, workers: int, tries: int, scratch: Path) -> dict:
     started = time.perf_counter()
-    make_image_folder(root, n_train, n_test, size=SIZE)
+    make_image_folder(root, n_train, n_test, size=320, texture=24)
     generated = time.perf_counter() - started
     config = {
         "module_factory": "roar_scale:make_module",
         "datamodule": "_disk_images:JpegFolderDataModule",
-        "datamodule_kwargs": {"root": str(root), "batch_size": 64, "num_workers": workers},
+        "datamodule_kwargs": {"root": str(root), "batch_size": 64, "num_workers": workers, "crop": SIZE},
         "explainers": ["saliency"],
         "fractions": [0.5],
         "repeats": 1,
@@ -92,7 +93,7 @@ def measure(root: Path, n_train: int, n_test: int, workers: int, tries: int, scr
     _cli(path, "--run-index", "0")
     done_s = [_cli(path, "--run-index", "0") for _ in range(tries)]
 
-    data = JpegFolderDataModule(str(root), batch_size=64, num_workers=workers)
+    data = JpegFolderDataModule(str(root), batch_size=64, num_workers=workers, crop=SIZE)
     data.setup()
     datasets = {"train": data.train_dataloader().dataset, "test": data.test_dataloader().dataset}
     options = {"num_workers": workers, "persistent_workers": False} if workers else {}
@@ -132,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "captum_ext_jpegs"))
+    parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "captum_ext_photos"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tries", type=int, default=3)
     args = parser.parse_args()
@@ -141,7 +142,9 @@ def main() -> None:
         for n in args.sizes:
             rows.append(measure(Path(args.root) / f"n{n}", n, args.test, args.workers, args.tries, Path(scratch)))
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{os.cpu_count()} cores, {args.workers} loader workers, {SIZE} px JPEGs, {args.test} test images")
+    print(
+        f"\n{os.cpu_count()} cores, {args.workers} loader workers, 320 px JPEGs read at {SIZE} px, {args.test} test images"
+    )
     header = (
         f"{'train images':>12} | {'--plan s':>8} | {'done task s':>11} | {'full pass s':>11} | {'B/position':>10} | "
         f"{'plain img/s':>11} | {'ROAR img/s':>10} | {'ratio':>5}"

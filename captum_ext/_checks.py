@@ -131,8 +131,10 @@ def check_finite(name: str, tensor: torch.Tensor, cause: str = "") -> torch.Tens
         ...
         ValueError: Expected `inputs` to be finite, but it holds NaN at index (0, 1).
     """
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())):  # NaN and Inf reach the sum: one pass
+        return tensor
     finite = torch.isfinite(tensor)
-    if bool(finite.all()):
+    if bool(finite.all()):  # the sum overflowed; every value is finite
         return tensor
     index = tuple(int(i) for i in (~finite).nonzero()[0])
     kind = "NaN" if bool(torch.isnan(tensor[index])) else "Inf"
