@@ -62,7 +62,14 @@ def _check(inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Imputer:
-    """Base class: subclasses implement :meth:`fill`, the values to put in (N, C, H, W) for every pixel."""
+    """Base class: subclasses implement :meth:`fill`, the values to put in (N, C, H, W) for every pixel.
+
+    ``per_image`` is True when each image's fill depends on that image alone (and no random draw), so filling images
+    one at a time gives exactly the batch's result; ROAR's masked views then fill each image as it is read instead
+    of copying the batch.
+    """
+
+    per_image: bool = False
 
     def fill(self, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -82,6 +89,8 @@ class MeanImputer(Imputer):
     Args:
         mean: one value per channel (sequence or (C,) tensor), or a single number for every channel.
     """
+
+    per_image = True
 
     def __init__(self, mean: Sequence[float] | torch.Tensor | float):
         values = torch.as_tensor(mean, dtype=torch.float32).flatten()
@@ -112,6 +121,8 @@ class ConstantImputer(Imputer):
         >>> black(torch.ones(1, 1, 1, 2), torch.tensor([[True, False]])).tolist()
         [[[[-2.0, 1.0]]]]
     """
+
+    per_image = True
 
     def __init__(self, value: float = 0.0, normalization: Normalization | None = None):
         self.value = check_real("value", value)

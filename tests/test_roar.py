@@ -346,6 +346,7 @@ def test_masked_view_removes_or_keeps_by_rank(tmp_path):
     assert removed[1][1] == 1
 
     class CountingImputer(MeanImputer):
+        per_image = False  # the batch path (MeanImputer itself fills image by image: the same values, no batch copy)
         calls: list[int] = []
 
         def fill(self, inputs, mask):
@@ -355,7 +356,7 @@ def test_masked_view_removes_or_keeps_by_rank(tmp_path):
     batched = RankedMaskDataset(dataset, tmp_path / "rank.npy", 0.5, False, CountingImputer([-1.0]))
     ((x, y),) = DataLoader(batched, batch_size=2)
     assert CountingImputer.calls == [2]  # one imputer call for the whole batch
-    assert torch.equal(x, torch.stack([removed[0][0], removed[1][0]])) and y.tolist() == [0, 1]
+    assert torch.equal(x, torch.stack([removed[0][0], removed[1][0]])) and y.tolist() == [0, 1]  # = image by image
 
 
 def test_result_json_roundtrip_plot_and_repr(tmp_path):

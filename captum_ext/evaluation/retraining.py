@@ -37,9 +37,10 @@ class RankedMaskDataset(Dataset):
     but the top ``fraction`` (KAR, ``keep=True``), applied on the fly when an item is read.
 
     A ``DataLoader`` reads a whole batch through :meth:`__getitems__`, so the imputer fills the batch in one call
-    (what makes a solver such as :class:`~captum_ext.imputation.NoisyLinearImputer` affordable inside ROAR). An
-    imputer that looks only at each image itself (``MeanImputer``, ``ConstantImputer``, ``BlurImputer``) gives
-    the same image either way; ``NoisyLinearImputer`` adds noise by position in the batch (the same noise tensor
+    (what makes a solver such as :class:`~captum_ext.imputation.NoisyLinearImputer` affordable inside ROAR); an
+    imputer marked ``per_image`` (``MeanImputer``, ``ConstantImputer``) fills each image alone, the same result
+    without copying the batch. An imputer that looks only at each image itself (also ``BlurImputer``) gives the
+    same image either way; ``NoisyLinearImputer`` adds noise by position in the batch (the same noise tensor
     for every batch of one shape), so with a shuffled loader an image's noise changes from epoch to epoch.
 
     Args:
@@ -83,15 +84,19 @@ class RankedMaskDataset(Dataset):
             folder = Path(self.rankings).is_dir()
             self._positions = cache.Rankings(self.rankings) if folder else cache.load_rankings(self.rankings)
         items = [self.dataset[index] for index in indices]
-        images = torch.stack([unpack_batch(item)[0] for item in items])
-        h, w = images.shape[-2:]
+        originals = [unpack_batch(item)[0] for item in items]
+        h, w = originals[0].shape[-2:]
         rows = list(indices)
         positions = self._positions.rows(rows) if isinstance(self._positions, cache.Rankings) else self._positions[rows]
         count = maps.pixel_count(self.fraction, h * w)
         removed = positions >= count if self.keep else positions < count  # compared in the stored dtype
-        images = self.imputer(images, torch.from_numpy(removed).reshape(-1, h, w))
+        masks = torch.from_numpy(removed).reshape(-1, h, w)
+        if getattr(self.imputer, "per_image", False):  # filled one by one, while each image is in cache: no copy
+            images = [self.imputer(image[None], mask[None])[0] for image, mask in zip(originals, masks)]
+        else:
+            images = list(self.imputer(torch.stack(originals), masks))
         if self.augment is not None:
-            return [with_images(item, self.augment(image)) for image, item in zip(images, items)]
+            images = [self.augment(image) for image in images]
         return [with_images(item, image) for image, item in zip(images, items)]
 
 
