@@ -14,7 +14,7 @@ with a SmallCNN at 224 px, saliency and the random ranking, one fraction:
      masking in the workers) against a plain DataLoader over the same files, both with ``--workers`` workers and
      batch 64, alternating, best of ``--tries``: images per second and their ratio.
 
-Usage: .venv/bin/python benchmarks/roar_scale.py [--sizes 2000 20000] [--root /tmp/captum_ext_jpegs] [--tries 3]
+Usage: .venv/bin/python benchmarks/roar_scale.py [--sizes 2000 20000] [--root /tmp/captum_ext_photos] [--tries 3]
 """
 
 from __future__ import annotations

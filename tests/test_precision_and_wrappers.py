@@ -5,7 +5,6 @@ float32 inside autocast, and the callbacks neither disturb nor mis-measure a ``p
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
 import pytest
@@ -24,11 +23,11 @@ from captum_ext.sanity import model_randomization_test
 
 
 @pytest.fixture(scope="module")
-def single_process_group():
-    """A one-process gloo group, so that a model can be wrapped in DistributedDataParallel on the CPU."""
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+def single_process_group(tmp_path_factory):
+    """A one-process gloo group (rendezvous through a file: no port, no environment variable left behind), so that
+    a model can be wrapped in DistributedDataParallel on the CPU."""
+    store = tmp_path_factory.mktemp("process_group") / "store"
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     yield
     torch.distributed.destroy_process_group()
 

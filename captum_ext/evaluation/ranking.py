@@ -27,7 +27,7 @@ from captum_ext.evaluation import cache
 from captum_ext.evaluation.executors import resolve
 from captum_ext.explainer import Explainer, as_explainer
 
-__all__ = ["RankShard", "resolve_device", "check_device", "compute_shard"]
+__all__ = ["RankShard", "resolve_device", "check_device", "compute_shard", "on_device"]
 
 
 def check_device(device: Any) -> torch.device | None:
