@@ -98,8 +98,9 @@ def _explainers(config: dict) -> list:
 
 def _sbatch(config: dict, path: str, count: int, flag: str, dependency: str = "", parsable: bool = False) -> str:
     """The ``sbatch`` line of a job array running ``flag`` (``--rank-index`` or ``--run-index``) for indices 0 to
-    ``count - 1`` (``parsable``: print only the job id; ``dependency``: start after that job succeeded): absolute paths (this Python, the config, the working folder), throttled to ``slurm.parallel``
-    tasks at a time (default 100), with the config's resources (``slurm.cpus_per_task``, ``gres``, ``time``...)."""
+    ``count - 1``: absolute paths (this Python, the config, the working folder), throttled to ``slurm.parallel``
+    tasks at a time (default 100), with the config's resources (``slurm.cpus_per_task``, ``gres``, ``time``...).
+    ``parsable`` prints only the job id; ``dependency`` starts the array after that job succeeded."""
     slurm = dict(config.get("slurm") or {})
     parallel = min(int(slurm.pop("parallel", 100)), count)
     options = ["--parsable"] if parsable else []
