@@ -166,7 +166,13 @@ def _run_roar(config: dict, step: dict[str, Any], path: str = "FILE") -> None:
             f"{len(missing)} of {len(plan)} runs have no record yet (indices {missing[:20]}"
             f"{' ...' if len(missing) > 20 else ''}); run them with --run-index first."
         )
-    result = plan.collect() if step.get("collect") else plan.execute()
+    if step.get("collect"):
+        try:
+            result = plan.collect()
+        except RuntimeError as err:  # a record quarantined on reading (with its warning): run that index again
+            raise ConfigError(str(err)) from None
+    else:
+        result = plan.execute()
     result.to_json(out / "roar.json")
     save_figure(result.plot(), out / "roar.png")
     print(result)

@@ -92,6 +92,14 @@ def test_roar_as_a_job_array_plan_run_index_collect(tmp_path, capsys):
     _write(tmp_path, {**config, "repeats": 2})  # the config changed since the plan: the full path decides
     assert _recorded_run(path, 1) is None
     path = _write(tmp_path, config)
+    damaged = tmp_path / "array" / "cache" / "runs" / f"{plan['runs'][0]['key']}.json"
+    damaged.write_text(json.dumps({**json.loads(damaged.read_text()), "accuracy": 7.5}))  # issue #24: a bad record
+    with pytest.warns(RuntimeWarning, match="moved to"):
+        assert main(["roar", "--config", path, "--collect"]) == 2  # one line naming the run, no traceback
+    assert "indices 0." in capsys.readouterr().err
+    assert main(["roar", "--config", path, "--run-index", "0"]) == 0  # retrained: the same seed, the same record
+    assert main(["roar", "--config", path, "--collect"]) == 0
+    assert ROARResult.from_json(tmp_path / "array" / "roar.json").accuracy == collected.accuracy
     assert main(["roar", "--config", _write(tmp_path, {**config, "out": str(tmp_path / "whole")})]) == 0
     assert ROARResult.from_json(tmp_path / "whole" / "roar.json").accuracy == collected.accuracy
 

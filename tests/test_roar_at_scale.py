@@ -268,3 +268,40 @@ def test_a_wrapped_user_model_ranks_and_keys_like_the_module(tmp_path):
         again = roar_plan(make_pl, data, ["saliency"], model=wrapped, **settings)
         assert [r.key for r in again.runs] == [r.key for r in plain.runs]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "[]",
+        "{}",
+        '{"key": "K", "accuracy": NaN}',
+        '{"key": "K", "accuracy": 7.5}',
+        "other run",
+        "folder",
+        "\x00garbage",
+    ],
+)
+def test_a_damaged_record_is_quarantined_and_retrained(sweep, tmp_path, damage):
+    """Issue #24's cache faults, for records: whatever is written under a run's key, collect() refuses to count it
+    (naming the run), the file is moved aside with a warning naming it, and execute() retrains just that run: the
+    table equals the clean one."""
+    reference, folder, _ = sweep
+    reuse_cache(folder, tmp_path)
+    plan = roar_plan(make_pl, OracleData(), [ORACLE], cache_dir=tmp_path, compute=False, **SETTINGS)
+    records = {i: plan.run(i) for i in range(len(plan))}
+    path = cache.record_path(tmp_path, plan.runs[1].key)
+    if damage == "folder":
+        path.unlink()
+        path.mkdir()
+    elif damage == "other run":
+        path.write_text(json.dumps(records[0]))
+    else:
+        path.write_text(damage.replace("K", plan.runs[1].key))
+    with (
+        pytest.warns(RuntimeWarning, match=f"{path.name}.*moved to"),
+        pytest.raises(RuntimeError, match=r"1 of 4 runs .*: indices 1\."),
+    ):
+        plan.collect()
+    assert not path.exists() and len(list((tmp_path / "runs" / "quarantine").iterdir())) == 1
+    assert plan.execute(progress=False).accuracy == reference.accuracy

@@ -59,6 +59,7 @@ __all__ = [
     "record_path",
     "write_record",
     "read_record",
+    "quarantine",
     "recorded_keys",
     "save_weights",
     "load_weights",
@@ -342,21 +343,54 @@ def write_record(folder: str | os.PathLike, key: str, record: dict[str, Any]) ->
     return write_json_atomic(record, record_path(folder, key), sort_keys=True)
 
 
+def _record_problem(record: Any, key: str) -> str:
+    """What is wrong with a parsed record of run ``key`` ("" when nothing is)."""
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not a record"
+    if record.get("key") != key:
+        return f"holds the key {str(record.get('key'))[:16]!r}..., not its own (another run's record?)"
+    accuracy: Any = record.get("accuracy")
+    if not _finite_number(accuracy) or not 0 <= accuracy <= 1:
+        return f"has the accuracy {accuracy!r}, not a number in [0, 1]"
+    return ""
+
+
+def quarantine(path: str | os.PathLike, reason: str) -> Path:
+    """Move a damaged cache file (or folder) aside to ``quarantine/`` beside it, with a warning naming it and
+    ``reason``; returns where it went. The run or shard it stood for is then computed again."""
+    source = Path(path)
+    target = source.parent / "quarantine" / f"{source.name}.{time.time_ns()}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+    except FileNotFoundError:  # another process moved it first
+        return target
+    warnings.warn(
+        f"The ROAR cache file {source} {reason}; moved to {target}, and its run will be computed again.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return target
+
+
 def read_record(folder: str | os.PathLike, key: str) -> dict[str, Any] | None:
-    """Run ``key``'s record, or None when the run has not finished (or its file is unreadable: it is then trained
-    again, with a warning)."""
+    """Run ``key``'s record, or None when the run has not finished. A record that cannot be trusted (not JSON, not an
+    object, another run's key, an accuracy outside [0, 1] or not finite, a folder) is quarantined with a warning
+    (:func:`quarantine`) and counts as missing, so the run is trained again: a damaged file never blocks a plan nor
+    changes its table."""
     path = record_path(folder, key)
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except ValueError:
-        warnings.warn(
-            f"The ROAR record {path} is not valid JSON; the run will be trained again.", RuntimeWarning, stacklevel=2
-        )
-        path.unlink(missing_ok=True)
+    except (OSError, ValueError) as err:  # not JSON, not UTF-8, a folder
+        quarantine(path, f"cannot be read as JSON ({type(err).__name__})")
         return None
-    return record if isinstance(record, dict) else None
+    problem = _record_problem(record, key)
+    if problem:
+        quarantine(path, problem)
+        return None
+    return record
 
 
 def recorded_keys(folder: str | os.PathLike) -> set[str]:

@@ -180,6 +180,8 @@ class ROARPlan:
         executor's serializer before anything is submitted.
         """
         _check_executor(executor, self._job)
+        for run in self.runs:  # a damaged record is quarantined here and its run trained below
+            cache.read_record(self.cache_dir, run.key)
         missing, unranked = self.missing(), self.missing_rankings()
         shared: Any = self._job
         if executor is not None and (missing or unranked):
