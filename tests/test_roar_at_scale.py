@@ -305,3 +305,32 @@ def test_a_damaged_record_is_quarantined_and_retrained(sweep, tmp_path, damage):
         plan.collect()
     assert not path.exists() and len(list((tmp_path / "runs" / "quarantine").iterdir())) == 1
     assert plan.execute(progress=False).accuracy == reference.accuracy
+
+
+@pytest.mark.parametrize("damage", ["truncated", "int64", "rows", "width", "garbage"])
+def test_a_damaged_ranking_shard_is_quarantined_and_recomputed(sweep, tmp_path, damage):
+    """Issue #24's cache faults, for rankings: a shard file that is not what its name says (cut short, another dtype,
+    row count or width, garbage) is moved aside with a warning, counted as missing, refused to a run, and recomputed
+    by execute() with exactly its former positions; the oracle's accuracies equal the clean ones."""
+    import numpy as np
+
+    reference, folder, _ = sweep
+    reuse_cache(folder, tmp_path, rankings=False)
+    plan = roar_plan(make_pl, OracleData(), [ORACLE], cache_dir=tmp_path, compute=False, shard_size=100, **SETTINGS)
+    for j in range(len(plan.shards)):  # several shards a folder: a wrong width shows against the others
+        plan.rank(j)
+    path = plan.shards[0].path
+    good = np.load(path)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "garbage":
+        path.write_bytes(b"\x93NUMPY garbage")
+    else:
+        bad = {"int64": good.astype(np.int64), "rows": good[:-1], "width": good[:, :-1]}[damage]
+        np.save(path, bad)
+    with pytest.warns(RuntimeWarning, match=f"{path.name}.*moved to"):
+        assert plan.missing_rankings() == [0]
+    with pytest.raises(FileNotFoundError, match="shards are missing"):
+        plan.run(0)
+    assert plan.execute(progress=False).accuracy["oracle"] == reference.accuracy["oracle"]
+    assert np.array_equal(np.load(path), good)  # recomputed: the same positions

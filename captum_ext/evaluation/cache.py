@@ -241,10 +241,37 @@ class Rankings:
             return []
         return sorted((int(m.group(1)), int(m.group(2))) for m in map(_SHARD.fullmatch, names) if m)
 
-    def complete(self, count: int) -> bool:
-        """Whether the shards present tile the images ``[0, count)``."""
-        reached = 0
+    def checked_shards(self) -> list[tuple[int, int]]:
+        """:meth:`shards`, after moving aside (:func:`quarantine`) every shard file that is not what its name says:
+        unreadable as ``.npy``, not a (stop - start, H*W) ``uint16``/``uint32`` array, or of another width than the
+        folder's other shards. Reads only the files' headers."""
+        found = []
         for start, stop in self.shards():
+            path = shard_path(self.folder, start, stop)
+            try:
+                array = load_rankings(path)
+            except FileNotFoundError:  # moved aside by another process meanwhile
+                continue
+            except (OSError, ValueError) as err:
+                quarantine(path, f"cannot be read as a .npy array ({type(err).__name__})")
+                continue
+            if array.ndim != 2 or array.shape[0] != stop - start or array.dtype not in (np.uint16, np.uint32):
+                quarantine(
+                    path, f"holds a {array.dtype} array of shape {array.shape}, not {stop - start} rows of uint16"
+                )
+                continue
+            found.append((start, stop, array.shape[1]))
+        widths = [width for *_, width in found]
+        common = max(set(widths), key=widths.count) if widths else 0
+        for start, stop, width in found:
+            if width != common:
+                quarantine(shard_path(self.folder, start, stop), f"has {width} positions a row, the others {common}")
+        return [(start, stop) for start, stop, width in found if width == common]
+
+    def complete(self, count: int) -> bool:
+        """Whether the shards present, checked (:meth:`checked_shards`), tile the images ``[0, count)``."""
+        reached = 0
+        for start, stop in self.checked_shards():
             if start == reached:
                 reached = stop
         return reached == count
@@ -366,7 +393,7 @@ def quarantine(path: str | os.PathLike, reason: str) -> Path:
     except FileNotFoundError:  # another process moved it first
         return target
     warnings.warn(
-        f"The ROAR cache file {source} {reason}; moved to {target}, and its run will be computed again.",
+        f"The ROAR cache file {source} {reason}; moved to {target}, and what it held will be computed again.",
         RuntimeWarning,
         stacklevel=3,
     )

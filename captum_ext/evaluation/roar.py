@@ -123,8 +123,10 @@ class ROARPlan:
         return [i for i, run in enumerate(self.runs) if run.key not in recorded]
 
     def missing_rankings(self) -> list[int]:
-        """Indices into :attr:`shards` of the ranking shards not on disk yet (one listing per ranking folder)."""
-        present = {folder: set(cache.Rankings(folder).shards()) for folder in {s.folder for s in self.shards}}
+        """Indices into :attr:`shards` of the ranking shards not on disk yet, or damaged (quarantined with a warning:
+        :meth:`captum_ext.evaluation.cache.Rankings.checked_shards`); one listing per ranking folder."""
+        folders = {s.folder for s in self.shards}
+        present = {folder: set(cache.Rankings(folder).checked_shards()) for folder in folders}
         return [j for j, s in enumerate(self.shards) if (s.start, s.stop) not in present[s.folder]]
 
     def rank(self, index: int, progress: bool = False) -> str:
