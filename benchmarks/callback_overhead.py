@@ -1,7 +1,7 @@
 """Per-epoch cost of every callback at its defaults, as a share of the epoch it rides on (issue #22).
 
 A ResNet-18 (``torchvision``, 10 classes, no weights) trains on ``--train-images`` seeded synthetic 3x112x112 images
-(the class shifts one block's mean) for ``--epochs`` epochs, once bare and once with every callback of
+(``benchmarks/callbacks.py``'s ``Synthetic``: the class shifts one block's mean) for ``--epochs`` epochs, once bare and once with every callback of
 ``captum_ext.callbacks`` attached at its defaults (``ShortcutMonitor`` given input x gradient and the planted block of
 class 0, ``RandomizationMonitor`` saliency: their required arguments). Each
 callback's own work (its ``run``) is timed; the table gives the last epoch's seconds per callback and their share of
@@ -21,8 +21,8 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
+from callbacks import Synthetic, block  # benchmarks/callbacks.py, beside this script
 from pytorch_lightning.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet18
 
 import captum_ext.callbacks as callbacks_module
@@ -31,42 +31,12 @@ from captum_ext.callbacks.base import ExplanationCallback
 from captum_ext.models import ClassifierModule
 
 SIDE = 112
-BLOCK = SIDE // 4
-
-
-def _block(cls: int) -> tuple[slice, slice]:
-    r, c = divmod(cls, 4)
-    return slice(BLOCK * r, BLOCK * (r + 1)), slice(BLOCK * c, BLOCK * (c + 1))
-
-
-class Blocks(pl.LightningDataModule):
-    """Seeded 3x112x112 images whose class brightens one 28x28 block."""
-
-    def __init__(self, train: int, val: int = 256, batch_size: int = 64):
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        labels = torch.randint(0, 10, (train + val,), generator=gen)
-        images = torch.rand(train + val, 3, SIDE, SIDE, generator=gen)
-        for cls in range(10):
-            rows, cols = _block(cls)
-            images[labels == cls, :, rows, cols] += 0.5
-        self.train_set = TensorDataset(images[:train], labels[:train])
-        self.val_set = TensorDataset(images[train:], labels[train:])
-        self.batch_size = batch_size
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size)
 
 
 def every_callback() -> list[ExplanationCallback]:
     """One instance of each callback the package exports, at its defaults."""
     region = torch.zeros(SIDE, SIDE, dtype=torch.bool)
-    region[_block(0)] = True
+    region[block(0, SIDE)] = True
     made = []
     for name in callbacks_module.__all__:
         cls = getattr(callbacks_module, name)
@@ -88,7 +58,7 @@ def _timed(callback: ExplanationCallback, seconds: list[float]) -> None:
     callback.run = timed  # type: ignore[method-assign]
 
 
-def _fit(datamodule: Blocks, epochs: int, callbacks: list) -> float:
+def _fit(datamodule: Synthetic, epochs: int, callbacks: list) -> float:
     torch.manual_seed(0)
     trainer = pl.Trainer(
         max_epochs=epochs,
@@ -114,7 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
-    data = Blocks(args.train_images)
+    data = Synthetic(args.train_images, side=SIDE)
     epoch = _fit(data, args.epochs, []) / args.epochs
     callbacks = every_callback()
     seconds: dict[str, list[float]] = {type(c).__name__: [] for c in callbacks}

@@ -45,18 +45,25 @@ class TimedMonitor(AttributionMonitor):
         self.seconds.append(time.perf_counter() - start)
 
 
-class Synthetic(pl.LightningDataModule):
-    """Seeded 3x64x64 images whose class shifts the mean of one 16x16 block (learnable, no download)."""
+def block(cls: int, side: int = 64) -> tuple[slice, slice]:
+    """Rows and columns of the (side / 4)-pixel block whose mean class ``cls`` shifts."""
+    r, c, b = *divmod(cls, 4), side // 4
+    return slice(b * r, b * r + b), slice(b * c, b * c + b)
 
-    def __init__(self, train: int, val: int = 256, batch_size: int = 64):
+
+class Synthetic(pl.LightningDataModule):
+    """Seeded 3 x side x side images whose class shifts the mean of one (side / 4)-pixel block (learnable, no
+    download)."""
+
+    def __init__(self, train: int, val: int = 256, batch_size: int = 64, side: int = 64):
         super().__init__()
         gen = torch.Generator().manual_seed(0)
         n = train + val
         labels = torch.randint(0, 10, (n,), generator=gen)
-        images = torch.rand(n, 3, 64, 64, generator=gen)
+        images = torch.rand(n, 3, side, side, generator=gen)
         for cls in range(10):
-            r, c = divmod(cls, 4)
-            images[labels == cls, :, 16 * r : 16 * r + 16, 16 * c : 16 * c + 16] += 0.5
+            rows, cols = block(cls, side)
+            images[labels == cls, :, rows, cols] += 0.5
         self.train_set = TensorDataset(images[:train], labels[:train])
         self.val_set = TensorDataset(images[train:], labels[train:])
         self.batch_size = batch_size

@@ -49,17 +49,23 @@ def test_roar_config_round_trip(tmp_path, capsys):
     assert ROARResult.from_json(tmp_path / "out" / "roar.json").accuracy == result.accuracy
 
 
+#: The ROAR grid of the job-array tests: one method, one fraction, one repeat, one epoch (2 runs).
+ARRAY = {
+    "module_factory": "captum_ext.models:small_cnn_module",
+    "datamodule": "captum_ext.data:CleverHansDigits",
+    "explainers": ["saliency"],
+    "fractions": [0.5],
+    "repeats": 1,
+    "trainer_kwargs": {"max_epochs": 1},
+}
+
+
 def test_roar_as_a_job_array_plan_run_index_collect(tmp_path, capsys):
     """Issue #15: --plan once, --run-index per array task (in any order), --collect once; the table equals the
     one-command run's on the same settings. Issue #22: the printed sbatch line is absolute, throttled and carries the
     config's resources."""
     config = {
-        "module_factory": "captum_ext.models:small_cnn_module",
-        "datamodule": "captum_ext.data:CleverHansDigits",
-        "explainers": ["saliency"],
-        "fractions": [0.5],
-        "repeats": 1,
-        "trainer_kwargs": {"max_epochs": 1},
+        **ARRAY,
         "out": str(tmp_path / "array"),
         "slurm": {"parallel": 50, "cpus_per_task": 4, "gres": "gpu:1", "time": "01:00:00"},
     }
@@ -108,16 +114,7 @@ def test_roar_rankings_as_array_tasks_from_another_folder(tmp_path, capsys):
     """Issue #22: --prepare leaves the rankings to --rank-index tasks (one shard each, disjoint); a run before its
     rankings exits 2 naming --rank-index; the printed ranking task runs as printed from another folder; the table
     equals the one-command run's."""
-    config = {
-        "module_factory": "captum_ext.models:small_cnn_module",
-        "datamodule": "captum_ext.data:CleverHansDigits",
-        "explainers": ["saliency"],
-        "fractions": [0.5],
-        "repeats": 1,
-        "trainer_kwargs": {"max_epochs": 1},
-        "shard_size": 1000,
-        "out": str(tmp_path / "array"),
-    }
+    config = {**ARRAY, "shard_size": 1000, "out": str(tmp_path / "array")}
     path = _write(tmp_path, config)
     assert main(["roar", "--config", path, "--prepare"]) == 0
     printed = capsys.readouterr().out
