@@ -4,10 +4,10 @@ folder, on a network filesystem too.
 A claim is a lock file ``<key>.<generation>.lock`` created with ``O_CREAT | O_EXCL`` (atomic on local disks and on
 NFS v3+), holding its owner (host, pid), Slurm job and restart count. While the run trains, a heartbeat thread
 refreshes the file's mtime; a claim whose file has not changed for ``expiry_s`` seconds (its worker died or hangs),
-whose owner on this host has died, or that this Slurm job made before it was requeued, has expired, and the next claimant creates the next generation's file. A claim given up without a record
-(the run failed) is marked expired (mtime set to 0), never deleted, and nobody deletes or renames another worker's
-file: generation numbers only grow while a run is unrecorded, so two workers can never hold the same generation or
-take over each other's fresh claim. Lock files are deleted only by the worker that wrote the run's record (its own
+whose owner on this host has died, or that this Slurm job made before it was requeued, has expired, and the next
+claimant creates the next generation's file. A claim given up without a record (the run failed) is marked expired
+(mtime set to 0), never deleted, and nobody deletes or renames another worker's file: generation numbers only grow
+while a run is unrecorded, so two workers can never hold the same generation or take over each other's fresh claim. Lock files are deleted only by the worker that wrote the run's record (its own
 generation and the older ones).
 
 Example::
