@@ -205,8 +205,15 @@ def test_device_follows_the_trainer_not_where_lightning_left_the_module(monkeypa
         resolve_device("gpu0", {})
     with pytest.raises(ValueError, match="Expected argument `device`.*accelerator 'tpu'"):
         resolve_device(None, {"accelerator": "tpu"})  # never silently the CPU
+    small = OracleData(sizes=(8, 8, 8))
     with pytest.raises(ValueError, match="Expected argument `device`"):
-        roar_plan(make_pl, OracleData(sizes=(8, 8, 8)), [ORACLE], device=3)
+        roar_plan(make_pl, small, [ORACLE], device=3)
+    with pytest.raises(TypeError, match="Expected argument `data_version` to be a string or None, but got 2"):
+        roar_plan(make_pl, small, [ORACLE], data_version=2)
+    with pytest.raises(ValueError, match="Expected argument `shard_size` to be an int >= 1, but got 0"):
+        roar_plan(make_pl, small, [ORACLE], shard_size=0)
+    with pytest.raises(TypeError, match=r"Expected argument `augment` to be a callable \(image -> image\)"):
+        roar_plan(make_pl, small, [ORACLE], augment="flip")
 
 
 class Flip:
