@@ -1,11 +1,12 @@
 """Faithfulness benchmarks: ratios measured side by side in one run, and the CPU-sized ROAR on the digits.
 
-    .venv/bin/python benchmarks/faithfulness.py          # the three ratio benchmarks (about a minute)
+    .venv/bin/python benchmarks/faithfulness.py          # the three ratio benchmarks (about a minute; --threads 2)
     .venv/bin/python benchmarks/faithfulness.py --roar   # ROAR on the digits -> docs/img/roar_digits.{png,json}
     .venv/bin/python benchmarks/faithfulness.py --road   # ROAD and deletion AUC on the digits, no retraining
 
-1. batched ``NoisyLinearImputer`` vs. a per-image scipy sparse solve (32 RGB 64x64 images; and 8 RGB 224x224 images
-   with 90% removed): ratio of times;
+1. batched ``NoisyLinearImputer`` vs. pytorch-grad-cam 1.5.7's (ROAD's own per-image code; skipped when not
+   installed) and vs. our ``backend="scipy"`` (a vectorised per-image sparse LU), on 32 RGB 64x64 images and 8 RGB
+   224x224 images with 90% removed: ratios of times and the largest differences;
 2. ``DeletionAUC`` vs. Quantus 0.6.0's ``PixelFlipping`` on the same model, data and step size (skipped when
    Quantus is not installed): ratio of times, and the two AUCs;
 3. ROAR's attribution pass over a lazily generated dataset of 10k vs. 40k images: peak RSS of a subprocess each.
@@ -26,8 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 from torch.utils.data import Dataset
 
@@ -36,16 +35,6 @@ from captum_ext._multigrid import solve_neighbour_average
 from captum_ext.imputation import Imputer, NoisyLinearImputer
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFSETS = [
-    ((-1, -1), 1 / 12),
-    ((-1, 0), 1 / 6),
-    ((-1, 1), 1 / 12),
-    ((0, -1), 1 / 6),
-    ((0, 1), 1 / 6),
-    ((1, -1), 1 / 12),
-    ((1, 0), 1 / 6),
-    ((1, 1), 1 / 12),
-]
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -57,64 +46,21 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-# ---- 1. NoisyLinearImputer vs. per-image scipy ----------------------------------------------------------------
-def scipy_fill(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """ROAD's system for one image (C, H, W) with an (H, W) mask, vectorised COO assembly, one sparse LU solve
-    for all channels (the fair per-image baseline: what a careful scipy implementation does)."""
-    c, h, w = image.shape
-    ys, xs = np.nonzero(mask)
-    index = -np.ones((h, w), dtype=np.int64)
-    index[ys, xs] = np.arange(len(ys))
-    rows, cols, vals = [], [], []
-    diag = np.zeros(len(ys))
-    rhs = np.zeros((len(ys), c))
-    for (dy, dx), weight in OFFSETS:
-        ny, nx = ys + dy, xs + dx
-        inside = np.nonzero((ny >= 0) & (ny < h) & (nx >= 0) & (nx < w))[0]
-        diag[inside] += weight
-        unknown = mask[ny[inside], nx[inside]]
-        rows.append(inside[unknown])
-        cols.append(index[ny[inside][unknown], nx[inside][unknown]])
-        vals.append(np.full(int(unknown.sum()), -weight))
-        known = inside[~unknown]
-        np.add.at(rhs, known, weight * image[:, ny[known], nx[known]].T)
-    eye = np.arange(len(ys))
-    matrix = sp.coo_matrix(
-        (np.concatenate([*vals, diag]), (np.concatenate([*rows, eye]), np.concatenate([*cols, eye]))),
-        shape=(len(ys), len(ys)),
-    ).tocsc()
-    out = image.astype(np.float64).copy()
-    out[:, ys, xs] = spla.spsolve(matrix, rhs).reshape(len(ys), c).T
-    return out
-
-
-def scipy_fill_lil(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The same system assembled as ROAD's public code does it: a ``lil_matrix`` filled by fancy indexing per
-    neighbour offset, converted to CSC, solved per image."""
-    c, h, w = image.shape
-    ys, xs = np.nonzero(mask)
-    index = -np.ones((h, w), dtype=np.int64)
-    index[ys, xs] = np.arange(len(ys))
-    matrix = sp.lil_matrix((len(ys), len(ys)))
-    rhs = np.zeros((len(ys), c))
-    diag = np.zeros(len(ys))
-    for (dy, dx), weight in OFFSETS:
-        ny, nx = ys + dy, xs + dx
-        inside = np.nonzero((ny >= 0) & (ny < h) & (nx >= 0) & (nx < w))[0]
-        diag[inside] += weight
-        unknown = mask[ny[inside], nx[inside]]
-        matrix[inside[unknown], index[ny[inside][unknown], nx[inside][unknown]]] = -weight
-        known = inside[~unknown]
-        rhs[known] += weight * image[:, ny[known], nx[known]].T
-    matrix.setdiag(diag)
-    out = image.astype(np.float64).copy()
-    out[:, ys, xs] = spla.spsolve(matrix.tocsc(), rhs).reshape(len(ys), c).T
-    return out
+# ---- 1. NoisyLinearImputer vs. pytorch-grad-cam's and a per-image scipy solve ------------------------------------
+def grad_cam_fill(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+    """pytorch-grad-cam's ``NoisyLinearImputer`` (ROAD's public code: a ``lil_matrix`` per image, scipy's
+    ``spsolve``), noise off, image by image as its ROAD metrics call it; None without the package."""
+    try:
+        from pytorch_grad_cam.metrics.road import NoisyLinearImputer as GradCamImputer
+    except ImportError:
+        return None
+    imputer = GradCamImputer(noise=0.0)
+    return torch.stack([imputer(image, ~removed) for image, removed in zip(x, mask)])  # its mask: 1 = keep
 
 
 def bench_imputer() -> None:
     gen = torch.Generator().manual_seed(0)
-    print("1. NoisyLinearImputer (batched multigrid-preconditioned CG) vs. per-image scipy sparse LU")
+    print("1. NoisyLinearImputer (batched multigrid-preconditioned CG) vs. pytorch-grad-cam's and our scipy backend")
     for n, size in ((32, 64), (8, 224)):
         x = torch.rand(n, 3, size, size, generator=gen)
         # ROAD-like masks: the top of a smooth random saliency map (blobs, not salt-and-pepper)
@@ -129,21 +75,27 @@ def bench_imputer() -> None:
         if size > 64:  # the ImageNet-sized case: large holes only (the slow one for per-image LU)
             masks = {"blobs 90%": masks["blobs 90%"]}
         imputer = NoisyLinearImputer(noise=0.0)
+        direct = NoisyLinearImputer(noise=0.0, backend="scipy")
         print(f"   {n} RGB {size}x{size} images")
         for name, mask in masks.items():
             ours = best_of(lambda: imputer(x, mask))  # noqa: B023 (called at once)
             iterations = solve_neighbour_average(
                 x, mask[:, None].expand(n, 3, size, size), imputer.tol, imputer.max_iter
             )[1]
-            xn, mn = x.double().numpy(), mask.numpy()
-            coo = best_of(lambda: [scipy_fill(xn[i], mn[i]) for i in range(n)], repeats=2)  # noqa: B023
-            lil = best_of(lambda: [scipy_fill_lil(xn[i], mn[i]) for i in range(n)], repeats=2)  # noqa: B023
-            error = np.abs(
-                imputer(x, mask).double().numpy() - np.stack([scipy_fill(xn[i], mn[i]) for i in range(n)])
-            ).max()
+            scipy_s = best_of(lambda: direct(x, mask), repeats=2)  # noqa: B023
+            error = float((imputer(x, mask) - direct(x, mask)).abs().max())
+            line = (
+                f"   {name:<11} torch {ours * 1e3:7.1f} ms ({iterations} iterations) | scipy backend "
+                f"{scipy_s * 1e3:7.1f} ms: {scipy_s / ours:5.2f}x, max |diff| {error:.1e}"
+            )
+            if grad_cam_fill(x[:1], mask[:1]) is None:
+                print(line + " | pytorch-grad-cam: skipped, not installed (pip install grad-cam)")
+                continue
+            theirs = best_of(lambda: grad_cam_fill(x, mask), repeats=2)  # noqa: B023
+            error = float((imputer(x, mask) - grad_cam_fill(x, mask)).abs().max())
             print(
-                f"   {name:<11} torch {ours * 1e3:7.1f} ms ({iterations} iterations) | scipy COO {coo * 1e3:7.1f} ms: "
-                f"{coo / ours:5.2f}x | scipy lil (ROAD-style) {lil * 1e3:7.1f} ms: {lil / ours:5.2f}x | max |diff| {error:.1e}"
+                line + f" | pytorch-grad-cam {theirs * 1e3:7.1f} ms: {theirs / ours:5.2f}x (target >= 5), "
+                f"max |diff| {error:.1e}"
             )
 
 
@@ -361,6 +313,9 @@ if __name__ == "__main__":
         default="mean",
         help="ROAR's training-mean fill, background-like noise (no visible mask shape), or ROAD's noisy linear fill",
     )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads for the ratio benchmarks (scipy's LU uses one)"
+    )
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -370,7 +325,7 @@ if __name__ == "__main__":
     elif args.roar:
         run_roar(args.workers, args.repeats, args.epochs, args.cache_dir, args.imputer)
     else:
-        torch.set_num_threads(1)
+        torch.set_num_threads(args.threads)
         bench_imputer()
         bench_deletion()
         bench_rss()

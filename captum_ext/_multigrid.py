@@ -1,4 +1,5 @@
-"""Multigrid-preconditioned conjugate gradient for ROAD's neighbour-average system, all planes of a batch at once.
+"""Multigrid-preconditioned conjugate gradient for ROAD's neighbour-average system, all planes of a batch at once,
+and a sparse direct solve of the same system plane by plane (``solve_neighbour_average_direct``, the reference).
 
 Every removed pixel ``i`` of an (image, channel) plane satisfies ``d_i x_i - sum_j w_j x_j = 0`` over its in-image
 neighbours ``j`` (weight 1/6 for the 4 direct, 1/12 for the 4 diagonal ones, ``d_i = sum_j w_j``); kept pixels are
@@ -24,10 +25,13 @@ Example::
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 import torch
 from torch.nn import functional as F
 
-__all__ = ["solve_neighbour_average"]
+__all__ = ["solve_neighbour_average", "solve_neighbour_average_direct"]
 
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 _WEIGHTS = {(dy, dx): 1 / 6 if dy == 0 or dx == 0 else 1 / 12 for dy, dx in _OFFSETS}
@@ -198,3 +202,50 @@ def solve_neighbour_average(
         rz = rz_next
         iterations += 1
     return u * unknown, iterations
+
+
+def solve_neighbour_average_direct(inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The system :func:`solve_neighbour_average` solves, assembled per image as a sparse matrix over the removed
+    pixels and solved by scipy's sparse LU (one factorisation for the channels that share a mask), in float64 on
+    the CPU: slow, exact to rounding, the reference the multigrid solver is checked against. Same arguments and
+    result (zero where nothing is removed)."""
+    x = inputs.detach().double().cpu().numpy()
+    removed = mask.detach().cpu().numpy()
+    out = np.zeros_like(x)
+    h, w = x.shape[-2:]
+    for i in range(x.shape[0]):
+        channels = list(range(x.shape[1]))
+        while channels:
+            plane = removed[i, channels[0]]
+            group = [j for j in channels if np.array_equal(removed[i, j], plane)]
+            channels = [j for j in channels if j not in group]
+            ys, xs = np.nonzero(plane)
+            if len(ys) in (0, h * w):  # nothing removed, or nothing left to interpolate from (the imputer's mean)
+                continue
+            index = np.full((h, w), -1)
+            index[ys, xs] = np.arange(len(ys))
+            degree = np.zeros(len(ys))
+            rhs = np.zeros((len(ys), len(group)))
+            rows, cols, values = [], [], []
+            for (dy, dx), weight in _WEIGHTS.items():
+                ny, nx = ys + dy, xs + dx
+                inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+                degree[inside] += weight
+                at, ny, nx = np.nonzero(inside)[0], ny[inside], nx[inside]
+                unknown = plane[ny, nx]
+                rows.append(at[unknown])
+                cols.append(index[ny[unknown], nx[unknown]])
+                values.append(np.full(int(unknown.sum()), -weight))
+                np.add.at(rhs, at[~unknown], weight * x[i, group][:, ny[~unknown], nx[~unknown]].T)
+            diagonal = np.arange(len(ys))
+            matrix = sp.csc_matrix(
+                (
+                    np.concatenate([*values, degree]),
+                    (np.concatenate([*rows, diagonal]), np.concatenate([*cols, diagonal])),
+                ),
+                shape=(len(ys), len(ys)),
+            )
+            solution = spla.spsolve(matrix, rhs).reshape(len(ys), len(group))
+            for k, j in enumerate(group):
+                out[i, j, ys, xs] = solution[:, k]
+    return torch.from_numpy(out).to(inputs.device)

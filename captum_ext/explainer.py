@@ -86,7 +86,7 @@ from captum_ext._context import eval_mode, full_precision, gradients_enabled
 from captum_ext._model import default_cam_layer, forward_order, last_conv_layer, resolve_layer, unwrap_model
 from captum_ext._seeds import derived_seed
 from captum_ext.attr.random_map import RandomAttribution
-from captum_ext.model_output import OutputFn, check_output_fn, with_logits
+from captum_ext.model_output import LogitsModel, OutputFn, check_output_fn, with_logits
 
 __all__ = [
     "Explainer",
@@ -464,7 +464,9 @@ class Explainer:
         Captum is handed ``model`` wrapped in a :class:`~captum_ext.model_output.LogitsModel`, so a model that returns
         a tuple, a dict or a Hugging Face output works; ``output_fn`` overrides the output rule.
         """
-        forward = with_logits(model, output_fn)
+        return self._build(model, with_logits(model, output_fn), inputs)
+
+    def _build(self, model: nn.Module, forward: nn.Module, inputs: torch.Tensor | None) -> captum_attr.Attribution:
         layer_name = self._layer_name(model, inputs)
         layer = resolve_layer(model, layer_name) if layer_name is not None else None
         if isinstance(self.method, str):
@@ -546,11 +548,11 @@ class Explainer:
         _check_inputs(model, inputs)
         check_output_fn(output_fn)
         model = unwrap_model(model)  # torch.compile / DDP: the user's own module, eagerly, by its own layer names
-        forward = with_logits(model, output_fn)
+        forward = _CheckedScores(model, output_fn)
         with gradients_enabled(), eval_mode(model), full_precision(inputs.device):
             x = inputs.detach().clone().requires_grad_()
-            target = self._target(forward, x, target)
-            attribution = self.build(model, x, output_fn)
+            target = forward.targets(x, target)
+            attribution = self._build(model, forward, x)
             kwargs = self._spec.defaults(x) if self._spec is not None else {}
             kwargs.update(self.attribute_kwargs)
             if self.method == "occlusion":
@@ -559,6 +561,9 @@ class Explainer:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
                 out = self._run(attribution, x, target, kwargs)
+            if forward.classes is None:  # the method never called the model (``"random"``): check the targets now
+                with torch.no_grad():
+                    forward(x[:1])
         out = out.detach().float()
         if self.uses_layer and out.shape[-2:] != x.shape[-2:]:
             out = maps.upsample(out, cast("tuple[int, int]", x.shape[-2:]))  # (N, C, H, W): two sizes
@@ -623,31 +628,6 @@ class Explainer:
             return baselines.to(x).reshape(1, -1, 1, 1).expand(1, *x.shape[1:]).contiguous()
         return baselines
 
-    @staticmethod
-    def _target(forward: nn.Module, x: torch.Tensor, target: Target) -> torch.Tensor:
-        """(N,) class indices: the prediction for None, else ``target`` checked against the model's class count
-        (learnt from a one-image forward, which also checks that the output can be read and is finite)."""
-        with torch.no_grad():
-            try:
-                scores = forward(x if target is None else x[:1])
-            except RuntimeError as error:  # a shape mismatch deep inside the model: say which argument it came from
-                if type(error) is not RuntimeError or "memory" in str(error):
-                    raise
-                raise RuntimeError(
-                    f"The model's forward failed on `inputs` of shape {tuple(x.shape)}: "
-                    f"{str(error).strip().splitlines()[0]} (does the model expect another channel count or image "
-                    "size?)"
-                ) from error
-        if scores.dim() != 2:
-            raise TypeError(
-                f"Expected the model's scores to be an (N, classes) tensor, but got shape {tuple(scores.shape)}; pass "
-                "`output_fn=` to select them."
-            )
-        check_finite("model outputs", scores, "The model produces NaN or Inf for these finite inputs.")
-        if target is None:
-            return scores.argmax(dim=1)
-        return class_targets(target, x.shape[0], scores.shape[1], x.device)
-
     def saliency(
         self,
         model: nn.Module,
@@ -667,6 +647,57 @@ class Explainer:
         extras = "".join(f", {k}={v!r}" for k, v in self.attribute_kwargs.items())
         layer = f", layer={self.layer!r}" if self.layer else ""
         return f"Explainer({method!r}{layer}, name={self.name!r}{extras})"
+
+
+class _CheckedScores(LogitsModel):
+    """The model as Captum sees it in one ``attribute`` call. Its first forward, inside the attribution pass itself,
+    checks the scores (an (N, classes) tensor, finite) and the targets against the class count, so a given target
+    costs no forward pass of its own."""
+
+    def __init__(self, model: nn.Module, output_fn: OutputFn | None):
+        super().__init__(model, output_fn)
+        self.classes: int | None = None
+        self._targets: torch.Tensor | None = None
+        self._shape: tuple[int, ...] = ()
+
+    def targets(self, x: torch.Tensor, target: Target) -> torch.Tensor:
+        """(N,) class indices: the prediction for None (a no-grad forward), else ``target`` (its form checked now,
+        its range at the first forward)."""
+        self._shape = tuple(x.shape)
+        if target is None:
+            with torch.no_grad():
+                return self(x).argmax(dim=1)
+        try:
+            self._targets = class_targets(target, x.shape[0], None, x.device)
+        except ValueError:  # a negative index: learn the class count first, so that the error can name the range
+            with torch.no_grad():
+                self(x[:1])
+            class_targets(target, x.shape[0], self.classes, x.device)
+            raise
+        return self._targets
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.classes is not None:
+            return super().forward(*args, **kwargs)
+        try:
+            scores = super().forward(*args, **kwargs)
+        except RuntimeError as error:  # a shape mismatch deep inside the model: say which argument it came from
+            if type(error) is not RuntimeError or "memory" in str(error):
+                raise
+            raise RuntimeError(
+                f"The model's forward failed on `inputs` of shape {self._shape}: {str(error).strip().splitlines()[0]} "
+                "(does the model expect another channel count or image size?)"
+            ) from error
+        if scores.dim() != 2:
+            raise TypeError(
+                f"Expected the model's scores to be an (N, classes) tensor, but got shape {tuple(scores.shape)}; pass "
+                "`output_fn=` to select them."
+            )
+        check_finite("model outputs", scores.detach(), "The model produces NaN or Inf for these finite inputs.")
+        self.classes = scores.shape[1]
+        if self._targets is not None:
+            class_targets(self._targets, len(self._targets), self.classes, self._targets.device)
+        return scores
 
 
 def _check_inputs(model: nn.Module, inputs: object) -> None:

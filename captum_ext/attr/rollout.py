@@ -92,10 +92,15 @@ def discard_smallest(attention: torch.Tensor, ratio: float) -> torch.Tensor:
     return flat.scatter(1, drop, 0.0).reshape(attention.shape)
 
 
-def _rollout_step(rollout: torch.Tensor | None, fused: torch.Tensor) -> torch.Tensor:
-    """One block: Â = rownorm(0.5·A + 0.5·I) = rownorm(A + I) (the factor cancels), then Â @ R. Overwrites ``fused``."""
+def _normalised(fused: torch.Tensor) -> torch.Tensor:
+    """One block's Â = rownorm(0.5·A + 0.5·I) = rownorm(A + I) (the factor cancels). Overwrites ``fused``."""
     fused.diagonal(dim1=-2, dim2=-1).add_(1.0)
-    step = fused.div_(fused.sum(dim=-1, keepdim=True))
+    return fused.div_(fused.sum(dim=-1, keepdim=True))
+
+
+def _rollout_step(rollout: torch.Tensor | None, fused: torch.Tensor) -> torch.Tensor:
+    """One block: Â @ R. Overwrites ``fused``."""
+    step = _normalised(fused)
     return step if rollout is None else torch.bmm(step, rollout)
 
 
@@ -177,6 +182,22 @@ def _output_row(matrix: torch.Tensor, readout: str, grid: tuple[int, int], prefi
         return matrix[:, prefix:].mean(1)
     _require_cls(grid, prefix)
     return matrix[:, 0]
+
+
+def _read_out(like: torch.Tensor, readout: str, grid: tuple[int, int], prefix: int) -> torch.Tensor:
+    """(N, T) weights of the tokens the classifier reads (:func:`_output_row` of the identity), for (N, T, T) ``like``."""
+    identity = torch.eye(like.shape[-1], dtype=like.dtype, device=like.device).expand_as(like)
+    return _output_row(identity, readout, grid, prefix)
+
+
+def _rolled_row(start: torch.Tensor, steps: Sequence[torch.Tensor], residual: bool) -> torch.Tensor:
+    """(N, T) ``start`` times the product of the (N, T, T) ``steps`` given in forward order, from the last one down:
+    the read-out row of ``Â_L ··· Â_1`` (or, with ``residual``, of ``(I + Ā_L) ··· (I + Ā_1)``) at T² a block
+    instead of the whole product's T³."""
+    row = start[:, None]
+    for step in reversed(steps):
+        row = row + torch.bmm(row, step) if residual else torch.bmm(row, step)
+    return row[:, 0]
 
 
 def _require_block(start_layer: int, blocks: int) -> None:
@@ -305,18 +326,17 @@ class AttentionRollout(Attribution):
             ValueError: inputs not (N, C, H, W); no recognisable attention; ``start_layer`` beyond the blocks.
         """
         x, single = _unpack(inputs)
-        state: dict[str, torch.Tensor] = {}
+        steps: list[torch.Tensor] = []
 
         def sink(index: int, attention: torch.Tensor) -> None:
             if index >= self.start_layer:
-                fused = discard_smallest(fuse_heads(attention, self.head_fusion), self.discard_ratio)
-                state["rollout"] = _rollout_step(state.get("rollout"), fused)
+                steps.append(_normalised(discard_smallest(fuse_heads(attention, self.head_fusion), self.discard_ratio)))
 
         with torch.no_grad(), capture_attention(self.forward_func, sink) as capture:
             self.forward_func(x)
         grid, prefix = capture.layout(x.shape[0])
         _require_block(self.start_layer, len(capture.shapes))
-        row = _output_row(state["rollout"], capture.readout, grid, prefix)
+        row = _rolled_row(_read_out(steps[-1], capture.readout, grid, prefix), steps, residual=False)
         return _shape_like(_token_grid(row, grid), x, single, return_grid)
 
 
@@ -390,8 +410,8 @@ class GradientRollout(Attribution):
             score = scores.gather(1, index[:, None]).sum()
             used = attentions[self.start_layer :]
             gradients = torch.autograd.grad(score, used, allow_unused=True, materialize_grads=True)
-        rollout = gradient_rollout([a.detach() for a in used], gradients)
-        row = _output_row(rollout, capture.readout, grid, prefix)
+        cams = [(g.float() * a.detach().float()).clamp(min=0).mean(1) for a, g in zip(used, gradients)]
+        row = _rolled_row(_read_out(cams[-1], capture.readout, grid, prefix), cams, residual=True)
         return _shape_like(_token_grid(row, grid), x.detach(), single, return_grid)
 
 

@@ -4,7 +4,8 @@ At the end of a validation epoch each explainer attributes the probe images (the
 target); the maps go to TensorBoard as an overlay grid (``attribution/<explainer>/maps``) and the faithfulness
 metrics — deletion and insertion AUC (Petsiuk et al., "RISE", BMVC 2018) by default — as scalars
 (``attribution/<explainer>/<metric>``). Each rank scores its shard of the probe set; the metrics are torchmetrics
-states synced across ranks.
+states synced across ranks. Two or more of deletion, insertion and AOPC share their model passes
+(:func:`~captum_ext.metrics.faithfulness.perturbation_scores`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 from torchmetrics import Metric
 
@@ -24,6 +26,7 @@ from captum_ext._checks import TargetSource, check_target_source
 from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
+from captum_ext.metrics.faithfulness import SharedMetric, perturbation_scores
 from captum_ext.model_output import OutputFn
 from captum_ext.normalization import Normalization, check_normalization
 from captum_ext.plots import overlay_image
@@ -50,6 +53,39 @@ METRICS: dict[str, type[Metric]] = {
 }
 #: The metrics that read only the maps (``update(attributions)``); the others take (model, inputs, maps, target).
 MAP_ONLY = {"sparseness", "complexity", "effective_complexity"}
+
+
+#: The metrics that :func:`~captum_ext.metrics.faithfulness.perturbation_scores` computes from shared passes.
+SHARED: dict[str, SharedMetric] = {"deletion_auc": "deletion", "insertion_auc": "insertion", "aopc": "aopc"}
+
+
+def _shared_scores(
+    metrics: Mapping[str, Any], model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-image scores of the deletion-family metrics among ``metrics`` from one set of model passes (the unmodified
+    images scored once, AOPC on the deletion curve), when two or more of them score probabilities; else ``{}``."""
+    group = {name: m for name, m in metrics.items() if name in SHARED and m.apply_softmax}
+    if len(group) < 2:
+        return {}
+    first = next(iter(group.values()))
+    deletion = group.get("deletion_auc", group.get("aopc"))
+    insertion = group.get("insertion_auc")
+    scores = perturbation_scores(
+        model,
+        inputs,
+        attributions,
+        target,
+        [SHARED[name] for name in group],
+        steps=first.steps,
+        deletion_imputer=None if deletion is None else deletion.imputer,
+        insertion_imputer=None if insertion is None else insertion.imputer,
+        reduce=first.reduce,
+        batch_size=first.batch_size,
+        seed=first.seed,
+        output_fn=first.output_fn,
+        normalization=first.normalization,
+    )
+    return {name: scores[SHARED[name]] for name in group}
 
 
 def build_metric(name: str, explainer: Explainer, options: Mapping[str, Any]) -> Any:
@@ -194,9 +230,13 @@ class AttributionMonitor(ExplanationCallback):
         values: dict[str, torch.Tensor] = {}
         for explainer in self.explainers:
             attributions = None if empty else self.attribute(explainer, pl_module, inputs, target)
-            for metric_name, metric in self._metrics[explainer.name].items():
+            metrics = self._metrics[explainer.name]
+            shared = {} if attributions is None else _shared_scores(metrics, pl_module, inputs, attributions, target)
+            for metric_name, metric in metrics.items():
                 metric.to(pl_module.device).reset()
-                if not empty and metric_name in MAP_ONLY:
+                if metric_name in shared:
+                    metric.add(shared[metric_name])
+                elif not empty and metric_name in MAP_ONLY:
                     metric.update(attributions)
                 elif not empty:
                     metric.update(pl_module, inputs, attributions, target)  # run in eval mode without gradients

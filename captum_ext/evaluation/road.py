@@ -22,6 +22,7 @@ from captum_ext.evaluation.results import ROADResult
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import NoisyLinearImputer
 from captum_ext.model_output import OutputFn, check_output_fn
+from captum_ext.passes import forward_batch_size
 
 __all__ = ["road"]
 
@@ -49,13 +50,14 @@ def _correct_after_removal(
 
 
 def _check_arguments(
-    model: object, fractions: Sequence[float], order: str, batch_size: int, output_fn: object, unpack: object
+    model: object, fractions: Sequence[float], order: str, batch_size: int | None, output_fn: object, unpack: object
 ) -> list[float]:
     """ROAD's argument checks; returns the fractions as floats."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
     check_choice("order", order, ("morf", "lerf"))
-    check_int("batch_size", batch_size, 1)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
     check_output_fn(output_fn)
     check_unpack(unpack)
     return check_fractions(fractions)
@@ -94,7 +96,7 @@ def road(
     order: Literal["morf", "lerf"] = "morf",
     imputer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     seed: int = 0,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     output_fn: OutputFn | None = None,
     unpack: Unpack | None = None,
 ) -> ROADResult:
@@ -117,7 +119,8 @@ def road(
             that removes every pixel) filled with the per-channel mean of all the dataloader's images plus the
             imputer's noise: those images are scored after the single pass, once the mean is known.
         seed: Seeds the tie-breaking jitter and the random ranking. Default 0.
-        batch_size: Imputed images per forward pass. Default 512.
+        batch_size: Imputed images per forward pass, or None (default) for
+            :func:`~captum_ext.passes.forward_batch_size`.
         output_fn: maps the model's output to (N, classes) scores. Default the package's output rule.
         unpack: maps a batch to ``(images, labels)``. Default the package's batch rule.
 
@@ -159,7 +162,9 @@ def road(
             ranking = _removal_order(source, model, x, y, order, seed, output_fn)
             with torch.no_grad(), eval_mode(model):
                 hits = iter(
-                    _correct_after_removal(model, x, y, ranking, scored, imputer, batch_size, output_fn)
+                    _correct_after_removal(
+                        model, x, y, ranking, scored, imputer, batch_size or forward_batch_size(x), output_fn
+                    )
                     if scored
                     else ()
                 )

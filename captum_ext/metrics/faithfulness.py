@@ -3,7 +3,8 @@
 Does the model's confidence fall fastest when the pixels an attribution ranks highest are removed first?
 Pixels are ranked by the channel-reduced map (``"sum_abs"`` by default, ties broken by a seeded jitter) and
 removed (deletion, AOPC) or inserted into a substrate (insertion) in ``steps`` equal steps. Every step of every
-image is built at once and evaluated in large batches: ``N * (steps + 1)`` images, ``batch_size`` at a time.
+image is evaluated in large batches: ``N * (steps + 1)`` images, ``batch_size`` at a time, each batch built when it is
+forwarded; an imputer whose fill ignores the mask (black, a blur) fills each image once for all its steps.
 
 * deletion curve ``p_k``: the target probability with the first ``round(k / steps * H * W)`` ranked pixels
   replaced by the imputer (default black, ``ConstantImputer(0)``); ``DeletionAUC`` is its trapezoid area over
@@ -26,20 +27,31 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Literal, cast
 
 import torch
 from torch import nn
-from torchmetrics import Metric
 
 from captum_ext import maps
 from captum_ext._checks import check_choice, check_finite, check_int, check_seed, class_targets
 from captum_ext._context import eval_mode, full_precision
 from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer
+from captum_ext.metrics._mean import MeanOverImages
+from captum_ext.metrics.faithfulness_correlation import irof
 from captum_ext.model_output import OutputFn, check_output_fn, logits
 from captum_ext.normalization import Normalization, check_normalization
+from captum_ext.passes import forward_batch_size
 
-__all__ = ["DeletionAUC", "InsertionAUC", "AOPC", "perturbation_curve", "trapezoid_auc", "aopc"]
+__all__ = [
+    "DeletionAUC",
+    "InsertionAUC",
+    "AOPC",
+    "perturbation_curve",
+    "perturbation_scores",
+    "trapezoid_auc",
+    "aopc",
+]
 
 ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
 
@@ -72,7 +84,7 @@ def perturbation_curve(
     imputer: Imputer | None = None,
     apply_softmax: bool = True,
     reduce: maps.Reduction = "sum_abs",
-    batch_size: int = 512,
+    batch_size: int | None = None,
     seed: int = 0,
     output_fn: OutputFn | None = None,
     normalization: Normalization | None = None,
@@ -96,7 +108,9 @@ def perturbation_curve(
             insertion.
         apply_softmax: Score with softmax probabilities rather than raw outputs. Default True.
         reduce: Channel reduction for (N, C, H, W) attributions. Default ``"sum_abs"``.
-        batch_size: Perturbed images per forward pass. Default 512.
+        batch_size: Perturbed images per forward pass, or None (default) for
+            :func:`~captum_ext.passes.forward_batch_size` (512 on an accelerator, about 8 RGB images at 224 px on
+            the CPU). The images of a batch are built when it is forwarded, so memory does not grow with ``steps``.
         seed: Seeds the tie-breaking jitter of the ranking. Default 0.
         output_fn: maps the model's output to (B, K) scores. Default the package's output rule
             (:func:`captum_ext.model_output.logits`: a tensor, ``.logits``, a dict's ``"logits"``, a tuple's first).
@@ -114,7 +128,8 @@ def perturbation_curve(
         TypeError: ``imputer`` not callable.
     """
     steps = check_int("steps", steps, 1)
-    batch_size = check_int("batch_size", batch_size, 1)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 1)
     check_choice("mode", mode, ("deletion", "insertion"))
     maps.check_reduction(reduce)
     check_normalization(normalization)
@@ -124,37 +139,185 @@ def perturbation_curve(
         raise TypeError(f"Expected argument `imputer` to be an Imputer (callable (inputs, mask)), but got {imputer!r}.")
     check_output_fn(output_fn)
     saliency = _saliency(inputs, attributions, reduce)
+    h, w = inputs.shape[-2:]
+    columns = [(mode, maps.pixel_count(k / steps, h * w)) for k in range(steps + 1)]
+    return _step_scores(
+        forward_func,
+        inputs,
+        saliency,
+        target,
+        columns,
+        {mode: imputer},
+        batch_size,
+        apply_softmax,
+        seed,
+        output_fn,
+        top1,
+    )
+
+
+def _step_scores(
+    forward_func: ForwardFunc,
+    inputs: torch.Tensor,
+    saliency: torch.Tensor,
+    target: int | torch.Tensor,
+    columns: list[tuple[str, int]],
+    imputers: dict[str, Imputer],
+    batch_size: int | None,
+    apply_softmax: bool,
+    seed: int,
+    output_fn: OutputFn | None,
+    top1: bool = False,
+) -> torch.Tensor:
+    """(N, len(columns)) scores; column ``(mode, count)`` is each image with its ``count`` top-ranked pixels
+    removed (``"deletion"``) or all but them removed (``"insertion"``), filled by ``imputers[mode]``. The perturbed
+    images are built ``batch_size`` at a time, when forwarded; an imputer whose fill ignores the mask fills each
+    image once."""
     n, c, h, w = inputs.shape
+    batch_size = forward_batch_size(inputs) if batch_size is None else batch_size
     targets = class_targets(target, n, None, inputs.device)
     ranking = maps.rank_pixels(saliency.to(inputs.device), seed=seed)
     position = torch.empty_like(ranking)
     position.scatter_(1, ranking, torch.arange(h * w, device=ranking.device).expand(n, -1))
-    counts = torch.tensor([maps.pixel_count(k / steps, h * w) for k in range(steps + 1)], device=inputs.device)
-    per_chunk = max(1, batch_size // (steps + 1))
-    curve = torch.empty(n, steps + 1, dtype=torch.float32, device=inputs.device)
+    x = inputs.detach()
+    everything = torch.ones(h, w, dtype=torch.bool, device=x.device)
+    fills = {mode: None if getattr(imp, "uses_mask", True) else imp(x, everything) for mode, imp in imputers.items()}
+    width = len(columns)
+    count = torch.tensor([k for _, k in columns], device=x.device)
+    inserting = torch.tensor([mode == "insertion" for mode, _ in columns], device=x.device)
+    labels = targets.repeat_interleave(width)
+    scores = torch.empty(n * width, dtype=torch.float32, device=x.device)
     module = forward_func if isinstance(forward_func, nn.Module) else nn.Identity()
-    with torch.no_grad(), eval_mode(module), full_precision(inputs.device):
-        for start in range(0, n, per_chunk):
-            x = inputs[start : start + per_chunk].detach()
-            m = x.shape[0]
-            chosen = position[start : start + m, None, :] < counts[None, :, None]  # (m, steps+1, HW)
-            removed = chosen if mode == "deletion" else ~chosen
-            images = x[:, None].expand(m, steps + 1, c, h, w).reshape(m * (steps + 1), c, h, w)
-            perturbed = imputer(images, removed.reshape(m * (steps + 1), h, w))
-            labels = targets[start : start + m].repeat_interleave(steps + 1)
-            scores = []
-            for lo in range(0, perturbed.shape[0], batch_size):
-                out = logits(forward_func(perturbed[lo : lo + batch_size]), output_fn)
-                if lo == 0 and start == 0:
-                    class_targets(targets, n, out.shape[1])  # every target within the model's classes
-                if top1:
-                    scores.append((out.argmax(dim=1) == labels[lo : lo + batch_size]).float())
+    with torch.no_grad(), eval_mode(module), full_precision(x.device):
+        for lo in range(0, n * width, batch_size):
+            flat = torch.arange(lo, min(lo + batch_size, n * width), device=x.device)
+            image, column = flat // width, flat % width  # perturbed image j: image j // width, column j % width
+            chosen = (position[image] < count[column, None]).reshape(-1, 1, h, w)
+            removed = chosen ^ inserting[column].reshape(-1, 1, 1, 1)
+            perturbed = x[image]
+            for mode, imputer in imputers.items():
+                rows = (inserting[column] == (mode == "insertion")).nonzero()[:, 0]
+                if len(rows) == 0:
                     continue
-                if apply_softmax:
-                    out = torch.softmax(out, dim=1)
-                scores.append(out.gather(1, labels[lo : lo + batch_size, None])[:, 0].float())
-            curve[start : start + m] = torch.cat(scores).reshape(m, steps + 1)
-    return curve
+                fill = fills[mode]
+                if fill is None:
+                    filled = imputer(perturbed[rows], removed[rows, 0])
+                else:
+                    filled = torch.where(removed[rows], fill[image[rows]], perturbed[rows])
+                perturbed = filled if len(rows) == len(flat) else perturbed.index_copy(0, rows, filled)
+            out = logits(forward_func(perturbed), output_fn)
+            if lo == 0:
+                class_targets(targets, n, out.shape[1])  # every target within the model's classes
+            if top1:
+                scores[flat] = (out.argmax(dim=1) == labels[flat]).float()
+                continue
+            if apply_softmax:
+                out = torch.softmax(out, dim=1)
+            scores[flat] = out.gather(1, labels[flat, None])[:, 0].float()
+    return scores.reshape(n, width)
+
+
+#: What :func:`perturbation_scores` can compute from one ranking.
+SharedMetric = Literal["deletion", "insertion", "aopc", "irof"]
+
+
+def perturbation_scores(
+    forward_func: ForwardFunc,
+    inputs: torch.Tensor,
+    attributions: torch.Tensor,
+    target: int | torch.Tensor,
+    metrics: Sequence[SharedMetric] = ("deletion", "insertion", "aopc"),
+    steps: int = 16,
+    deletion_imputer: Imputer | None = None,
+    insertion_imputer: Imputer | None = None,
+    reduce: maps.Reduction = "sum_abs",
+    batch_size: int | None = None,
+    seed: int = 0,
+    output_fn: OutputFn | None = None,
+    normalization: Normalization | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-image deletion AUC, insertion AUC, AOPC and IROF from one set of model passes, shared where the images
+    are the same: each unperturbed image is scored once for all of them (the first point of the deletion curve,
+    the last of the insertion curve, IROF's reference probability), and AOPC reads the deletion curve. For N images
+    that is ``N * (1 + steps * curves)`` forwards (plus IROF's superpixel steps) instead of ``N * (steps + 1)`` per
+    metric. Each score equals its metric's (:class:`DeletionAUC`, :class:`InsertionAUC`, :class:`AOPC` with the
+    same settings and softmax probabilities, :func:`~captum_ext.metrics.faithfulness_correlation.irof` with its
+    defaults).
+
+    Args:
+        forward_func, inputs, attributions, target, steps, reduce, batch_size, seed, output_fn, normalization: as
+            :func:`perturbation_curve`.
+        metrics: which scores to return, from ``"deletion"``, ``"insertion"``, ``"aopc"``, ``"irof"``. Default the
+            first three.
+        deletion_imputer: fills deleted pixels (deletion, AOPC). Default black, ``ConstantImputer(0)``.
+        insertion_imputer: the insertion substrate. Default ``BlurImputer(5)``.
+
+    Returns:
+        ``{metric: (N,) float tensor}`` for each name in ``metrics``.
+
+    Raises:
+        ValueError: an unknown or repeated metric name, and what :func:`perturbation_curve` raises.
+        TypeError: ``"irof"`` asked with a ``forward_func`` that is not an ``nn.Module``; a non-callable imputer.
+
+    Example::
+
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> scores = perturbation_scores(model, torch.rand(2, 1, 4, 4), torch.rand(2, 4, 4), 0, steps=4)
+        >>> sorted(scores), scores["aopc"].shape
+        (['aopc', 'deletion', 'insertion'], torch.Size([2]))
+    """
+    names = ("deletion", "insertion", "aopc", "irof")
+    if "irof" in metrics and not isinstance(forward_func, nn.Module):
+        raise TypeError(f"IROF needs `forward_func` to be an nn.Module, but got {type(forward_func).__name__}.")
+    if (
+        isinstance(metrics, str)
+        or not metrics
+        or any(m not in names for m in metrics)
+        or len(set(metrics)) != len(metrics)
+    ):
+        raise ValueError(
+            f"Expected argument `metrics` to hold distinct names from {', '.join(map(repr, names))}, but got {metrics!r}."
+        )
+    steps = check_int("steps", steps, 1)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 1)
+    maps.check_reduction(reduce)
+    check_seed(seed)
+    check_normalization(normalization)
+    check_output_fn(output_fn)
+    imputers = {
+        "deletion": ConstantImputer(0.0, normalization) if deletion_imputer is None else deletion_imputer,
+        "insertion": BlurImputer(5.0) if insertion_imputer is None else insertion_imputer,
+    }
+    for mode, imputer in imputers.items():
+        if not callable(imputer):
+            raise TypeError(f"Expected argument `{mode}_imputer` to be an Imputer or None, but got {imputer!r}.")
+    saliency = _saliency(inputs, attributions, reduce)
+    h, w = inputs.shape[-2:]
+    counts = [maps.pixel_count(k / steps, h * w) for k in range(steps + 1)]
+    deleting = "deletion" in metrics or "aopc" in metrics
+    inserting = "insertion" in metrics
+    columns = [("deletion", 0)]  # the unperturbed image, shared
+    columns += [("deletion", k) for k in counts[1:]] if deleting else []
+    columns += [("insertion", k) for k in counts[:-1]] if inserting else []
+    used = {mode: imputers[mode] for mode in {mode for mode, _ in columns}}
+    scores = _step_scores(forward_func, inputs, saliency, target, columns, used, batch_size, True, seed, output_fn)
+    out: dict[str, torch.Tensor] = {}
+    if deleting:
+        deletion = scores[:, : steps + 1]
+        if "deletion" in metrics:
+            out["deletion"] = trapezoid_auc(deletion)
+        if "aopc" in metrics:
+            out["aopc"] = aopc(deletion)
+    if inserting:
+        out["insertion"] = trapezoid_auc(torch.cat([scores[:, len(columns) - steps :], scores[:, :1]], dim=1))
+    if "irof" in metrics:
+        model = cast(nn.Module, forward_func)  # checked above
+        out["irof"] = irof(
+            model, inputs, attributions, target, batch_size=batch_size, output_fn=output_fn, unperturbed=scores[:, 0]
+        )
+    return {m: out[m] for m in metrics}
 
 
 def trapezoid_auc(curve: torch.Tensor) -> torch.Tensor:
@@ -168,12 +331,9 @@ def aopc(curve: torch.Tensor) -> torch.Tensor:
     return (curve[:, :1] - curve).mean(dim=1)
 
 
-class _PerturbationMetric(Metric):
-    """Shared state and argument checks: the sum of per-image scores and their count, summed across ranks."""
+class _PerturbationMetric(MeanOverImages):
+    """Shared argument checks; the mean of per-image scores (:class:`MeanOverImages`: summed across ranks)."""
 
-    full_state_update = False
-    total: torch.Tensor  # states added by add_state
-    count: torch.Tensor
     _mode = "deletion"
 
     def __init__(
@@ -182,7 +342,7 @@ class _PerturbationMetric(Metric):
         imputer: Imputer | None = None,
         apply_softmax: bool = True,
         reduce: maps.Reduction = "sum_abs",
-        batch_size: int = 512,
+        batch_size: int | None = None,
         seed: int = 0,
         output_fn: OutputFn | None = None,
         normalization: Normalization | None = None,
@@ -190,7 +350,7 @@ class _PerturbationMetric(Metric):
     ):
         super().__init__(**kwargs)
         self.steps = check_int("steps", steps, 1)
-        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.batch_size: int | None = None if batch_size is None else check_int("batch_size", batch_size, 1)
         if imputer is not None and not callable(imputer):
             raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {imputer!r}.")
         if not isinstance(apply_softmax, bool):
@@ -203,8 +363,6 @@ class _PerturbationMetric(Metric):
         self.seed: int = int(seed)
         self.output_fn: OutputFn | None = check_output_fn(output_fn)
         self.normalization: Normalization | None = check_normalization(normalization)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def _score(self, curve: torch.Tensor) -> torch.Tensor:
         """Per-image score of (N, steps + 1) curves: the area under each (AOPC overrides it)."""
@@ -229,13 +387,7 @@ class _PerturbationMetric(Metric):
             output_fn=self.output_fn,
             normalization=self.normalization,
         )
-        scores = self._score(curve)
-        self.total += scores.double().sum().to(self.total.device)
-        self.count += scores.numel()
-
-    def compute(self) -> torch.Tensor:
-        """Mean score over every image seen (NaN before any update)."""
-        return (self.total / self.count).float()
+        self.add(self._score(curve))
 
 
 class DeletionAUC(_PerturbationMetric):
@@ -248,7 +400,8 @@ class DeletionAUC(_PerturbationMetric):
         imputer: Fills deleted pixels. Default None (black: ``ConstantImputer(0)``, Petsiuk's substrate).
         apply_softmax: Use softmax probabilities of the target. Default True.
         reduce: Channel reduction of (N, C, H, W) attributions. Default ``"sum_abs"``.
-        batch_size: Perturbed images per forward pass. Default 512.
+        batch_size: Perturbed images per forward pass, or None (default) for
+            :func:`~captum_ext.passes.forward_batch_size`.
         seed: Seeds the tie-breaking of the ranking. Default 0.
         output_fn: maps the model's output to scores. Default the package's output rule.
         normalization: the model's input normalisation (black is then black in pixel space). Default None.

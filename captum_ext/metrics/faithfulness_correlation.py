@@ -21,7 +21,8 @@ set of features predict what removing that set does to the model's score?
   draws a fresh value per group, and crashes when a probability is below its ``eps``.
 
 The perturbed images are built and scored ``batch_size`` at a time, never all at once (at 224 px the monotonicity
-correlation perturbs each image 94,080 times).
+correlation perturbs each image 94,080 times); ``batch_size=None`` (the default) is
+:func:`~captum_ext.passes.forward_batch_size`.
 
 Example::
 
@@ -43,6 +44,7 @@ from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.metrics._scores import class_scores
 from captum_ext.metrics.similarity import average_ranks, pearson_rows
 from captum_ext.model_output import OutputFn
+from captum_ext.passes import forward_batch_size
 
 __all__ = [
     "faithfulness_correlation",
@@ -73,6 +75,15 @@ def _check(inputs: torch.Tensor, attributions: torch.Tensor) -> None:
     check_finite("attributions", attributions)
 
 
+def _batch_size(batch_size: int | None) -> int | None:
+    """``batch_size`` checked (a positive int), or None for :func:`~captum_ext.passes.forward_batch_size`."""
+    return None if batch_size is None else check_int("batch_size", batch_size, 1)
+
+
+def _forward_batch(batch_size: int | None, inputs: torch.Tensor) -> int:
+    return forward_batch_size(inputs) if batch_size is None else check_int("batch_size", batch_size, 1)
+
+
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise Pearson correlation of (N, P) tensors; NaN where a row is constant (no correlation is defined)."""
     constant = (a.amax(1) == a.amin(1)) | (b.amax(1) == b.amin(1))
@@ -89,7 +100,7 @@ def faithfulness_correlation(
     runs: int = 100,
     subset_size: int = 224,
     seed: int = 0,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) Pearson correlation between subset attribution sums and logit drops over ``runs`` random subsets."""
@@ -104,6 +115,7 @@ def faithfulness_correlation(
             f"Expected argument `subset_size` to be at most the {features} input values, but got {subset_size}."
         )
     target = class_targets(target, n, None, inputs.device)
+    batch_size = _forward_batch(batch_size, inputs)
     flat_x = inputs.detach().flatten(1)
     flat_a = attributions.detach().expand_as(inputs).flatten(1).double()
     gen = torch.Generator().manual_seed(seed)  # the same subsets for every image: a score never depends on the batch
@@ -133,7 +145,7 @@ def monotonicity_correlation(
     features_in_step: int = 16,
     samples: int = 10,
     seed: int = 0,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """(N,) Spearman correlation between each group's ``sum |a|`` and the mean squared change of the class
@@ -147,6 +159,7 @@ def monotonicity_correlation(
         raise ValueError(f"Expected argument `features_in_step` to divide the {features} input values, but got {step}.")
     check_int("samples", samples, 1)
     target = class_targets(target, n, None, inputs.device)
+    batch_size = _forward_batch(batch_size, inputs)
     groups = features // step
     magnitude = attributions.detach().expand_as(inputs).flatten(1).abs().double()
     order = magnitude.argsort(dim=1, stable=True).reshape(n, groups, step)  # ascending |a|, as Quantus
@@ -180,14 +193,20 @@ def irof(
     target,
     n_segments: int = 100,
     compactness: float = 1.0,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     output_fn: OutputFn | None = None,
+    *,
+    unperturbed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N,) IROF: ``mean_t (1 - p_t / p_0)`` while SLIC superpixels are replaced by the image's per-channel mean,
-    most relevant (highest mean attribution) first, cumulatively."""
+    most relevant (highest mean attribution) first, cumulatively. Image i with K_i superpixels costs K_i forwards
+    (one per step) plus one for ``p_0``, which ``unperturbed`` (the (N,) class probabilities of the unmodified images,
+    as :func:`~captum_ext.metrics.faithfulness.perturbation_scores` shares them) saves; ``batch_size`` None is
+    :func:`~captum_ext.passes.forward_batch_size`."""
     _check(inputs, attributions)
     n = inputs.shape[0]
     target = class_targets(target, n, None, inputs.device)
+    batch_size = _forward_batch(batch_size, inputs)
     segments = superpixel_mask(inputs, n_segments, compactness)[:, 0]  # (N, H, W), ids 0..K_i-1
     counts = segments.flatten(1).amax(1) + 1
     k_max = int(counts.max())
@@ -204,19 +223,25 @@ def irof(
     pixel_rank = rank.gather(1, segments.flatten(1)).reshape(n, 1, *inputs.shape[-2:])
     fill = inputs.detach().mean(dim=(2, 3), keepdim=True)
     x = inputs.detach()
+    # only the steps each image has: (image, step) for step 1..K_i, and step 0 (unperturbed) unless given
+    first = 1 if unperturbed is not None else 0
+    steps = torch.arange(first, k_max + 1, device=inputs.device)
+    needed = steps[None, :] <= counts[:, None]  # (N, steps)
+    image, step = needed.nonzero(as_tuple=True)
+    step = steps[step]
 
-    def build(start: int, stop: int) -> torch.Tensor:  # image i: step i // n (0 = unperturbed) of image i % n
-        index = torch.arange(start, stop, device=inputs.device)
-        step, image = index // n, index % n
-        removed = pixel_rank[image] < step[:, None, None, None]
-        return torch.where(removed, fill[image], x[image])
+    def build(start: int, stop: int) -> torch.Tensor:
+        removed = pixel_rank[image[start:stop]] < step[start:stop, None, None, None]
+        return torch.where(removed, fill[image[start:stop]], x[image[start:stop]])
 
-    scores = class_scores(
-        model, build, target.repeat(k_max + 1), batch_size, apply_softmax=True, output_fn=output_fn
-    ).reshape(k_max + 1, n)
-    ratios = scores[1:] / scores[:1].clamp(min=torch.finfo(scores.dtype).tiny)  # (K, N)
-    valid = torch.arange(k_max, device=inputs.device)[:, None] < counts[None, :]
-    return ((1 - ratios) * valid).sum(0) / counts.to(ratios.dtype)
+    probabilities = class_scores(model, build, target[image], batch_size, apply_softmax=True, output_fn=output_fn)
+    scores = torch.zeros(n, k_max + 1, dtype=probabilities.dtype, device=inputs.device)
+    scores[image, step] = probabilities
+    if unperturbed is not None:
+        scores[:, 0] = unperturbed.to(scores)
+    ratios = scores[:, 1:] / scores[:, :1].clamp(min=torch.finfo(scores.dtype).tiny)  # (N, K)
+    valid = torch.arange(k_max, device=inputs.device)[None, :] < counts[:, None]
+    return ((1 - ratios) * valid).sum(1) / counts.to(ratios.dtype)
 
 
 class FaithfulnessCorrelation(MeanOverImages):
@@ -230,14 +255,14 @@ class FaithfulnessCorrelation(MeanOverImages):
         runs: int = 100,
         subset_size: int = 224,
         seed: int = 0,
-        batch_size: int = 128,
+        batch_size: int | None = None,
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
         seed = check_seed(seed)
         super().__init__(**kwargs)
         self.runs, self.subset_size = check_int("runs", runs, 2), check_int("subset_size", subset_size, 1)
-        self.seed, self.batch_size, self.output_fn = seed, check_int("batch_size", batch_size, 1), output_fn
+        self.seed, self.batch_size, self.output_fn = seed, _batch_size(batch_size), output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
         """Add a batch: the model, the inputs, their attributions and the explained classes."""
@@ -257,7 +282,7 @@ class MonotonicityCorrelation(MeanOverImages):
         features_in_step: int = 16,
         samples: int = 10,
         seed: int = 0,
-        batch_size: int = 128,
+        batch_size: int | None = None,
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
@@ -267,7 +292,7 @@ class MonotonicityCorrelation(MeanOverImages):
             check_int("features_in_step", features_in_step, 1),
             check_int("samples", samples, 1),
         )
-        self.seed, self.batch_size, self.output_fn = seed, check_int("batch_size", batch_size, 1), output_fn
+        self.seed, self.batch_size, self.output_fn = seed, _batch_size(batch_size), output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
         """Add a batch: the model, the inputs, their attributions and the explained classes."""
@@ -294,13 +319,13 @@ class IROF(MeanOverImages):
         self,
         n_segments: int = 100,
         compactness: float = 1.0,
-        batch_size: int = 128,
+        batch_size: int | None = None,
         output_fn: OutputFn | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.n_segments, self.compactness = check_int("n_segments", n_segments, 1), float(compactness)
-        self.batch_size, self.output_fn = check_int("batch_size", batch_size, 1), output_fn
+        self.batch_size, self.output_fn = _batch_size(batch_size), output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
         """Add a batch: the model, the inputs, their attributions and the explained classes."""

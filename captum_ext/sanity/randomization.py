@@ -272,6 +272,15 @@ def _noise_floor(
     return means
 
 
+def _same_state(modules: list[nn.Module], units: list[int], saved: list[dict[str, torch.Tensor]]) -> bool:
+    """Whether every parameter and buffer of the step's layers equals its value before the step, bit for bit."""
+    return all(
+        torch.equal(value, state[name])
+        for i, state in zip(units, saved)
+        for name, value in modules[i].state_dict().items()
+    )
+
+
 def _summaries(values: dict[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
     means = {m: float(v.mean()) for m, v in values.items()}
     stds = {m: float(v.std(unbiased=False)) for m, v in values.items()}
@@ -300,7 +309,9 @@ def model_randomization_test(
     randomised), explains ``inputs`` after each step, and compares each map with the original map. Costs
     L + 1 attribution passes for L steps (the original and one per step), one more pass over the first 16
     images for the noise floor (a second explanation of the unchanged model: a deterministic method scores 1,
-    a noise "explainer" about 0), plus the batched similarity.
+    a noise "explainer" about 0), plus the batched similarity. A step whose re-initialisation changes nothing
+    (a BatchNorm of a freshly initialised model: weight 1, bias 0, and its running statistics kept) makes no pass:
+    its map is the previous one; such steps are listed in the result's ``unchanged``.
 
     ``threshold`` = 0.6: Adebayo et al. report rank correlations of about 0.2-0.5 after randomisation for the
     methods that pass and of 0.8-1.0 for those that fail; 0.6 lies between, and a map whose pixel ranking keeps
@@ -370,23 +381,31 @@ def model_randomization_test(
     kept = [comparer.abs0[:k]]
     similarity_mean: dict[str, list[float]] = {m: [] for m in metrics}
     similarity_std: dict[str, list[float]] = {m: [] for m in metrics}
+    unchanged: list[str] = []
+    attribution, summary, original_summary = original, None, None
     for step in steps:
-        saved = None
-        if mode == "independent":
-            saved = [{k_: v.detach().clone() for k_, v in modules[i].state_dict().items()} for i in step.units]
+        saved = [{k_: v.detach().clone() for k_, v in modules[i].state_dict().items()} for i in step.units]
         for i in step.units:
             randomize_layer(modules[i], derived_seed(seed, "layer", i), reset_running_stats)
-        step_target = fixed_target
-        if recompute_target:
-            with torch.no_grad(), eval_mode(work):
-                step_target = predict(work, inputs, output_fn)
-        attribution = explainer.attribute(work, inputs, step_target, output_fn=output_fn)
-        means, stds = _summaries(comparer.per_image(attribution, f"after randomising {step.label}"))
+        if _same_state(modules, step.units, saved):  # the model is what it was: so is the map, not computed again
+            unchanged.append(step.label)
+            if mode == "independent" or summary is None:  # the map is the original's
+                if original_summary is None:
+                    original_summary = _summaries(comparer.per_image(original, "original"))
+                attribution, summary = original, original_summary
+        else:
+            step_target = fixed_target
+            if recompute_target:
+                with torch.no_grad(), eval_mode(work):
+                    step_target = predict(work, inputs, output_fn)
+            attribution = explainer.attribute(work, inputs, step_target, output_fn=output_fn)
+            summary = _summaries(comparer.per_image(attribution, f"after randomising {step.label}"))
+        means, stds = summary
         for m in metrics:
             similarity_mean[m].append(means[m])
             similarity_std[m].append(stds[m])
         kept.append(attribution[:k].abs().sum(1))
-        if saved is not None:
+        if mode == "independent":
             for i, state in zip(step.units, saved):
                 modules[i].load_state_dict(state)
 
@@ -404,4 +423,6 @@ def model_randomization_test(
         reproducible=bool(noise_floor["spearman_abs"] >= threshold),
         maps=torch.stack(kept).cpu() if k else None,
         images=inputs[:k].detach().cpu().clone() if k else None,
+        unchanged=unchanged,
+        passes=1 + len(steps) - len(unchanged),
     )

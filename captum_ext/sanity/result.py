@@ -38,6 +38,11 @@ class SanityResult(JSONResult):
         maps: optional (steps + 1, K, H, W) ``"sum_abs"`` maps of the first K probe images: the original first,
             then one per step (for the map grid).
         images: optional (K, C, H, W) probe images matching ``maps``.
+        unchanged: model test only: the steps whose re-initialisation left every parameter and buffer as it was
+            (a BatchNorm of a freshly initialised model is already at its initial values); their maps are the
+            previous step's (cascading) or the original's (independent), not computed again.
+        passes: the attribution passes made over the probe batch (the noise floor's shorter pass not counted):
+            ``1 + len(layers) - len(unchanged)`` for the model test, 2 for the data test.
     """
 
     test: Literal["model", "data"]
@@ -53,6 +58,8 @@ class SanityResult(JSONResult):
     train_accuracy: float | None = None
     maps: torch.Tensor | None = field(default=None, repr=False)
     images: torch.Tensor | None = field(default=None, repr=False)
+    unchanged: list[str] = field(default_factory=list)
+    passes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as JSON-able Python values (tensors as nested lists)."""
@@ -68,6 +75,8 @@ class SanityResult(JSONResult):
             "passed": bool(self.passed),
             "reproducible": bool(self.reproducible),
             "train_accuracy": None if self.train_accuracy is None else float(self.train_accuracy),
+            "unchanged": list(self.unchanged),
+            "passes": self.passes,
         }
         out["maps"] = None if self.maps is None else self.maps.tolist()
         out["images"] = None if self.images is None else self.images.tolist()
@@ -94,6 +103,8 @@ class SanityResult(JSONResult):
             train_accuracy=data["train_accuracy"],
             maps=tensor("maps"),
             images=tensor("images"),
+            unchanged=list(data.get("unchanged", [])),
+            passes=data.get("passes"),
         )
 
     def plot(self, kind: Literal["curve", "maps"] = "curve") -> Figure:
