@@ -421,6 +421,12 @@ class Explainer:
         _check_counts(attribute_kwargs)
         check_seed(seed)
         self.method: str | type[captum_attr.Attribution] = method
+        if layer is not None and not self.uses_layer:
+            layer_methods = ", ".join(repr(m) for m, spec in METHODS.items() if spec.layer)
+            raise ValueError(
+                f"Expected argument `layer` only for a layer method ({layer_methods} or a Captum layer attribution), "
+                f"but {label!r} takes none and got layer={layer!r}; it would be ignored."
+            )
         self.layer: str | None = layer
         self.init_kwargs: dict = dict(init_kwargs or {})
         self.attribute_kwargs: dict[str, Any] = dict(attribute_kwargs)

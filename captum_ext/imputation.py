@@ -31,6 +31,7 @@ from captum_ext._multigrid import solve_neighbour_average, solve_neighbour_avera
 from captum_ext.normalization import Normalization, check_normalization
 
 __all__ = [
+    "impute",
     "Imputer",
     "MeanImputer",
     "ConstantImputer",
@@ -59,6 +60,33 @@ def _check(inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # never the None entry: a mask shaped (N, H, W) is 3-d
     full = cast(torch.Tensor, allowed[tuple(mask.shape)])
     return full.to(inputs.device).expand(n, c, h, w)
+
+
+def impute(imputer: object, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``imputer(inputs, mask)``, its result checked: what a user hands in as an imputer may be any callable, and a
+    metric computed from a wrongly shaped or non-finite fill would be a plausible wrong number.
+
+    Raises:
+        ValueError: the result is not a float tensor of ``inputs``' shape, or holds NaN or Inf.
+
+    Example::
+
+        >>> x = torch.ones(2, 1, 2, 2)
+        >>> impute(lambda inputs, mask: inputs[:1], x, torch.zeros(2, 2, dtype=torch.bool))
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected the imputer to return a float tensor of the inputs' shape (2, 1, 2, 2), but it returned shape (1, 1, 2, 2).
+    """
+    out = imputer(inputs, mask)  # type: ignore[operator]  # callable: checked where it was given
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.shape != inputs.shape:
+        got = f"shape {tuple(out.shape)}, dtype {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            got = f"shape {tuple(out.shape)}"
+        raise ValueError(
+            f"Expected the imputer to return a float tensor of the inputs' shape {tuple(inputs.shape)}, but it "
+            f"returned {got}."
+        )
+    return check_finite("imputed images", out, f"The imputer {imputer!r} filled NaN or Inf.")
 
 
 class Imputer:

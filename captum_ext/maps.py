@@ -23,7 +23,7 @@ from typing import Literal, cast
 import torch
 from torch.nn import functional as F
 
-from captum_ext._checks import check_choice
+from captum_ext._checks import check_choice, check_finite, check_seed
 
 __all__ = [
     "Reduction",
@@ -50,6 +50,12 @@ def _check_rank(maps: torch.Tensor, rank: int, name: str, form: str) -> None:
         raise ValueError(f"Expected argument `{name}` to be a {rank}-d tensor {form}, but got {got}.")
 
 
+def _check_maps(maps: object) -> None:
+    if not isinstance(maps, torch.Tensor) or maps.dim() < 1:
+        raise ValueError(f"Expected argument `maps` to be a (N, ...) tensor, but got {type(maps).__name__}.")
+    check_finite("maps", maps)
+
+
 def check_reduction(reduce: object) -> Reduction:
     """``reduce`` if it is one of :data:`REDUCTIONS`, else a ValueError naming the argument and the choices."""
     check_choice("reduce", reduce, REDUCTIONS)
@@ -64,6 +70,7 @@ def reduce_channels(attributions: torch.Tensor, reduce: Reduction = "sum_abs") -
     """
     _check_rank(attributions, 4, "attributions", "(N, C, H, W)")
     check_reduction(reduce)
+    check_finite("attributions", attributions)
     if reduce == "sum_abs":
         return attributions.abs().sum(1)
     if reduce == "sum":
@@ -86,7 +93,8 @@ def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") 
 
 def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
     """Scale each map of a (N, ...) batch to [0, 1] (float64 stays float64, anything else becomes float32); a
-    constant map becomes all zeros."""
+    constant map becomes all zeros. NaN or Inf is refused (it has no place on the scale)."""
+    _check_maps(maps)
     flat = maps.reshape(maps.shape[0], -1)
     flat = flat if flat.dtype == torch.float64 else flat.float()
     lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
@@ -97,7 +105,7 @@ def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
 
 def normalize_sum(maps: torch.Tensor) -> torch.Tensor:
     """Divide each non-negative map of a (N, ...) batch by its sum (a distribution over pixels); an all-zero map
-    stays zero. Keeps the dtype.
+    stays zero. Keeps the dtype. NaN or Inf is refused.
 
     Example::
 
@@ -106,14 +114,16 @@ def normalize_sum(maps: torch.Tensor) -> torch.Tensor:
         <BLANKLINE>
                 [[0.0000, 0.0000]]])
     """
+    _check_maps(maps)
     total = maps.reshape(maps.shape[0], -1).sum(1).reshape(-1, *[1] * (maps.dim() - 1))
     return torch.where(total > 0, maps / total.clamp(min=torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
 
 
 def normalize_percentile(maps: torch.Tensor, q: float = 99.0) -> torch.Tensor:
     """Divide each map by its ``q``-th percentile of |map| and clip to [-1, 1] (robust to a few hot pixels)."""
-    if not isinstance(q, numbers.Real) or not 0 < q <= 100:
+    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 < q <= 100:
         raise ValueError(f"Expected argument `q` to be a percentile in (0, 100], but got {q!r}.")
+    _check_maps(maps)
     flat = maps.reshape(maps.shape[0], -1).float()
     scale = torch.quantile(flat.abs(), q / 100.0, dim=1, keepdim=True)
     out = torch.where(scale > 0, flat / scale.clamp(min=torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
@@ -134,6 +144,8 @@ def rank_pixels(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
         True
     """
     _check_rank(maps, 3, "maps", "(N, H, W)")
+    check_finite("maps", maps, "A NaN pixel has no rank.")
+    check_seed(seed)
     n = maps.shape[0]
     flat = maps.reshape(n, -1)
     gen = torch.Generator().manual_seed(int(seed))
@@ -144,7 +156,7 @@ def rank_pixels(maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 def top_k_mask(maps: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
     """Bool (N, H, W) mask of the ``round(fraction * H * W)`` most relevant pixels of each map."""
-    if not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
         raise ValueError(f"Expected argument `fraction` to be a real number in [0, 1], but got {fraction!r}.")
     ranking = rank_pixels(maps, seed)
     return mask_from_ranking(ranking, fraction, maps.shape[1:])

@@ -28,11 +28,15 @@ from captum_ext.callbacks import (
 )
 from captum_ext.data import CleverHansDigits
 from captum_ext.evaluation import road
+from captum_ext.features import feature_maps
 from captum_ext.imputation import BlurImputer, ConstantImputer, MeanImputer, NoiseImputer, NoisyLinearImputer
 from captum_ext.metrics import AOPC, DeletionAUC, InsertionAUC, MapSimilarity, PointingGame, RelevanceMass
+from captum_ext.metrics.faithfulness import perturbation_scores
+from captum_ext.metrics.faithfulness_correlation import irof
 from captum_ext.metrics.robustness import max_sensitivity
 from captum_ext.models import SmallCNN, TinyViT
 from captum_ext.normalization import Normalization
+from captum_ext.passes import count_passes
 from captum_ext.sanity import data_randomization_test, model_randomization_test
 
 NAN, INF = math.nan, math.inf
@@ -44,6 +48,35 @@ Y = torch.tensor([0, 1, 2, 3])
 REGION = torch.zeros(32, 32, dtype=torch.bool)
 REGION[24:, 24:] = True
 LOADER = DataLoader(TensorDataset(X, Y), batch_size=2)
+
+
+class _NanOutput(nn.Module):
+    """A classifier whose scores are NaN for any input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 4), NAN)
+
+
+NAN_OUT = _NanOutput()
+
+
+def SHORT(inputs, mask):  # noqa: N802 (an imputer named like the constants it sits with)
+    return inputs[:1]
+
+
+def NAN_FILL(inputs, mask):  # noqa: N802
+    return torch.where(mask if mask.dim() == 4 else mask[:, None] if mask.dim() == 3 else mask, NAN, inputs)
+
+
+def INT_FILL(inputs, mask):  # noqa: N802
+    return inputs.long()
+
+
+def nan_vit() -> nn.Module:
+    model = TinyViT(num_classes=4).eval()
+    with torch.no_grad():
+        model.conv_proj.bias[0] = NAN
+    return model
 
 
 def with_nan(x: torch.Tensor, value: float = NAN) -> torch.Tensor:
@@ -392,6 +425,47 @@ CASES = [
     ("seed", lambda: RandomAttribution(CNN, seed="0"), TypeError, r"`seed` to be an int >= 0"),
     ("seed", lambda: CleverHansDigits(seed=-1), ValueError, r"`seed` to be an int >= 0"),
     ("seed", lambda: data_randomization_test(CNN, "saliency", X, seed=2.0), TypeError, r"`seed` to be an int >= 0"),
+    # -- issue #24, NaN everywhere: never ranked, scaled or scored ------------------------------------------------
+    ("nan", lambda: maps.reduce_channels(with_nan(X)), ValueError, r"`attributions` to be finite, but it holds NaN"),
+    ("nan", lambda: maps.rank_pixels(with_nan(X[:, 0])), ValueError, r"`maps` to be finite.*NaN pixel has no rank"),
+    ("nan", lambda: maps.top_k_mask(with_nan(X[:, 0], INF), 0.5), ValueError, r"`maps` to be finite.*holds Inf"),
+    ("nan", lambda: maps.normalize_minmax(with_nan(X)), ValueError, r"`maps` to be finite, but it holds NaN"),
+    ("nan", lambda: maps.normalize_sum(with_nan(X, INF)), ValueError, r"`maps` to be finite, but it holds Inf"),
+    ("nan", lambda: maps.normalize_percentile(with_nan(X)), ValueError, r"`maps` to be finite"),
+    (
+        "nan",
+        lambda: maps.normalize_minmax([1.0, 2.0]),
+        ValueError,
+        r"`maps` to be a \(N, \.\.\.\) tensor, but got list",
+    ),
+    ("nan", lambda: DeletionAUC(steps=2).update(NAN_OUT, X, X, Y), ValueError, r"`model outputs` to be finite"),
+    ("nan", lambda: InsertionAUC(steps=2).update(NAN_OUT, X, X, Y), ValueError, r"`model outputs` to be finite"),
+    ("nan", lambda: irof(NAN_OUT, X, X, Y, n_segments=4), ValueError, r"`model outputs` to be finite"),
+    ("nan", lambda: feature_maps(CNN, "features.conv1", with_nan(X)), ValueError, r"`inputs` to be finite"),
+    ("nan", lambda: AttentionRollout(nan_vit()).attribute(X), ValueError, r"`rollout maps` to be finite"),
+    # -- issue #24, no argument silently ignored ----------------------------------------------------------------------
+    ("ignored", lambda: Explainer("saliency", layer="features.conv1"), ValueError, r"`layer` only for a layer method"),
+    ("ignored", lambda: Explainer("rollout", layer="encoder"), ValueError, r"'rollout' takes none.*layer='encoder'"),
+    # -- issue #24, what a user's imputer returns is checked before it is scored -----------------------------------
+    ("imputer", lambda: DeletionAUC(steps=2, imputer=SHORT).update(CNN, X, X, Y), ValueError, r"imputer to return"),
+    ("imputer", lambda: AOPC(steps=2, imputer=NAN_FILL).update(CNN, X, X, Y), ValueError, r"`imputed images`"),
+    ("imputer", lambda: road(CNN, LOADER, "saliency", imputer=SHORT), ValueError, r"inputs' shape \(10, 1, 32, 32\)"),
+    ("imputer", lambda: road(CNN, LOADER, "saliency", imputer=INT_FILL), ValueError, r"returned shape.*int64"),
+    (
+        "imputer",
+        lambda: CleverHansAudit("saliency", region=REGION, imputer=NAN_FILL).run(CNN, (X, Y)),
+        ValueError,
+        r"`imputed images` to be finite",
+    ),
+    # -- issue #26's new arguments -----------------------------------------------------------------------------------
+    ("passes", lambda: count_passes("model").__enter__(), TypeError, r"`model` to be an nn.Module"),
+    ("passes", lambda: NoisyLinearImputer(backend="lu"), ValueError, r"`backend` to be one of"),
+    ("passes", lambda: perturbation_scores(CNN, X, X, Y, ("deletion", "auc")), ValueError, r"`metrics` to hold"),
+    ("passes", lambda: perturbation_scores(CNN, X, X, Y, "deletion"), ValueError, r"`metrics` to hold"),
+    ("passes", lambda: perturbation_scores(CNN, X, X, Y, steps=0), ValueError, r"`steps`"),
+    ("passes", lambda: perturbation_scores(CNN, X, X, Y, batch_size=0), ValueError, r"`batch_size`"),
+    ("passes", lambda: perturbation_scores(CNN, X, X, Y, insertion_imputer=3), TypeError, r"`insertion_imputer`"),
+    ("passes", lambda: DeletionAUC(batch_size=True), ValueError, r"`batch_size`"),
 ]
 
 

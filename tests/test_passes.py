@@ -146,6 +146,10 @@ def test_deletion_insertion_aopc_and_irof_share_their_passes_and_keep_their_valu
     assert separate.forward == 3 * 6 * (8 + 1) + int(segments.sum()) + 6
     with pytest.raises(ValueError, match="distinct names from 'deletion'"):
         perturbation_scores(model, x, attributions, y, ("deletion", "deletion"))
+    with pytest.raises(ValueError, match=r"`unperturbed` to be an \(N,\) = \(6,\) tensor or None, but got \(2,\)"):
+        irof(model, x, attributions, y, unperturbed=torch.ones(2))
+    with pytest.raises(TypeError, match="IROF needs `forward_func` to be an nn.Module"):
+        perturbation_scores(lambda t: model(t), x, attributions, y, ("irof",))
 
 
 def _one(metric, model, x, attributions, y):

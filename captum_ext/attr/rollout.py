@@ -37,7 +37,7 @@ from captum.attr import Attribution
 from torch import nn
 
 from captum_ext import maps
-from captum_ext._checks import Target, check_choice, class_targets
+from captum_ext._checks import Target, check_choice, check_finite, class_targets
 from captum_ext._context import gradients_enabled
 from captum_ext.attr.attention import capture_attention
 from captum_ext.model_output import logits
@@ -337,6 +337,7 @@ class AttentionRollout(Attribution):
         grid, prefix = capture.layout(x.shape[0])
         _require_block(self.start_layer, len(capture.shapes))
         row = _rolled_row(_read_out(steps[-1], capture.readout, grid, prefix), steps, residual=False)
+        check_finite("rollout maps", row, "The model's attention holds NaN or Inf for these inputs.")
         return _shape_like(_token_grid(row, grid), x, single, return_grid)
 
 
@@ -412,6 +413,7 @@ class GradientRollout(Attribution):
             gradients = torch.autograd.grad(score, used, allow_unused=True, materialize_grads=True)
         cams = [(g.float() * a.detach().float()).clamp(min=0).mean(1) for a, g in zip(used, gradients)]
         row = _rolled_row(_read_out(cams[-1], capture.readout, grid, prefix), cams, residual=True)
+        check_finite("gradient rollout maps", row, "The model's attention or its gradient holds NaN or Inf.")
         return _shape_like(_token_grid(row, grid), x.detach(), single, return_grid)
 
 

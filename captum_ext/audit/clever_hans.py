@@ -69,7 +69,7 @@ from captum_ext.audit.report import AuditReport
 from captum_ext.batches import Unpack, check_unpack, unpack_batch
 from captum_ext.boxes import box_to_mask, check_box, mask_to_box
 from captum_ext.explainer import Explainer, as_explainer
-from captum_ext.imputation import Imputer, MeanImputer
+from captum_ext.imputation import Imputer, MeanImputer, impute
 from captum_ext.maps import normalize_sum
 from captum_ext.metrics.localisation import (
     check_region,
@@ -407,17 +407,17 @@ class CleverHansAudit:
         after = after_placebo = float("nan")
         p_drop = p_flip = 1.0 if len(placebos) else float("nan")
         if own.any():
-            kept = self._predict(model, imputer(x[own], region)) == cls
+            kept = self._predict(model, impute(imputer, x[own], region)) == cls
             after = float(kept.double().mean())
             if len(placebos):
-                placebo_kept = self._predict(model, imputer(x[own], _cycle(placebos, int(own.sum())))) == cls
+                placebo_kept = self._predict(model, impute(imputer, x[own], _cycle(placebos, int(own.sum())))) == cls
                 after_placebo = float(placebo_kept.double().mean())
                 p_drop = _sign_test(int((placebo_kept & ~kept).sum()), int((kept & ~placebo_kept).sum()))
         others = torch.nonzero((y != cls) & (pred != cls))[:, 0]
         if len(others) > self.flip_images:  # evenly spaced, no randomness
             others = others[torch.linspace(0, len(others) - 1, self.flip_images).round().long()]
         if len(others):  # images whose own prediction needs their region would "flip" by losing it: left out
-            others = others[self._predict(model, imputer(x[others], region)) == pred[others]]
+            others = others[self._predict(model, impute(imputer, x[others], region)) == pred[others]]
         flip = flip_placebo = float("nan")
         if len(others):
             flipped = self._predict(model, torch.where(region, x[source], x[others])) == cls

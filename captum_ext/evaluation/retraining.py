@@ -28,6 +28,7 @@ from captum_ext.batches import unpack_batch, with_images
 from captum_ext.data.digits import EpochShuffle
 from captum_ext.evaluation import cache, claims, ranking
 from captum_ext.evaluation.executors import resolve
+from captum_ext.imputation import impute
 
 __all__ = ["RankedMaskDataset", "RunSampler", "PlannedRun"]
 
@@ -92,9 +93,9 @@ class RankedMaskDataset(Dataset):
         removed = positions >= count if self.keep else positions < count  # compared in the stored dtype
         masks = torch.from_numpy(removed).reshape(-1, h, w)
         if getattr(self.imputer, "per_image", False):  # filled one by one, while each image is in cache: no copy
-            images = [self.imputer(image[None], mask[None])[0] for image, mask in zip(originals, masks)]
+            images = [impute(self.imputer, image[None], mask[None])[0] for image, mask in zip(originals, masks)]
         else:
-            images = list(self.imputer(torch.stack(originals), masks))
+            images = list(impute(self.imputer, torch.stack(originals), masks))
         if self.augment is not None:
             images = [self.augment(image) for image in images]
         return [with_images(item, image) for image, item in zip(images, items)]

@@ -20,7 +20,7 @@ from captum_ext.batches import Unpack, check_unpack, unpack_batch
 from captum_ext.evaluation._common import check_fractions
 from captum_ext.evaluation.results import ROADResult
 from captum_ext.explainer import Explainer, as_explainer
-from captum_ext.imputation import NoisyLinearImputer
+from captum_ext.imputation import NoisyLinearImputer, impute
 from captum_ext.model_output import OutputFn, check_output_fn
 from captum_ext.passes import forward_batch_size
 
@@ -41,7 +41,7 @@ def _correct_after_removal(
     fractions of the batch are imputed in one call."""
     n, c, h, w = x.shape
     masks = torch.cat([maps.mask_from_ranking(ranking, f, (h, w)) for f in fractions])
-    images = imputer(x.repeat(len(fractions), 1, 1, 1), masks)
+    images = impute(imputer, x.repeat(len(fractions), 1, 1, 1), masks)
     preds = torch.cat(
         [predict(model, images[i : i + batch_size], output_fn) for i in range(0, images.shape[0], batch_size)]
     )

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.utils import make_grid
 
-from captum_ext._checks import check_int
+from captum_ext._checks import check_finite, check_int
 from captum_ext._context import eval_mode
 from captum_ext._model import capture_output, resolve_layer
 from captum_ext.maps import normalize_minmax
@@ -115,10 +115,12 @@ def feature_maps(
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
         got = f"a tensor of shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"Expected argument `inputs` to be images (N, C, H, W), but got {got}.")
+    check_finite("inputs", inputs)
     with torch.no_grad(), eval_mode(model), capture_output(model, layer) as outputs:
         model(inputs)
     maps = outputs[-1].detach().float().cpu()
     if maps.dim() != 4:
         raise ValueError(f"Expected layer {layer!r} to output (N, channels, h, w), but got shape {tuple(maps.shape)}.")
+    check_finite(f"layer {layer!r} outputs", maps, "The model produces NaN or Inf at this layer for these inputs.")
     maps = normalize_minmax(maps)
     return torch.stack([_grid(m[:, None], scale, nrow) for m in maps])

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from captum_ext._checks import check_finite
 from captum_ext._context import eval_mode, full_precision
 from captum_ext._model import model_device
 from captum_ext.model_output import OutputFn, logits
@@ -37,7 +38,11 @@ def class_scores(
     out = []
     with torch.no_grad(), eval_mode(model), full_precision(model_device(model)):
         for start in range(0, len(targets), batch_size):
-            scores = logits(model(build(start, min(start + batch_size, len(targets)))), output_fn)
+            scores = check_finite(
+                "model outputs",
+                logits(model(build(start, min(start + batch_size, len(targets)))), output_fn),
+                "The model produces NaN or Inf for these images; a score computed from them would mean nothing.",
+            )
             if apply_softmax:
                 scores = torch.softmax(scores, dim=1)
             out.append(scores.gather(1, targets[start : start + batch_size, None].to(scores.device))[:, 0].float())

@@ -36,7 +36,7 @@ from torch import nn
 from captum_ext import maps
 from captum_ext._checks import check_choice, check_finite, check_int, check_seed, class_targets
 from captum_ext._context import eval_mode, full_precision
-from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer
+from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer, impute
 from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.metrics.faithfulness_correlation import irof
 from captum_ext.model_output import OutputFn, check_output_fn, logits
@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
+_NAN_SCORES = "The model produces NaN or Inf for perturbed images; a score computed from them would mean nothing."
 
 
 def _saliency(inputs: torch.Tensor, attributions: torch.Tensor, reduce: maps.Reduction) -> torch.Tensor:
@@ -181,7 +182,9 @@ def _step_scores(
     position.scatter_(1, ranking, torch.arange(h * w, device=ranking.device).expand(n, -1))
     x = inputs.detach()
     everything = torch.ones(h, w, dtype=torch.bool, device=x.device)
-    fills = {mode: None if getattr(imp, "uses_mask", True) else imp(x, everything) for mode, imp in imputers.items()}
+    fills = {
+        mode: None if getattr(imp, "uses_mask", True) else impute(imp, x, everything) for mode, imp in imputers.items()
+    }
     width = len(columns)
     count = torch.tensor([k for _, k in columns], device=x.device)
     inserting = torch.tensor([mode == "insertion" for mode, _ in columns], device=x.device)
@@ -201,11 +204,11 @@ def _step_scores(
                     continue
                 fill = fills[mode]
                 if fill is None:
-                    filled = imputer(perturbed[rows], removed[rows, 0])
+                    filled = impute(imputer, perturbed[rows], removed[rows, 0])
                 else:
                     filled = torch.where(removed[rows], fill[image[rows]], perturbed[rows])
                 perturbed = filled if len(rows) == len(flat) else perturbed.index_copy(0, rows, filled)
-            out = logits(forward_func(perturbed), output_fn)
+            out = check_finite("model outputs", logits(forward_func(perturbed), output_fn), _NAN_SCORES)
             if lo == 0:
                 class_targets(targets, n, out.shape[1])  # every target within the model's classes
             if top1:

@@ -81,7 +81,8 @@ def _batch_size(batch_size: int | None) -> int | None:
 
 
 def _forward_batch(batch_size: int | None, inputs: torch.Tensor) -> int:
-    return forward_batch_size(inputs) if batch_size is None else check_int("batch_size", batch_size, 1)
+    size = _batch_size(batch_size)
+    return forward_batch_size(inputs) if size is None else size
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -207,6 +208,9 @@ def irof(
     n = inputs.shape[0]
     target = class_targets(target, n, None, inputs.device)
     batch_size = _forward_batch(batch_size, inputs)
+    if unperturbed is not None and (not isinstance(unperturbed, torch.Tensor) or unperturbed.shape != (n,)):
+        got = tuple(unperturbed.shape) if isinstance(unperturbed, torch.Tensor) else type(unperturbed).__name__
+        raise ValueError(f"Expected argument `unperturbed` to be an (N,) = ({n},) tensor or None, but got {got}.")
     segments = superpixel_mask(inputs, n_segments, compactness)[:, 0]  # (N, H, W), ids 0..K_i-1
     counts = segments.flatten(1).amax(1) + 1
     k_max = int(counts.max())
