@@ -566,7 +566,12 @@ class Explainer:
                 _check_window(kwargs["sliding_window_shapes"], tuple(x.shape[1:]))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activations")
-                out = self._run(attribution, x, target, kwargs)
+                calls = self._calls
+                try:
+                    out = self._run(attribution, x, target, kwargs)
+                except (ValueError, TypeError):  # refused in the pass (a target, the scores): no map was drawn,
+                    self._calls = calls  # so the sequence of stochastic maps stays where it was
+                    raise
             if forward.classes is None:  # the method never called the model (``"random"``): check the targets now
                 with torch.no_grad():
                     forward(x[:1])
@@ -699,7 +704,11 @@ class _CheckedScores(LogitsModel):
                 f"Expected the model's scores to be an (N, classes) tensor, but got shape {tuple(scores.shape)}; pass "
                 "`output_fn=` to select them."
             )
-        check_finite("model outputs", scores.detach(), "The model produces NaN or Inf for these finite inputs.")
+        check_finite(
+            "model outputs",
+            scores.detach(),
+            "The model produces NaN or Inf for these finite inputs (or for the points the method evaluates near them).",
+        )
         self.classes = scores.shape[1]
         if self._targets is not None:
             class_targets(self._targets, len(self._targets), self.classes, self._targets.device)

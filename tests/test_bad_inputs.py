@@ -30,10 +30,18 @@ from captum_ext.data import CleverHansDigits
 from captum_ext.evaluation import road
 from captum_ext.features import feature_maps
 from captum_ext.imputation import BlurImputer, ConstantImputer, MeanImputer, NoiseImputer, NoisyLinearImputer
-from captum_ext.metrics import AOPC, DeletionAUC, InsertionAUC, MapSimilarity, PointingGame, RelevanceMass
+from captum_ext.metrics import (
+    AOPC,
+    DeletionAUC,
+    InsertionAUC,
+    MapSimilarity,
+    MaxSensitivity,
+    PointingGame,
+    RelevanceMass,
+)
 from captum_ext.metrics.faithfulness import perturbation_scores
 from captum_ext.metrics.faithfulness_correlation import irof
-from captum_ext.metrics.robustness import max_sensitivity
+from captum_ext.metrics.robustness import local_lipschitz_estimate, max_sensitivity
 from captum_ext.models import SmallCNN, TinyViT
 from captum_ext.normalization import Normalization
 from captum_ext.passes import count_passes
@@ -58,6 +66,7 @@ class _NanOutput(nn.Module):
 
 
 NAN_OUT = _NanOutput()
+ONE_CLASS = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 1))
 
 
 def SHORT(inputs, mask):  # noqa: N802 (an imputer named like the constants it sits with)
@@ -443,6 +452,12 @@ CASES = [
     ("nan", lambda: irof(NAN_OUT, X, X, Y, n_segments=4), ValueError, r"`model outputs` to be finite"),
     ("nan", lambda: feature_maps(CNN, "features.conv1", with_nan(X)), ValueError, r"`inputs` to be finite"),
     ("nan", lambda: AttentionRollout(nan_vit()).attribute(X), ValueError, r"`rollout maps` to be finite"),
+    # -- issue #24, undefined values are not reported as numbers ------------------------------------------------------
+    ("undefined", lambda: AOPC(steps=2).update(ONE_CLASS, X, X, 0), ValueError, r"at least 2 classes.*apply_softmax"),
+    ("undefined", lambda: irof(ONE_CLASS, X, X, 0, n_segments=4), ValueError, r"at least 2 classes"),
+    ("undefined", lambda: local_lipschitz_estimate(CNN, "saliency", X, Y, std=0.0), ValueError, r"`std`"),
+    ("undefined", lambda: max_sensitivity(CNN, "saliency", X, Y, radius=0), ValueError, r"`radius`"),
+    ("undefined", lambda: MaxSensitivity("saliency", scale=0.0), ValueError, r"`scale`"),
     # -- issue #24, no argument silently ignored ----------------------------------------------------------------------
     ("ignored", lambda: Explainer("saliency", layer="features.conv1"), ValueError, r"`layer` only for a layer method"),
     ("ignored", lambda: Explainer("rollout", layer="encoder"), ValueError, r"'rollout' takes none.*layer='encoder'"),

@@ -15,7 +15,7 @@ def _gini(values: list[float]) -> float:
     """Chalasani et al. 2020, eq. for the Gini index, with plain Python loops."""
     v = sorted(abs(x) for x in values)
     n, total = len(v), sum(abs(x) for x in values)
-    return sum((2 * (i + 1) - n - 1) * v[i] for i in range(n)) / (n * total) if total else 0.0
+    return sum((2 * (i + 1) - n - 1) * v[i] for i in range(n)) / (n * total) if total else math.nan
 
 
 def _entropy(values: list[float]) -> float:
@@ -32,10 +32,22 @@ def test_each_score_equals_its_formula_on_random_and_extreme_maps():
     maps[3] = 0.0  # nothing
     maps[4, :, :3] = 1e-7  # many values below eps
     flat = [m.flatten().tolist() for m in maps]
-    torch.testing.assert_close(sparseness(maps), torch.tensor([_gini(v) for v in flat]), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(
-        complexity(maps), torch.tensor([_entropy(v) if any(v) else 0.0 for v in flat]), rtol=1e-5, atol=1e-6
-    )
+    with pytest.warns(RuntimeWarning, match=r"sparseness: 1 of 5 maps are all zero; their sparseness is undefined"):
+        torch.testing.assert_close(
+            sparseness(maps), torch.tensor([_gini(v) for v in flat]), rtol=1e-5, atol=1e-6, equal_nan=True
+        )
+    with pytest.warns(RuntimeWarning, match=r"complexity: 1 of 5 maps are all zero"):
+        torch.testing.assert_close(
+            complexity(maps),
+            torch.tensor([_entropy(v) if any(v) else math.nan for v in flat]),
+            rtol=1e-5,
+            atol=1e-6,
+            equal_nan=True,
+        )
+    metric = Sparseness()
+    with pytest.warns(RuntimeWarning, match="all zero"):
+        metric.update(maps)
+    assert float(metric.compute()) == pytest.approx(float(sparseness(maps[[0, 1, 2, 4]]).mean()), rel=1e-6)
     assert effective_complexity(maps).tolist() == [float(sum(abs(x) > 1e-5 for x in v)) for v in flat]
     assert sparseness(maps)[1] == pytest.approx(1 - 1 / 108) and sparseness(maps)[2] == pytest.approx(0.0, abs=1e-6)
     assert complexity(maps)[2] == pytest.approx(math.log(108)) and complexity(maps)[1] == 0.0

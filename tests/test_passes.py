@@ -24,7 +24,7 @@ from captum_ext.metrics.faithfulness import perturbation_curve, perturbation_sco
 from captum_ext.metrics.faithfulness_correlation import irof
 from captum_ext.models import SmallCNN
 from captum_ext.passes import count_passes
-from captum_ext.sanity import model_randomization_test, parameter_layers, randomize_layer
+from captum_ext.sanity import data_randomization_test, model_randomization_test, parameter_layers, randomize_layer
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +156,31 @@ def _one(metric, model, x, attributions, y):
     metric.reset()
     metric.update(model, x, attributions, y)
     return metric.compute()
+
+
+def test_a_stochastic_method_is_explained_again_at_every_step(fresh_resnet):
+    """The review's counterexample: reusing the original map for an unchanged step is right only for a deterministic
+    method; a noise map drawn again must score about 0, as a real pass does, not the 1.0 of a copied map."""
+    result = model_randomization_test(
+        fresh_resnet, "random", X, Y, mode="independent", similarity=("spearman_abs",), keep_maps=0
+    )
+    assert result.unchanged == [] and result.passes == 1 + len(result.layers)
+    assert max(abs(v) for v in result.similarity["spearman_abs"]) < 0.2
+
+
+def test_a_refused_target_does_not_advance_the_stochastic_sequence(fresh_resnet):
+    explainer = Explainer("smoothgrad", nt_samples=2)
+    with pytest.raises(ValueError, match="class indices"):
+        explainer.attribute(fresh_resnet, X, torch.tensor([0, 7, 0, 0]))
+    first = explainer.attribute(fresh_resnet, X, Y)
+    assert torch.equal(first, Explainer("smoothgrad", nt_samples=2).attribute(fresh_resnet, X, Y))
+
+
+def test_irof_maps_of_the_wrong_shape_are_refused_before_any_pass():
+    model = SmallCNN().eval()
+    x = torch.rand(2, 1, 32, 32)
+    with count_passes(model) as passes, pytest.raises(ValueError, match="inputs' shape .* for IROF"):
+        perturbation_scores(model, x, torch.rand(2, 32, 32), 0, ("deletion", "irof"))
+    assert passes.forward == 0
+    result = data_randomization_test(model, "saliency", x, target=0, random_model=SmallCNN().eval())
+    assert result.passes == 2

@@ -13,7 +13,17 @@ from captum_ext._context import eval_mode, full_precision
 from captum_ext._model import model_device
 from captum_ext.model_output import OutputFn, logits
 
-__all__ = ["class_scores"]
+__all__ = ["class_scores", "check_several_classes"]
+
+
+def check_several_classes(scores: torch.Tensor, hint: str = "") -> None:
+    """A ValueError for (B, 1) scores: the softmax of one class is 1 whatever the input, so a probability-based
+    score would be a constant that looks like a measurement."""
+    if scores.dim() == 2 and scores.shape[1] == 1:
+        raise ValueError(
+            "Expected the model to score at least 2 classes for a softmax probability, but it returns 1 (the softmax "
+            f"of one class is always 1, so every score would be the same){hint}."
+        )
 
 
 def class_scores(
@@ -44,6 +54,7 @@ def class_scores(
                 "The model produces NaN or Inf for these images; a score computed from them would mean nothing.",
             )
             if apply_softmax:
+                check_several_classes(scores)
                 scores = torch.softmax(scores, dim=1)
             out.append(scores.gather(1, targets[start : start + batch_size, None].to(scores.device))[:, 0].float())
     return torch.cat(out) if out else torch.zeros(0)

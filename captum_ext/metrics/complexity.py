@@ -8,7 +8,8 @@ features carry the relevance, which makes a map easier to read.
 * effective complexity (Nguyen & Martínez, 2020): how many values have ``|a_i| > eps``.
 
 Each is computed on the attribution as given, every channel's value a feature (an (N, H, W) map, or (N, C, H, W)
-attributions), for a whole batch at once, on its device. A map that is all zero has sparseness 0 and complexity 0.
+attributions), for a whole batch at once, on its device. A map that is all zero has no distribution of relevance: its
+sparseness and complexity are NaN, with a warning, and the metric classes leave it out of their mean.
 
 Example::
 
@@ -19,6 +20,8 @@ Example::
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -43,23 +46,38 @@ def _magnitudes(attributions: torch.Tensor) -> torch.Tensor:
     return attributions.detach().flatten(1).abs().double()
 
 
+def _undefined_for_zero_maps(scores: torch.Tensor, total: torch.Tensor, metric: str) -> torch.Tensor:
+    """``scores`` with NaN where a map's total relevance is 0, and a warning saying how many and why."""
+    zero = total == 0
+    if bool(zero.any()):
+        warnings.warn(
+            f"{metric}: {int(zero.sum())} of {len(zero)} maps are all zero; their {metric} is undefined (NaN), not 0. "
+            "An all-zero map says nothing about the input (see the Explainer's warning for the likely cause).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return torch.where(zero, torch.full_like(scores, float("nan")), scores)
+
+
 def sparseness(attributions: torch.Tensor) -> torch.Tensor:
-    """(N,) Gini index of each map's ``|a|`` (Chalasani et al. 2020); higher is sparser."""
+    """(N,) Gini index of each map's ``|a|`` (Chalasani et al. 2020); higher is sparser; NaN for an all-zero map."""
     values = torch.sort(_magnitudes(attributions), dim=1).values
     n = values.shape[1]
     weights = 2 * torch.arange(1, n + 1, device=values.device, dtype=values.dtype) - n - 1
     total = values.sum(1)
     gini = (values * weights).sum(1) / (n * total.clamp(min=torch.finfo(total.dtype).tiny))
-    return torch.where(total > 0, gini, torch.zeros_like(gini)).float()
+    return _undefined_for_zero_maps(gini, total, "sparseness").float()
 
 
 def complexity(attributions: torch.Tensor) -> torch.Tensor:
-    """(N,) entropy of each map's fractional contributions ``|a_i| / sum |a|`` (Bhatt et al. 2020); lower is simpler."""
+    """(N,) entropy of each map's fractional contributions ``|a_i| / sum |a|`` (Bhatt et al. 2020); lower is simpler;
+    NaN for an all-zero map."""
     values = _magnitudes(attributions)
     total = values.sum(1, keepdim=True)
     share = values / total.clamp(min=torch.finfo(values.dtype).tiny)
     entropy = -(share * torch.log(torch.where(share > 0, share, torch.ones_like(share)))).sum(1)
-    return (entropy + 0.0).float()  # + 0.0 turns -0.0 (a single non-zero value) into 0.0
+    entropy = entropy + 0.0  # turns -0.0 (a single non-zero value) into 0.0
+    return _undefined_for_zero_maps(entropy, total[:, 0], "complexity").float()
 
 
 def effective_complexity(attributions: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -82,8 +100,9 @@ class Sparseness(MeanOverImages):
     higher_is_better = True
 
     def update(self, attributions: torch.Tensor) -> None:
-        """Add a batch of (N, H, W) or (N, C, H, W) attributions."""
-        self.add(sparseness(attributions))
+        """Add a batch of (N, H, W) or (N, C, H, W) attributions (all-zero maps left out, with a warning)."""
+        scores = sparseness(attributions)
+        self.add(scores[~scores.isnan()])
 
 
 class Complexity(MeanOverImages):
@@ -92,8 +111,9 @@ class Complexity(MeanOverImages):
     higher_is_better = False
 
     def update(self, attributions: torch.Tensor) -> None:
-        """Add a batch of (N, H, W) or (N, C, H, W) attributions."""
-        self.add(complexity(attributions))
+        """Add a batch of (N, H, W) or (N, C, H, W) attributions (all-zero maps left out, with a warning)."""
+        scores = complexity(attributions)
+        self.add(scores[~scores.isnan()])
 
 
 class EffectiveComplexity(MeanOverImages):

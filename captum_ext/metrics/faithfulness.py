@@ -38,6 +38,7 @@ from captum_ext._checks import check_choice, check_finite, check_int, check_seed
 from captum_ext._context import eval_mode, full_precision
 from captum_ext.imputation import BlurImputer, ConstantImputer, Imputer, impute
 from captum_ext.metrics._mean import MeanOverImages
+from captum_ext.metrics._scores import check_several_classes
 from captum_ext.metrics.faithfulness_correlation import irof
 from captum_ext.model_output import OutputFn, check_output_fn, logits
 from captum_ext.normalization import Normalization, check_normalization
@@ -211,6 +212,8 @@ def _step_scores(
             out = check_finite("model outputs", logits(forward_func(perturbed), output_fn), _NAN_SCORES)
             if lo == 0:
                 class_targets(targets, n, out.shape[1])  # every target within the model's classes
+                if apply_softmax and not top1:
+                    check_several_classes(out, "; pass `apply_softmax=False` to score the raw output")
             if top1:
                 scores[flat] = (out.argmax(dim=1) == labels[flat]).float()
                 continue
@@ -243,9 +246,11 @@ def perturbation_scores(
     are the same: each unperturbed image is scored once for all of them (the first point of the deletion curve,
     the last of the insertion curve, IROF's reference probability), and AOPC reads the deletion curve. For N images
     that is ``N * (1 + steps * curves)`` forwards (plus IROF's superpixel steps) instead of ``N * (steps + 1)`` per
-    metric. Each score equals its metric's (:class:`DeletionAUC`, :class:`InsertionAUC`, :class:`AOPC` with the
-    same settings and softmax probabilities, :func:`~captum_ext.metrics.faithfulness_correlation.irof` with its
-    defaults).
+    metric. With imputers that fill each image on its own (black, the mean, the blur) each score equals its
+    metric's (:class:`DeletionAUC`, :class:`InsertionAUC`, :class:`AOPC` with the same settings and softmax
+    probabilities, :func:`~captum_ext.metrics.faithfulness_correlation.irof` with its defaults); an imputer whose
+    fill depends on the batch (``NoisyLinearImputer``'s noise and default mean) gives slightly different values
+    for different batchings, as it does in the metrics themselves.
 
     Args:
         forward_func, inputs, attributions, target, steps, reduce, batch_size, seed, output_fn, normalization: as
@@ -297,6 +302,11 @@ def perturbation_scores(
         if not callable(imputer):
             raise TypeError(f"Expected argument `{mode}_imputer` to be an Imputer or None, but got {imputer!r}.")
     saliency = _saliency(inputs, attributions, reduce)
+    if "irof" in metrics and attributions.shape != inputs.shape:
+        raise ValueError(
+            f"Expected argument `attributions` of the inputs' shape {tuple(inputs.shape)} for IROF, but got "
+            f"{tuple(attributions.shape)}."
+        )
     h, w = inputs.shape[-2:]
     counts = [maps.pixel_count(k / steps, h * w) for k in range(steps + 1)]
     deleting = "deletion" in metrics or "aopc" in metrics

@@ -101,7 +101,7 @@ def _prepare(model, explainer, inputs, target, attributions, output_fn) -> tuple
 def _sensitivities(model, explainer, inputs, target, samples, radius, attributions, seed, output_fn) -> torch.Tensor:
     """(samples, N) relative changes ``||e(x') - e(x)|| / ||e(x)||``; NaN for an all-zero map."""
     check_int("samples", samples, 1)
-    radius = check_real("radius", radius, 0.0)
+    radius = check_real("radius", radius, 0.0, low_open=True)  # 0: no perturbation, a sensitivity of 0 by construction
     target, base = _prepare(model, explainer, inputs, target, attributions, output_fn)
     _, moved = _perturbed_maps(
         model,
@@ -176,7 +176,7 @@ def local_lipschitz_estimate(
     each map scaled by its own maximum absolute value (Alvarez-Melis & Jaakkola 2018)."""
     seed = check_seed(seed)
     check_int("samples", samples, 1)
-    std = check_real("std", std, 0.0)
+    std = check_real("std", std, 0.0, low_open=True)  # no noise: no perturbation, and the estimate would be 0
     target, base = _prepare(model, explainer, inputs, target, attributions, output_fn)
     deltas, moved = _perturbed_maps(
         model,
@@ -209,7 +209,7 @@ class _RobustnessMetric(MeanOverImages):
         super().__init__(**kwargs)
         self.explainer = as_explainer(explainer)
         self.samples = check_int("samples", samples, 1)
-        self.scale = check_real("scale", scale, 0.0)
+        self.scale = check_real("scale", scale, 0.0, low_open=True)
         self.seed, self.output_fn = seed, output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor | None, target) -> None:
@@ -301,7 +301,7 @@ def relative_stability(
     if (kind == "representation") != (layer is not None):
         raise ValueError("Expected argument `layer` (a dotted module name) exactly when kind='representation'.")
     check_int("samples", samples, 1)
-    radius, eps = check_real("radius", radius, 0.0), check_real("eps", eps, 0.0, low_open=True)
+    radius, eps = check_real("radius", radius, 0.0, low_open=True), check_real("eps", eps, 0.0, low_open=True)
     target, base = _prepare(model, explainer, inputs, target, attributions, output_fn)
     deltas, moved = _perturbed_maps(
         model,
@@ -349,7 +349,7 @@ class _RelativeStability(MeanOverImages):
         seed = check_seed(seed)
         super().__init__(**kwargs)
         self.explainer, self.layer = as_explainer(explainer), layer
-        self.samples, self.scale = check_int("samples", samples, 1), check_real("scale", scale, 0.0)
+        self.samples, self.scale = check_int("samples", samples, 1), check_real("scale", scale, 0.0, low_open=True)
         self.seed, self.output_fn = seed, output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor | None, target) -> None:

@@ -279,4 +279,5 @@ def data_randomization_test(
         train_accuracy=train_accuracy,
         maps=torch.stack([comparer.abs0[:k], attribution[:k].abs().sum(1)]).cpu() if k else None,
         images=inputs[:k].detach().cpu().clone() if k else None,
+        passes=2,
     )

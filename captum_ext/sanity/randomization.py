@@ -309,9 +309,10 @@ def model_randomization_test(
     randomised), explains ``inputs`` after each step, and compares each map with the original map. Costs
     L + 1 attribution passes for L steps (the original and one per step), one more pass over the first 16
     images for the noise floor (a second explanation of the unchanged model: a deterministic method scores 1,
-    a noise "explainer" about 0), plus the batched similarity. A step whose re-initialisation changes nothing
-    (a BatchNorm of a freshly initialised model: weight 1, bias 0, and its running statistics kept) makes no pass:
-    its map is the previous one; such steps are listed in the result's ``unchanged``.
+    a noise "explainer" about 0), plus the batched similarity. For a deterministic method, a step whose
+    re-initialisation changes nothing (a BatchNorm of a freshly initialised model: weight 1, bias 0, and its running
+    statistics kept) makes no pass: its map is the previous one; such steps are listed in the result's
+    ``unchanged``.
 
     ``threshold`` = 0.6: Adebayo et al. report rank correlations of about 0.2-0.5 after randomisation for the
     methods that pass and of 0.8-1.0 for those that fail; 0.6 lies between, and a map whose pixel ranking keeps
@@ -383,11 +384,14 @@ def model_randomization_test(
     similarity_std: dict[str, list[float]] = {m: [] for m in metrics}
     unchanged: list[str] = []
     attribution, summary, original_summary = original, None, None
+    deterministic = isinstance(explainer.method, str) and not explainer.stochastic
     for step in steps:
         saved = [{k_: v.detach().clone() for k_, v in modules[i].state_dict().items()} for i in step.units]
         for i in step.units:
             randomize_layer(modules[i], derived_seed(seed, "layer", i), reset_running_stats)
-        if _same_state(modules, step.units, saved):  # the model is what it was: so is the map, not computed again
+        # the model is what it was: a deterministic method's map is too, so it is not computed again (a stochastic
+        # method, or a Captum class whose randomness we cannot know, draws a new map, as a real pass would)
+        if deterministic and _same_state(modules, step.units, saved):
             unchanged.append(step.label)
             if mode == "independent" or summary is None:  # the map is the original's
                 if original_summary is None:

@@ -38,9 +38,10 @@ class SanityResult(JSONResult):
         maps: optional (steps + 1, K, H, W) ``"sum_abs"`` maps of the first K probe images: the original first,
             then one per step (for the map grid).
         images: optional (K, C, H, W) probe images matching ``maps``.
-        unchanged: model test only: the steps whose re-initialisation left every parameter and buffer as it was
-            (a BatchNorm of a freshly initialised model is already at its initial values); their maps are the
-            previous step's (cascading) or the original's (independent), not computed again.
+        unchanged: model test with a deterministic method only: the steps whose re-initialisation left every
+            parameter and buffer as it was (a BatchNorm of a freshly initialised model is already at its initial
+            values); their maps are the previous step's (cascading) or the original's (independent), not computed
+            again.
         passes: the attribution passes made over the probe batch (the noise floor's shorter pass not counted):
             ``1 + len(layers) - len(unchanged)`` for the model test, 2 for the data test.
     """
