@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -339,14 +340,21 @@ def test_ddp_and_ddp_spawn_inside_each_retraining_record_once_on_rank_zero(tmp_p
     tables = {}
     for strategy in ("ddp", "ddp_spawn"):
         folder = tmp_path / strategy
-        done = subprocess.run(
-            [sys.executable, str(script), TESTS, strategy, str(folder)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        for attempt in range(2):
+            done = subprocess.run(
+                [sys.executable, str(script), TESTS, strategy, str(folder)],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            # Seen once in five suite runs on 2 cores: a spawned rank that had finished its fit aborted at exit in
+            # torch's own teardown ("terminate called without an active exception", SIGABRT). The run is then
+            # repeated from an empty folder, so every assertion below still holds for one clean run.
+            if done.returncode == 0 or attempt or "terminated with signal SIGABRT" not in done.stderr:
+                break
+            shutil.rmtree(folder)
         assert done.returncode == 0, done.stderr[-3000:]
         records = [json.loads(p.read_text()) for p in (folder / "runs").glob("*.json")]
         results = [json.loads(p.read_text()) for p in sorted(folder.glob("result_*.json"))]
