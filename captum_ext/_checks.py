@@ -14,6 +14,7 @@ __all__ = [
     "Target",
     "TargetSource",
     "check_int",
+    "check_bool",
     "check_seed",
     "check_real",
     "check_callable",
@@ -28,6 +29,22 @@ Target = int | Sequence[int] | torch.Tensor | None
 
 #: Where a callback or an audit takes each image's class from: its ``"label"`` or the model's ``"prediction"``.
 TargetSource = Literal["label", "prediction"]
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool, else a TypeError naming the argument: a truthy string such as ``"no"`` or a number
+    is not taken for a flag.
+
+    Example::
+
+        >>> check_bool("keep", "yes")
+        Traceback (most recent call last):
+        ...
+        TypeError: Expected argument `keep` to be True or False, but got 'yes'.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected argument `{name}` to be True or False, but got {value!r}.")
+    return value
 
 
 def check_int(name: str, value: object, minimum: int) -> int:

@@ -461,6 +461,19 @@ CASES = [
     # -- issue #24, no argument silently ignored ----------------------------------------------------------------------
     ("ignored", lambda: Explainer("saliency", layer="features.conv1"), ValueError, r"`layer` only for a layer method"),
     ("ignored", lambda: Explainer("rollout", layer="encoder"), ValueError, r"'rollout' takes none.*layer='encoder'"),
+    ("flag", lambda: AttributionMonitor(["saliency"], log_images="no"), TypeError, r"`log_images` to be True or False"),
+    (
+        "flag",
+        lambda: model_randomization_test(CNN, "saliency", X, recompute_target=1),
+        TypeError,
+        r"`recompute_target`",
+    ),
+    (
+        "flag",
+        lambda: model_randomization_test(CNN, "saliency", X, reset_running_stats="y"),
+        TypeError,
+        r"`reset_running",
+    ),
     # -- issue #24, what a user's imputer returns is checked before it is scored -----------------------------------
     ("imputer", lambda: DeletionAUC(steps=2, imputer=SHORT).update(CNN, X, X, Y), ValueError, r"imputer to return"),
     ("imputer", lambda: AOPC(steps=2, imputer=NAN_FILL).update(CNN, X, X, Y), ValueError, r"`imputed images`"),

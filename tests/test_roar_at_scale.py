@@ -214,6 +214,8 @@ def test_device_follows_the_trainer_not_where_lightning_left_the_module(monkeypa
         roar_plan(make_pl, small, [ORACLE], shard_size=0)
     with pytest.raises(TypeError, match=r"Expected argument `augment` to be a callable \(image -> image\)"):
         roar_plan(make_pl, small, [ORACLE], augment="flip")
+    with pytest.raises(TypeError, match=r"Expected argument `keep` to be True or False, but got 'yes'"):
+        roar_plan(make_pl, small, [ORACLE], keep="yes")  # issue #24: a truthy string would have run KAR
 
 
 class Flip:

@@ -22,7 +22,7 @@ from torchmetrics import Metric
 
 from captum_ext import maps
 from captum_ext import metrics as _metrics
-from captum_ext._checks import TargetSource, check_target_source
+from captum_ext._checks import TargetSource, check_bool, check_target_source
 from captum_ext.batches import Unpack
 from captum_ext.callbacks.base import ExplanationCallback, synced_compute
 from captum_ext.explainer import Explainer, as_explainer
@@ -205,7 +205,7 @@ class AttributionMonitor(ExplanationCallback):
                 f"{', '.join(map(repr, unknown))}."
             )
         self.metric_kwargs = {"steps": 8, **(metric_kwargs or {})}
-        self.log_images = bool(log_images)
+        self.log_images = check_bool("log_images", log_images)
         self.target = check_target_source(target)
         self.reduce = reduce
         self.maps: dict[str, torch.Tensor] = {}

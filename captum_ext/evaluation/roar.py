@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from captum_ext._checks import check_int, check_seed
+from captum_ext._checks import check_bool, check_int, check_seed
 from captum_ext._model import accuracy, unwrap_model
 from captum_ext._seeds import derived_seed
 from captum_ext.evaluation import cache, claims, ranking, retraining
@@ -498,6 +498,7 @@ def roar_plan(
         a :class:`ROARPlan`; ``len(plan)`` runs, each executed by ``plan.run(i)`` wherever ``cache_dir`` is visible.
     """
     recipes = _check_arguments(module_factory, explainers, repeats, trainer_kwargs, model, seed)
+    check_bool("keep", keep)
     fractions = check_fractions(fractions)
     chosen_device = ranking.check_device(device)
     if data_version is not None and not isinstance(data_version, str):

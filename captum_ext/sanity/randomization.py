@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from captum_ext._checks import Target, check_choice, check_finite, check_seed
+from captum_ext._checks import Target, check_bool, check_choice, check_finite, check_seed
 from captum_ext._context import eval_mode
 from captum_ext._model import forward_order, predict, unwrap_model
 from captum_ext._seeds import derived_seed
@@ -361,6 +361,8 @@ def model_randomization_test(
     """
     metrics, explainer = _check_common(model, explainer, inputs, similarity, threshold, seed, keep_maps, output_fn)
     check_choice("mode", mode, ("cascading", "independent"))
+    check_bool("recompute_target", recompute_target)
+    check_bool("reset_running_stats", reset_running_stats)
 
     work = copy.deepcopy(unwrap_model(model))  # torch.compile / DDP: the user's module and its own layer names
     for param in work.parameters():
