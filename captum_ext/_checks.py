@@ -15,6 +15,7 @@ __all__ = [
     "TargetSource",
     "check_int",
     "check_bool",
+    "check_classes",
     "check_seed",
     "check_real",
     "check_callable",
@@ -45,6 +46,35 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"Expected argument `{name}` to be True or False, but got {value!r}.")
     return value
+
+
+def check_classes(classes: object) -> list[int] | None:
+    """``classes`` as a list of ints, or None: a non-empty sequence of distinct class indices (ints >= 0, not bools).
+    A repeated class is an error, not silently merged: it usually means a typo.
+
+    Example::
+
+        >>> check_classes((3, 1))
+        [3, 1]
+        >>> check_classes([0, 0])
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected argument `classes` to be a non-empty sequence of distinct class indices (ints >= 0) or None, but got [0, 0].
+    """
+    if classes is None:
+        return None
+    if (
+        isinstance(classes, (str, bytes))
+        or not isinstance(classes, Sequence)
+        or not classes
+        or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and int(c) >= 0 for c in classes)
+        or len({int(c) for c in classes}) != len(classes)
+    ):
+        raise ValueError(
+            "Expected argument `classes` to be a non-empty sequence of distinct class indices (ints >= 0) or None, "
+            f"but got {classes!r}."
+        )
+    return [int(c) for c in classes]
 
 
 def check_int(name: str, value: object, minimum: int) -> int:

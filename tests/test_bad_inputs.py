@@ -474,6 +474,10 @@ CASES = [
         TypeError,
         r"`reset_running",
     ),
+    ("classes", lambda: AttributionMonitor(classes=[0, 0]), ValueError, r"distinct class indices.*got \[0, 0\]"),
+    ("classes", lambda: AttributionMonitor(classes=[True]), ValueError, r"`classes` to be a non-empty sequence"),
+    ("classes", lambda: AttributionMonitor(classes=[-1]), ValueError, r"ints >= 0"),
+    ("classes", lambda: CleverHansAudit("saliency", classes=[1, 1]), ValueError, r"distinct class indices"),
     # -- issue #24, what a user's imputer returns is checked before it is scored -----------------------------------
     ("imputer", lambda: DeletionAUC(steps=2, imputer=SHORT).update(CNN, X, X, Y), ValueError, r"imputer to return"),
     ("imputer", lambda: AOPC(steps=2, imputer=NAN_FILL).update(CNN, X, X, Y), ValueError, r"`imputed images`"),

@@ -51,7 +51,6 @@ audit does not know the training mean; pass ``MeanImputer(datamodule.train_mean)
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
@@ -62,7 +61,14 @@ from scipy import ndimage
 from scipy.stats import binomtest
 from torch import nn
 
-from captum_ext._checks import TargetSource, check_finite, check_int, check_real, check_target_source
+from captum_ext._checks import (
+    TargetSource,
+    check_classes,
+    check_finite,
+    check_int,
+    check_real,
+    check_target_source,
+)
 from captum_ext._context import eval_mode
 from captum_ext._model import model_device, predict
 from captum_ext.audit.report import AuditReport
@@ -296,18 +302,8 @@ class CleverHansAudit:
         if imputer is not None and not callable(imputer):
             raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {type(imputer).__name__}.")
         self.imputer = imputer
-        if classes is not None:
-            if (
-                isinstance(classes, (str, bytes))
-                or not isinstance(classes, Sequence)
-                or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in classes)
-                or len(classes) == 0
-            ):
-                raise ValueError(
-                    f"Expected argument `classes` to be a non-empty sequence of ints or None, but got {classes!r}."
-                )
-            classes = sorted({int(c) for c in classes})
-        self.classes = classes
+        checked = check_classes(classes)
+        self.classes = None if checked is None else sorted(checked)
         self.target = check_target_source(target)
         self.thresholds = {
             "ratio": _positive_real("ratio_threshold", ratio_threshold),

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import random
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,7 +53,7 @@ from torch.utils.data import Dataset, TensorDataset
 from torchmetrics import Metric
 from typing_extensions import override
 
-from captum_ext._checks import check_int, check_seed
+from captum_ext._checks import check_classes, check_int, check_seed
 from captum_ext._context import eval_mode, full_precision, gradients_enabled
 from captum_ext.batches import Unpack, check_unpack
 from captum_ext.callbacks.probes import ProbeSet, select_probe, shard_positions, shared_cache
@@ -159,13 +158,7 @@ class ExplanationCallback(*CALLBACK_BASES):  # type: ignore[misc]  # the bases a
         self.num_samples = check_int("num_samples", num_samples, 1)
         self.seed = check_seed(seed)
         self.probe_scan = check_int("probe_scan", probe_scan, 1)
-        if classes is not None:
-            if not isinstance(classes, Sequence) or not all(isinstance(c, numbers.Integral) for c in classes):
-                raise ValueError(
-                    f"Expected argument `classes` to be a sequence of class indices or None, but got {classes!r}."
-                )
-            classes = [int(c) for c in classes]
-        self.classes = classes
+        self.classes = check_classes(classes)
         if isinstance(probe, (tuple, list)):
             if (
                 len(probe) != 2
