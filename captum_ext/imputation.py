@@ -79,9 +79,10 @@ def impute(imputer: object, inputs: torch.Tensor, mask: torch.Tensor) -> torch.T
     """
     out = imputer(inputs, mask)  # type: ignore[operator]  # callable: checked where it was given
     if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.shape != inputs.shape:
-        got = f"shape {tuple(out.shape)}, dtype {out.dtype}" if isinstance(out, torch.Tensor) else type(out).__name__
-        if isinstance(out, torch.Tensor) and out.is_floating_point():
-            got = f"shape {tuple(out.shape)}"
+        if not isinstance(out, torch.Tensor):
+            got = type(out).__name__
+        else:
+            got = f"shape {tuple(out.shape)}" + ("" if out.is_floating_point() else f", dtype {out.dtype}")
         raise ValueError(
             f"Expected the imputer to return a float tensor of the inputs' shape {tuple(inputs.shape)}, but it "
             f"returned {got}."

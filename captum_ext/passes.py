@@ -25,12 +25,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from captum_ext._checks import check_int
 from captum_ext.model_output import logits
 
-__all__ = ["PassCount", "count_passes", "forward_batch_size"]
+__all__ = ["PassCount", "count_passes", "forward_batch_size", "check_batch_size"]
 
 #: Input values a no-grad forward batch holds by default on the CPU: 8 RGB images at 224 px, 98 at 64 px.
 CPU_FORWARD_VALUES = 8 * 3 * 224 * 224
+
+
+def check_batch_size(batch_size: object) -> int | None:
+    """``batch_size`` if it is a positive int, None if it is None (then :func:`forward_batch_size` decides), else a
+    ValueError naming `batch_size`."""
+    return None if batch_size is None else check_int("batch_size", batch_size, 1)
 
 
 def forward_batch_size(sample: torch.Tensor) -> int:

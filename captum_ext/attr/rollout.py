@@ -104,8 +104,13 @@ def _rollout_step(rollout: torch.Tensor | None, fused: torch.Tensor) -> torch.Te
     return step if rollout is None else torch.bmm(step, rollout)
 
 
+def _gradient_cam(attention: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """One block's Ā = mean_h relu(∂y/∂A ⊙ A), (B, T, T) float32."""
+    return (gradient.float() * attention.float()).clamp(min=0).mean(1)
+
+
 def _gradient_step(rollout: torch.Tensor | None, attention: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    cam = (gradient.float() * attention.float()).clamp(min=0).mean(1)
+    cam = _gradient_cam(attention, gradient)
     if rollout is None:
         rollout = torch.eye(cam.shape[-1], dtype=cam.dtype, device=cam.device).expand_as(cam)
     return rollout + cam @ rollout
@@ -411,7 +416,7 @@ class GradientRollout(Attribution):
             score = scores.gather(1, index[:, None]).sum()
             used = attentions[self.start_layer :]
             gradients = torch.autograd.grad(score, used, allow_unused=True, materialize_grads=True)
-        cams = [(g.float() * a.detach().float()).clamp(min=0).mean(1) for a, g in zip(used, gradients)]
+        cams = [_gradient_cam(a.detach(), g) for a, g in zip(used, gradients)]
         row = _rolled_row(_read_out(cams[-1], capture.readout, grid, prefix), cams, residual=True)
         check_finite("gradient rollout maps", row, "The model's attention or its gradient holds NaN or Inf.")
         return _shape_like(_token_grid(row, grid), x.detach(), single, return_grid)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from captum_ext import maps
-from captum_ext._checks import check_choice, check_int, check_seed
+from captum_ext._checks import check_choice, check_seed
 from captum_ext._context import eval_mode
 from captum_ext._model import model_device, predict
 from captum_ext.batches import Unpack, check_unpack, unpack_batch
@@ -22,7 +22,7 @@ from captum_ext.evaluation.results import ROADResult
 from captum_ext.explainer import Explainer, as_explainer
 from captum_ext.imputation import NoisyLinearImputer, impute
 from captum_ext.model_output import OutputFn, check_output_fn
-from captum_ext.passes import forward_batch_size
+from captum_ext.passes import check_batch_size, forward_batch_size
 
 __all__ = ["road"]
 
@@ -56,8 +56,7 @@ def _check_arguments(
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected argument `model` to be an nn.Module, but got {type(model).__name__}.")
     check_choice("order", order, ("morf", "lerf"))
-    if batch_size is not None:
-        check_int("batch_size", batch_size, 1)
+    check_batch_size(batch_size)
     check_output_fn(output_fn)
     check_unpack(unpack)
     return check_fractions(fractions)

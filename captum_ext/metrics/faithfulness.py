@@ -42,7 +42,7 @@ from captum_ext.metrics._scores import check_several_classes
 from captum_ext.metrics.faithfulness_correlation import irof
 from captum_ext.model_output import OutputFn, check_output_fn, logits
 from captum_ext.normalization import Normalization, check_normalization
-from captum_ext.passes import forward_batch_size
+from captum_ext.passes import check_batch_size, forward_batch_size
 
 __all__ = [
     "DeletionAUC",
@@ -130,8 +130,7 @@ def perturbation_curve(
         TypeError: ``imputer`` not callable.
     """
     steps = check_int("steps", steps, 1)
-    if batch_size is not None:
-        batch_size = check_int("batch_size", batch_size, 1)
+    batch_size = check_batch_size(batch_size)
     check_choice("mode", mode, ("deletion", "insertion"))
     maps.check_reduction(reduce)
     check_normalization(normalization)
@@ -288,8 +287,7 @@ def perturbation_scores(
             f"Expected argument `metrics` to hold distinct names from {', '.join(map(repr, names))}, but got {metrics!r}."
         )
     steps = check_int("steps", steps, 1)
-    if batch_size is not None:
-        batch_size = check_int("batch_size", batch_size, 1)
+    batch_size = check_batch_size(batch_size)
     maps.check_reduction(reduce)
     check_seed(seed)
     check_normalization(normalization)
@@ -363,7 +361,7 @@ class _PerturbationMetric(MeanOverImages):
     ):
         super().__init__(**kwargs)
         self.steps = check_int("steps", steps, 1)
-        self.batch_size: int | None = None if batch_size is None else check_int("batch_size", batch_size, 1)
+        self.batch_size: int | None = check_batch_size(batch_size)
         if imputer is not None and not callable(imputer):
             raise TypeError(f"Expected argument `imputer` to be an Imputer or None, but got {imputer!r}.")
         if not isinstance(apply_softmax, bool):

@@ -44,7 +44,7 @@ from captum_ext.metrics._mean import MeanOverImages
 from captum_ext.metrics._scores import class_scores
 from captum_ext.metrics.similarity import average_ranks, pearson_rows
 from captum_ext.model_output import OutputFn
-from captum_ext.passes import forward_batch_size
+from captum_ext.passes import check_batch_size, forward_batch_size
 
 __all__ = [
     "faithfulness_correlation",
@@ -75,14 +75,8 @@ def _check(inputs: torch.Tensor, attributions: torch.Tensor) -> None:
     check_finite("attributions", attributions)
 
 
-def _batch_size(batch_size: int | None) -> int | None:
-    """``batch_size`` checked (a positive int), or None for :func:`~captum_ext.passes.forward_batch_size`."""
-    return None if batch_size is None else check_int("batch_size", batch_size, 1)
-
-
 def _forward_batch(batch_size: int | None, inputs: torch.Tensor) -> int:
-    size = _batch_size(batch_size)
-    return forward_batch_size(inputs) if size is None else size
+    return check_batch_size(batch_size) or forward_batch_size(inputs)
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -266,7 +260,7 @@ class FaithfulnessCorrelation(MeanOverImages):
         seed = check_seed(seed)
         super().__init__(**kwargs)
         self.runs, self.subset_size = check_int("runs", runs, 2), check_int("subset_size", subset_size, 1)
-        self.seed, self.batch_size, self.output_fn = seed, _batch_size(batch_size), output_fn
+        self.seed, self.batch_size, self.output_fn = seed, check_batch_size(batch_size), output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
         """Add a batch: the model, the inputs, their attributions and the explained classes."""
@@ -296,7 +290,7 @@ class MonotonicityCorrelation(MeanOverImages):
             check_int("features_in_step", features_in_step, 1),
             check_int("samples", samples, 1),
         )
-        self.seed, self.batch_size, self.output_fn = seed, _batch_size(batch_size), output_fn
+        self.seed, self.batch_size, self.output_fn = seed, check_batch_size(batch_size), output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
         """Add a batch: the model, the inputs, their attributions and the explained classes."""
@@ -329,7 +323,7 @@ class IROF(MeanOverImages):
     ) -> None:
         super().__init__(**kwargs)
         self.n_segments, self.compactness = check_int("n_segments", n_segments, 1), float(compactness)
-        self.batch_size, self.output_fn = _batch_size(batch_size), output_fn
+        self.batch_size, self.output_fn = check_batch_size(batch_size), output_fn
 
     def update(self, model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target) -> None:
         """Add a batch: the model, the inputs, their attributions and the explained classes."""
