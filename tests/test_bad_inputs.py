@@ -26,7 +26,7 @@ from captum_ext.callbacks import (
     RandomizationMonitor,
     ShortcutMonitor,
 )
-from captum_ext.data import CleverHansDigits
+from captum_ext.data import CleverHansDigits, shortcut_images
 from captum_ext.evaluation import road
 from captum_ext.features import feature_maps
 from captum_ext.imputation import BlurImputer, ConstantImputer, MeanImputer, NoiseImputer, NoisyLinearImputer
@@ -356,6 +356,20 @@ CASES = [
     ("audit", lambda: CleverHansAudit("saliency", batch_size=0), ValueError, r"`batch_size`"),
     ("audit", lambda: CleverHansAudit("saliency", output_fn=3), TypeError, r"`output_fn`"),
     ("audit", lambda: CleverHansAudit("saliency", unpack=3), TypeError, r"`unpack`"),
+    ("audit", lambda: CleverHansAudit("saliency", refine="yes"), TypeError, r"`refine`"),
+    ("audit", lambda: CleverHansAudit("saliency", refine=1), TypeError, r"`refine`"),
+    ("zoo", lambda: shortcut_images("sticker"), ValueError, r"`kind`"),
+    ("zoo", lambda: shortcut_images("patch", n=0), ValueError, r"`n`"),
+    ("zoo", lambda: shortcut_images("patch", n=True), (TypeError, ValueError), r"`n`"),
+    ("zoo", lambda: shortcut_images("patch", size=16), ValueError, r"`size`"),
+    ("zoo", lambda: shortcut_images("patch", size=64.0), (TypeError, ValueError), r"`size`"),
+    ("zoo", lambda: shortcut_images("patch", num_classes=5), ValueError, r"`num_classes`"),
+    ("zoo", lambda: shortcut_images("patch", shortcut_class=3), ValueError, r"`shortcut_class`"),
+    ("zoo", lambda: shortcut_images("patch", p_class=1.5), ValueError, r"`p_class`"),
+    ("zoo", lambda: shortcut_images("patch", p_other=NAN), ValueError, r"`p_other`"),
+    ("zoo", lambda: shortcut_images("patch", shortcut_size=2), ValueError, r"`shortcut_size`"),
+    ("zoo", lambda: shortcut_images("patch", size=32, shortcut_size=17), ValueError, r"`shortcut_size`"),
+    ("zoo", lambda: shortcut_images("patch", seed=-1), ValueError, r"`seed`"),
     ("audit", lambda: CleverHansAudit("saliency", region=REGION).run("cnn", (X, Y)), TypeError, r"`model`"),
     ("audit", lambda: CleverHansAudit("saliency", region=REGION).run(CNN, 3), TypeError, r"`data`"),
     ("audit", lambda: CleverHansAudit("saliency", region=REGION[:16, :16]).run(CNN, (X, Y)), ValueError, r"`region`"),

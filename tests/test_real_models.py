@@ -546,7 +546,8 @@ class SaturatedShortcut(nn.Module):
 def test_audit_at_224_px_flags_by_intervention_and_discovers_the_square():
     """Issue #13's case: a ResNet-18 reading a 24x24 square at 224 px had a relevance ratio of 2.2 (< 3) and was not
     flagged. The intervention (against same-size placebo regions) now decides and the disagreement is reported;
-    integrated gradients, which do not saturate, discover the square (IoU >= 0.5)."""
+    integrated gradients, which do not saturate, discover the square (IoU >= 0.5), and the intervention refines it
+    to the part that carries the whole effect."""
     from captum_ext.audit import CleverHansAudit
 
     model = seeded(SaturatedShortcut)
@@ -559,17 +560,25 @@ def test_audit_at_224_px_flags_by_intervention_and_discovers_the_square():
     assert zero["ratio"] < 3.0 and not zero["evidence"]["attribution"]  # the maps alone would miss it
     assert zero["accuracy_drop"] == 1.0 and zero["placebo_drop"] == 0.0 and zero["intervention_p"] < 0.01
     assert zero["agreement"].startswith("intervention only")
-    assert "class 0: intervention only" in repr(given)
+    assert "class 0: flagged: removing the region costs +1.00 accuracy" in repr(given)
+    assert repr(given).split("class 0: ")[1].split("\n")[0].endswith("; intervention only")
     found = CleverHansAudit(Explainer("integrated_gradients", n_steps=4), flip_images=12, batch_size=16).run(
         model, (x, y)
     )
     assert found.flagged == [0]
-    x0, y0, x1, y1 = found.classes[0]["region"]
+    # relevance draws the square (IoU >= 0.5); the intervention keeps the part that carries the whole effect: the
+    # read-out weights the centre (a Gaussian) and saturates, so the outer ring changes no prediction (issue #23)
+    x0, y0, x1, y1 = found.classes[0]["candidate_region"]
     inter = max(0, min(x1, 24) - max(x0, 0)) * max(0, min(y1, 24) - max(y0, 0))
     assert inter / ((x1 - x0) * (y1 - y0) + 24 * 24 - inter) >= 0.5
+    refined = found.classes[0]
+    assert refined["region"][2] <= 24 and refined["region"][3] <= 24  # inside the square
+    assert refined["accuracy_drop"] == zero["accuracy_drop"] and refined["flip_rate"] >= zero["flip_rate"] - 0.05
 
 
-def test_a_region_too_large_for_a_placebo_is_judged_by_its_effect_sizes_with_a_warning(cnn):
+def test_a_region_too_large_for_a_placebo_is_reported_as_not_localised_with_a_warning(cnn):
+    """Issue #23: an effect with no placebo to compare it with is no evidence: such a region is measured and shown,
+    never judged (before, its effect sizes alone decided)."""
     import math
 
     from captum_ext.audit import CleverHansAudit
@@ -578,12 +587,14 @@ def test_a_region_too_large_for_a_placebo_is_judged_by_its_effect_sizes_with_a_w
     region[:, :20] = True  # 62% of the image: no shifted copy can avoid it
     x = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(8))
     with pytest.warns(RuntimeWarning, match="no room for a disjoint placebo"):
-        report = CleverHansAudit("input_x_gradient", region=region, flip_images=4).run(
+        report = CleverHansAudit("input_x_gradient", region=region, flip_images=4, max_area=1.0).run(
             cnn, (x, torch.tensor([0, 1, 2, 3] * 2))
         )
+    assert report.flagged == []
     for entry in report.classes.values():
         assert math.isnan(entry["intervention_p"]) and math.isnan(entry["placebo_drop"])
-        assert entry["evidence"]["counterfactual"] == (entry["accuracy_drop"] >= 0.1 or entry["flip_rate"] >= 0.1)
+        assert entry["evidence"]["localised"] is False and entry["evidence"]["counterfactual"] is False
+        assert "no disjoint placebo region fits" in entry["reason"]
 
 
 def test_activation_maximization_reads_class_scores_through_output_fn(cnn):

@@ -63,14 +63,16 @@ from torch import nn
 
 from captum_ext._checks import (
     TargetSource,
+    check_bool,
     check_classes,
     check_finite,
     check_int,
     check_real,
     check_target_source,
 )
-from captum_ext._context import eval_mode
-from captum_ext._model import model_device, predict
+from captum_ext._context import eval_mode, full_precision
+from captum_ext._model import model_device
+from captum_ext.audit.refine import InterventionEffect, refine_box
 from captum_ext.audit.report import AuditReport
 from captum_ext.batches import Unpack, check_unpack, unpack_batch
 from captum_ext.boxes import box_to_mask, check_box, mask_to_box
@@ -84,7 +86,7 @@ from captum_ext.metrics.localisation import (
     relevance_mass,
     relevance_rank_accuracy,
 )
-from captum_ext.model_output import OutputFn, check_output_fn
+from captum_ext.model_output import OutputFn, check_output_fn, logits
 
 __all__ = ["CleverHansAudit", "box_to_mask", "mask_to_box"]  # the box helpers live in captum_ext.boxes
 
@@ -146,6 +148,16 @@ def placebo_regions(region: torch.Tensor, count: int = 8) -> torch.Tensor:
     return torch.stack(moved) if moved else torch.zeros(0, h, w, dtype=torch.bool)
 
 
+_REFINE_IMAGES = 32  # images of the class, and of the others, that refine a discovered box
+
+
+def _evenly(indices: torch.Tensor, count: int) -> torch.Tensor:
+    """At most ``count`` of ``indices``, evenly spaced (no randomness)."""
+    if len(indices) <= count:
+        return indices
+    return indices[torch.linspace(0, len(indices) - 1, count).round().long()]
+
+
 def _cycle(masks: torch.Tensor, n: int) -> torch.Tensor:
     """(n, H, W): the masks repeated in turn, one per image."""
     return masks[torch.arange(n) % len(masks)]
@@ -162,7 +174,8 @@ def counterfactual_evidence(entry: dict[str, Any], thresholds: dict[str, float])
     ``significance`` (Bonferroni over the two tests); or pasting it flips at least ``flip_threshold`` more of the
     other images than pasting its placebos, with its test below ``significance``. No digit-calibrated constant alone
     decides it: the placebo is measured on the same images. Without a placebo (a region too large for a disjoint
-    copy) the effect sizes alone decide, as before the placebo existed; ``p_drop`` / ``p_flip`` are then NaN.
+    copy: ``p_drop`` / ``p_flip`` are NaN) nothing can be judged and the answer is False: an effect with nothing to
+    compare it with is no evidence (see :func:`evidence_verdicts`, ``"localised"``).
 
     Example::
 
@@ -174,11 +187,9 @@ def counterfactual_evidence(entry: dict[str, Any], thresholds: dict[str, float])
     """
     tests = (("accuracy_drop", "placebo_drop", "p_drop"), ("flip_rate", "placebo_flip_rate", "p_flip"))
     for effect, placebo, p in tests:
-        threshold = thresholds[effect]
-        if math.isnan(entry[p]):  # no placebo: the effect size alone
-            if entry[effect] >= threshold:
-                return True
-        elif entry[effect] - entry[placebo] >= threshold and 2 * entry[p] < thresholds["significance"]:
+        if math.isnan(entry[p]) or math.isnan(entry[effect]):  # no placebo, or no images to measure it on
+            continue
+        if entry[effect] - entry[placebo] >= thresholds[effect] and 2 * entry[p] < thresholds["significance"]:
             return True
     return False
 
@@ -193,12 +204,15 @@ def agreement(attribution: bool, intervention: bool) -> str:
 
 
 def evidence_verdicts(entry: dict[str, Any], thresholds: dict[str, float], discovered: bool) -> dict[str, bool | None]:
-    """Each criterion's verdict for one class's ``entry``: ``"attribution"`` (ratio at least ``ratio``),
-    ``"counterfactual"`` (:func:`counterfactual_evidence`), ``"control"`` (ratio at least ``control_factor`` times
-    the control's; None without a control) and ``"candidate"`` (a discovered region that is small, consistent and
-    specific; None for a given region). :func:`flag_rule` decides from them."""
+    """Each criterion's verdict for one class's ``entry``: ``"localised"`` (the region covers at most ``max_area``
+    and a disjoint placebo fits beside it: otherwise the cue is global or the evidence diffuse, and no region can be
+    said to be relied on), ``"attribution"`` (ratio at least ``ratio``), ``"counterfactual"``
+    (:func:`counterfactual_evidence`), ``"control"`` (ratio at least ``control_factor`` times the control's; None
+    without a control) and ``"candidate"`` (a discovered region that is small, consistent and specific; None for a
+    given region). :func:`flag_rule` decides from them."""
     t = thresholds
     return {
+        "localised": bool(entry["area"] <= t["max_area"] and not math.isnan(entry["intervention_p"])),
         "attribution": entry["ratio"] >= t["ratio"],
         "counterfactual": counterfactual_evidence(entry, t),
         "control": None
@@ -215,12 +229,56 @@ def evidence_verdicts(entry: dict[str, Any], thresholds: dict[str, float], disco
 
 
 def flag_rule(evidence: dict[str, bool | None]) -> bool:
-    """A class is flagged when the intervention shows it relies on the region (the causal test; the attribution
-    ratio is reported beside it, see :func:`agreement`), the control model (when given) puts clearly less
-    relevance there, and in discovery mode the candidate is compact, consistent and off the object."""
+    """A class is flagged when the region is localised, the intervention shows the class relies on it (the causal
+    test; the attribution ratio is reported beside it, see :func:`agreement`), the control model (when given) puts
+    clearly less relevance there, and in discovery mode the candidate is compact, consistent and off the object."""
     return bool(evidence["counterfactual"]) and all(
         value for key, value in evidence.items() if key not in ("attribution", "counterfactual") and value is not None
     )
+
+
+def reason(entry: dict[str, Any], thresholds: dict[str, float]) -> str:
+    """One line saying why a class was, or was not, flagged: the deciding evidence with its numbers (the first
+    criterion that failed, in the order of :func:`flag_rule`).
+
+    Example::
+
+        >>> entry = {"area": 0.3, "evidence": {"localised": False}, "flagged": False}
+        >>> reason(entry, {"max_area": 0.1})
+        'not flagged: not localised: the region covers 30.0% of the image, more than max_area (10.0%): a global cue or diffuse evidence'
+    """
+    t, evidence = thresholds, entry.get("evidence")
+    if evidence is None:
+        return "not flagged: no positive relevance for this class, so no candidate region"
+    if not evidence["localised"]:
+        if entry["area"] > t["max_area"]:
+            return (
+                f"not flagged: not localised: the region covers {entry['area']:.1%} of the image, more than max_area "
+                f"({t['max_area']:.1%}): a global cue or diffuse evidence"
+            )
+        return "not flagged: not localised: no disjoint placebo region fits beside it, so the intervention cannot be judged"
+    drop = f"removing the region costs {entry['accuracy_drop']:+.2f} accuracy (placebo {entry['placebo_drop']:+.2f})"
+    flip = f"pasting it turns {entry['flip_rate']:.2f} of other images into the class (placebo {entry['placebo_flip_rate']:.2f})"
+    intervention = f"{drop}, {flip}, p = {entry['intervention_p']:.0e}"
+    if not evidence["counterfactual"]:
+        return f"not flagged: the intervention changes no more than its placebos: {intervention}"
+    if evidence["control"] is False:
+        return (
+            f"not flagged: the control model looks there too (ratio {entry['ratio']:.2f} against the control's "
+            f"{entry['control_ratio']:.2f}, less than {t['control_factor']:g}x)"
+        )
+    if evidence["candidate"] is False:
+        if entry["specificity"] < t["specificity"]:
+            return (
+                f"not flagged: the other classes look there too, as at a part of the object (specificity "
+                f"{entry['specificity']:.1f} < {t['specificity']:g})"
+            )
+        return (
+            f"not flagged: the class's maps do not agree on the region (consistency {entry['consistency']:.2f} < "
+            f"{t['consistency']:g})"
+        )
+    disagreement = "" if ":" not in entry["agreement"] else f"; {entry['agreement'].split(':')[0]}"
+    return f"flagged: {intervention}{disagreement}"
 
 
 class CleverHansAudit:
@@ -243,6 +301,9 @@ class CleverHansAudit:
         ratio_threshold: Default 3.0. drop_threshold: Default 0.1. flip_threshold: Default 0.1.
         control_factor: Default 2.0. specificity_threshold: Default 8.0. max_area: Default 0.1.
         consistency_threshold: Default 0.5.
+        refine: in discovery mode, grow and shrink each class's candidate box by intervention
+            (:func:`captum_ext.audit.refine.refine_box`) so that it covers what the model reads, not only where the
+            map is brightest. Default True.
         significance: the intervention's p-value bound against same-size placebo regions (see
             :func:`counterfactual_evidence`). Default 0.01.
         flip_images: the flip rate is measured on at most this many images of other classes (evenly spaced over
@@ -286,6 +347,7 @@ class CleverHansAudit:
         max_images: int | None = None,
         output_fn: OutputFn | None = None,
         unpack: Unpack | None = None,
+        refine: bool = True,
     ):
         self.explainer = as_explainer(explainer)
         if region is not None and not isinstance(region, (torch.Tensor, tuple, list)):
@@ -324,15 +386,46 @@ class CleverHansAudit:
         self.max_images = None if max_images is None else int(max_images)
         self.output_fn = check_output_fn(output_fn)
         self.unpack = check_unpack(unpack)
+        self.refine = check_bool("refine", refine)
 
     # -- model calls ----------------------------------------------------------------------------------------
-    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _scores(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """(N, classes) float scores on the CPU, in batches (eval mode, no grad, full precision)."""
         device = model_device(model)
         out = []
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad(), eval_mode(model), full_precision(device):
             for start in range(0, len(x), self.batch_size):
-                out.append(predict(model, x[start : start + self.batch_size].to(device), self.output_fn).cpu())
+                out.append(logits(model(x[start : start + self.batch_size].to(device)), self.output_fn).float().cpu())
         return torch.cat(out)
+
+    def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self._scores(model, x).argmax(dim=1)
+
+    def _refined(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        pred: torch.Tensor,
+        cls: int,
+        group: torch.Tensor,
+        candidate: torch.Tensor,
+        imputer: Imputer,
+    ) -> torch.Tensor:
+        """The candidate box grown and shrunk by intervention on at most 32 images of the class and 32 others."""
+        members = _evenly(torch.nonzero(group & (y == cls) & (pred == cls))[:, 0], _REFINE_IMAGES)
+        others = _evenly(torch.nonzero((y != cls) & (pred != cls))[:, 0], _REFINE_IMAGES)
+        if not len(members):
+            return candidate
+        effect = InterventionEffect(
+            lambda xs: self._scores(model, xs).softmax(dim=1)[:, cls],
+            x[members],
+            x[others],
+            x[members],
+            lambda xs, m: impute(imputer, xs, m),
+        )
+        size = (candidate.shape[0], candidate.shape[1])
+        return box_to_mask(refine_box(effect, mask_to_box(candidate), size, self.thresholds["max_area"]), size)
 
     def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Positive (N, H, W) maps, each normalised to sum 1 (all-zero maps stay zero)."""
@@ -409,9 +502,7 @@ class CleverHansAudit:
                 placebo_kept = self._predict(model, impute(imputer, x[own], _cycle(placebos, int(own.sum())))) == cls
                 after_placebo = float(placebo_kept.double().mean())
                 p_drop = _sign_test(int((placebo_kept & ~kept).sum()), int((kept & ~placebo_kept).sum()))
-        others = torch.nonzero((y != cls) & (pred != cls))[:, 0]
-        if len(others) > self.flip_images:  # evenly spaced, no randomness
-            others = others[torch.linspace(0, len(others) - 1, self.flip_images).round().long()]
+        others = _evenly(torch.nonzero((y != cls) & (pred != cls))[:, 0], self.flip_images)
         if len(others):  # images whose own prediction needs their region would "flip" by losing it: left out
             others = others[self._predict(model, impute(imputer, x[others], region)) == pred[others]]
         flip = flip_placebo = float("nan")
@@ -473,7 +564,8 @@ class CleverHansAudit:
         verdicts and the flag."""
         entry: dict[str, Any] = {"region": mask_to_box(region) if discovered and region.any() else None}
         if not region.any():  # discovery found nothing: an all-zero class-mean map
-            return {**entry, "n_images": int(group.sum()), "flagged": False}
+            entry.update(n_images=int(group.sum()), flagged=False)
+            return {**entry, "reason": reason(entry, self.thresholds)}
         entry.update(self._attribution_evidence(normalised, group, region))
         members = torch.nonzero(group & (y == cls))[:, 0]
         pool = members if len(members) else torch.nonzero(group)[:, 0]
@@ -483,8 +575,13 @@ class CleverHansAudit:
         if control_maps is not None:
             entry["control_ratio"] = float(relevance_mass(control_maps[group], region).mean()) / entry["area"]
         entry["evidence"] = evidence_verdicts(entry, self.thresholds, discovered)
-        entry["agreement"] = agreement(entry["evidence"]["attribution"], entry["evidence"]["counterfactual"])
+        entry["agreement"] = (
+            agreement(entry["evidence"]["attribution"], entry["evidence"]["counterfactual"])
+            if entry["evidence"]["localised"]
+            else "not localised: no region can be said to be relied on"
+        )
         entry["flagged"] = flag_rule(entry["evidence"])
+        entry["reason"] = reason(entry, self.thresholds)
         return entry
 
     def run(self, model: nn.Module, data: Any, control: nn.Module | None = None) -> AuditReport:
@@ -510,6 +607,14 @@ class CleverHansAudit:
                 raise TypeError(f"Expected argument `{name}` to be an nn.Module, but got {type(value).__name__}.")
         x, y = _collect(data, self.max_images, self.unpack)
         given = self._given_region(cast("tuple[int, int]", tuple(x.shape[-2:])))  # (N, C, H, W) images
+        if given is not None and float(given.double().mean()) > self.thresholds["max_area"]:
+            warnings.warn(
+                f"CleverHansAudit: the given region covers {float(given.double().mean()):.1%} of the image, more than "
+                f"max_area ({self.thresholds['max_area']:.1%}); it is measured but reported as not localised. Pass a "
+                "larger max_area to judge a region this large.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         pred = self._predict(model, x)
         grouping = y if self.target == "label" else pred
         classes = self._audited_classes(grouping)
@@ -522,12 +627,20 @@ class CleverHansAudit:
         for cls in classes:
             group = grouping == cls
             class_maps[cls] = normalised[group].mean(0).float()
-            region = given if given is not None else self._candidate(class_maps[cls].double())
+            candidate = None
+            if given is not None:
+                region = given
+            else:
+                region = candidate = self._candidate(class_maps[cls].double())
+                if self.refine and region.any():
+                    region = self._refined(model, x, y, pred, cls, group, candidate, imputer)
             if control_maps is not None and region.any():
                 control_class_maps[cls] = control_maps[group].mean(0).float()
             results[cls] = self._class_entry(
                 model, x, y, pred, cls, group, region, given is None, normalised, control_maps, imputer
             )
+            if candidate is not None and candidate.any():
+                results[cls]["candidate_region"] = mask_to_box(candidate)
         flagged = [cls for cls, entry in results.items() if entry["flagged"]]
         return AuditReport(
             explainer=self.explainer.name,

@@ -74,9 +74,12 @@ class AuditReport(JSONResult):
         classes: ``{class: {"n_images", "relevance_mass", "area", "ratio", "pointing_game", "rank_accuracy",
             "specificity", "consistency", "accuracy_before", "accuracy_after", "accuracy_drop", "flip_rate",
             "flip_source", "placebo_drop", "placebo_flip_rate", "intervention_p", "control_ratio", "region",
-            "evidence", "agreement", "flagged"}}``; ``evidence`` holds the verdict of each criterion
-            (``"attribution"``, ``"counterfactual"``, ``"control"``, ``"candidate"``; None where it does not apply);
-            ``agreement`` says whether the maps and the intervention agree, and which one disagrees.
+            "candidate_region", "evidence", "agreement", "flagged", "reason"}}``; ``evidence`` holds the verdict of
+            each criterion (``"localised"``, ``"attribution"``, ``"counterfactual"``, ``"control"``,
+            ``"candidate"``; None where it does not apply); ``agreement`` says whether the maps and the intervention
+            agree, and which one disagrees; ``reason`` is one line saying why the class was or was not flagged; in
+            discovery mode ``candidate_region`` is the box drawn from relevance and ``region`` the box refined by
+            intervention.
         class_maps: ``{class: (H, W) mean of the class's maps, each normalised to sum 1}``.
         flagged: the classes the intervention shows to rely on the region, with every other applicable criterion
             agreeing (:func:`captum_ext.audit.clever_hans.flag_rule`).
@@ -169,11 +172,7 @@ class AuditReport(JSONResult):
         for row in table:
             lines.append("  ".join(cell.rjust(width) for cell, width in zip(row, widths)).rstrip())
         lines.append(f"flagged: {self.flagged}")
-        lines += [
-            f"class {cls}: {entry['agreement']}"
-            for cls, entry in self.classes.items()
-            if ":" in entry.get("agreement", "")
-        ]
+        lines += [f"class {cls}: {entry.get('reason', '')}" for cls, entry in self.classes.items()]
         return "\n".join(lines)
 
     def table(self) -> list[dict[str, str]]:
@@ -247,4 +246,6 @@ class AuditReport(JSONResult):
         page.add_section(
             "Evidence per class", text=text, table=self.table(), verdict=verdict, figures=[self.plot(table=False)]
         )
+        reasons = [{"class": str(cls), "why": entry.get("reason", "")} for cls, entry in self.classes.items()]
+        page.add_section("Why each class was or was not flagged", table=reasons)
         return page.to_html()
