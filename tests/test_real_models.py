@@ -562,9 +562,9 @@ def test_audit_at_224_px_flags_by_intervention_and_discovers_the_square():
     assert zero["agreement"].startswith("intervention only")
     assert "class 0: flagged: removing the region costs +1.00 accuracy" in repr(given)
     assert repr(given).split("class 0: ")[1].split("\n")[0].endswith("; intervention only")
-    found = CleverHansAudit(Explainer("integrated_gradients", n_steps=4), flip_images=12, batch_size=16).run(
-        model, (x, y)
-    )
+    found = CleverHansAudit(
+        Explainer("integrated_gradients", n_steps=4), classes=[0], flip_images=12, batch_size=16
+    ).run(model, (x, y))
     assert found.flagged == [0]
     # relevance draws the square (IoU >= 0.5); the intervention keeps the part that carries the whole effect: the
     # read-out weights the centre (a Gaussian) and saturates, so the outer ring changes no prediction (issue #23)

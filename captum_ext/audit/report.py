@@ -141,7 +141,10 @@ class AuditReport(JSONResult):
             explainer=data["explainer"],
             region=None if data["region"] is None else torch.tensor(data["region"], dtype=torch.bool),
             classes={
-                int(c): {**entry, "region": None if entry.get("region") is None else tuple(entry["region"])}
+                int(c): {
+                    **entry,
+                    **{key: tuple(entry[key]) for key in ("region", "candidate_region") if entry.get(key) is not None},
+                }
                 for c, entry in data["classes"].items()
             },
             class_maps=maps(data["class_maps"]) or {},
