@@ -197,3 +197,35 @@ def test_explainer_default_keeps_working_without_refinement(patch_resnet):
     )
     assert "candidate_region" in plain.classes[0]
     assert plain.classes[0]["candidate_region"] == plain.classes[0]["region"]
+
+
+class TupleOutput(torch.nn.Module):
+    """The trained model behind a (logits, features) tuple output, as many users' models return."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x), x.mean(dim=(2, 3))
+
+
+def test_refined_discovery_reads_tuple_outputs_and_dict_batches_and_leaves_the_model_unchanged(
+    patch_resnet, model_guard
+):
+    """The refinement's forwards go through the package's output and batch rules: the same boxes as the plain model
+    on tensors, and the model is left as it was (weights, mode, gradients, hooks)."""
+    from torch.utils.data import DataLoader
+
+    test = shortcut_images("patch", n=60, size=SIZE, seed=99)
+    plain = CleverHansAudit("input_x_gradient", classes=[0], flip_images=20).run(
+        patch_resnet, (test.images, test.labels)
+    )
+    wrapped = model_guard(TupleOutput(patch_resnet))
+    batches = DataLoader(
+        [{"image": x, "label": y} for x, y in zip(test.images, test.labels)], batch_size=16, shuffle=False
+    )
+    found = CleverHansAudit("input_x_gradient", classes=[0], flip_images=20).run(wrapped, batches)
+    assert found.classes[0]["region"] == plain.classes[0]["region"]
+    assert found.classes[0]["candidate_region"] == plain.classes[0]["candidate_region"]
+    assert found.flagged == plain.flagged
